@@ -1,0 +1,19 @@
+# The two commands of the README: bring the platform up on this machine, and run the tests.
+# Both install whatever is missing first (deploy/install.sh is idempotent and quick when warm).
+HOSTS ?= 1
+
+.PHONY: install up down status test
+install:
+	bash deploy/install.sh
+
+up: install
+	.venv/bin/vmflow up --hosts $(HOSTS)
+
+down:
+	.venv/bin/vmflow down
+
+status:
+	.venv/bin/vmflow status
+
+test: install
+	.venv/bin/pytest -v

@@ -1,0 +1,155 @@
+"""The ``vmflow`` command: bring the platform up and down, manage VMs, run benchmarks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from deploy import stack
+from deploy.client import ApiError, VmflowClient
+
+app = typer.Typer(no_args_is_help=True, help="vmflow: virtual machines across a fleet of KVM hosts.")
+vm_app = typer.Typer(no_args_is_help=True, help="Create and manage VMs.")
+app.add_typer(vm_app, name="vm")
+console = Console()
+
+DEFAULT_RUN_DIR = Path(os.environ.get("VMFLOW_RUN_DIR", stack.REPO_DIR / "run"))
+API_URL = os.environ.get("VMFLOW_API_URL", "http://127.0.0.1:8000")
+
+# Steps a VM operation goes through, to draw a progress bar.
+_STEPS = {"ProvisionVm": 7, "DeleteVm": 6, "VmPowerAction": 4}
+
+
+@app.command()
+def up(hosts: int = typer.Option(1, min=1, max=16, help="number of lab KVM hosts"),
+       run_dir: Path = typer.Option(DEFAULT_RUN_DIR, help="state, logs and pids go here")) -> None:
+    """Start NATS, Temporal, the lab hosts and every service on this machine."""
+    cfg = stack.StackConfig(run_dir=str(run_dir.resolve()), host_count=hosts)
+    stack.up(cfg, say=console.print)
+    console.print(f"API        {cfg.api_url}  (docs: {cfg.api_url}/docs)")
+    console.print(f"Temporal   {cfg.temporal_address}  (UI: http://127.0.0.1:{cfg.temporal_ui_port})")
+    console.print(f"NATS       {cfg.nats_url}")
+    console.print(f"logs       {cfg.root / 'logs'}")
+
+
+@app.command()
+def down(run_dir: Path = typer.Option(DEFAULT_RUN_DIR)) -> None:
+    """Stop everything ``up`` started: guests, lab hosts, services, Temporal, NATS."""
+    stack.down(run_dir.resolve(), say=console.print)
+
+
+@app.command()
+def status(run_dir: Path = typer.Option(DEFAULT_RUN_DIR)) -> None:
+    """Show each component healthy or not. Exits 1 if any is not."""
+    report = stack.status(run_dir.resolve())
+    if not report:
+        console.print(f"nothing runs from {run_dir}")
+        raise typer.Exit(1)
+    table = Table("component", "health", "detail")
+    for name, (healthy, detail) in report.items():
+        table.add_row(name, "[green]healthy[/]" if healthy else "[red]down[/]", detail)
+    console.print(table)
+    raise typer.Exit(0 if all(h for h, _ in report.values()) else 1)
+
+
+def _client() -> VmflowClient:
+    return VmflowClient(API_URL)
+
+
+def _follow(client: VmflowClient, accepted: dict, wait: bool) -> None:
+    op_id = accepted["operation_id"]
+    console.print(f"operation {op_id}")
+    if not wait:
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("queued", total=None)
+
+        def show(op: dict) -> None:
+            total = _STEPS.get(op["kind"], 5)
+            bar.update(task, description=op["step"] or op["state"], total=total,
+                       completed=min(len(op["steps_done"]), total))
+
+        op = client.wait_operation(op_id, on_progress=show)
+        bar.update(task, completed=bar.tasks[0].total or 1)
+    if op["state"] != "succeeded":
+        console.print(f"[red]{op['state']}[/]: {op['error']['message'] if op['error'] else ''}")
+        raise typer.Exit(1)
+    console.print(f"[green]succeeded[/] {op.get('result') or ''}")
+
+
+def _api(fn):
+    try:
+        return fn()
+    except ApiError as exc:
+        console.print(f"[red]{exc.status} {exc.code}[/]: {exc.message}")
+        raise typer.Exit(2) from None
+
+
+@vm_app.command("create")
+def vm_create(name: str, vcpus: int = 1, memory_mib: int = 128, disk_gib: int = 1,
+              image: str = stack.GUEST_IMAGE, wait: bool = True) -> None:
+    client = _client()
+    accepted = _api(lambda: client.create_vm(name, vcpus, memory_mib, disk_gib, image))
+    console.print(f"vm {accepted['vm']['id']}")
+    _follow(client, accepted, wait)
+
+
+@vm_app.command("list")
+def vm_list() -> None:
+    table = Table("id", "name", "state", "host", "vcpus", "memory_mib", "disk_gib", "image")
+    for vm in _api(lambda: _client().call("GET", "/v1/vms")):
+        table.add_row(vm["id"], vm["name"], vm["state"], vm["host_id"] or "-", str(vm["vcpus"]),
+                      str(vm["memory_mib"]), str(vm["disk_gib"]), vm["image"])
+    console.print(table)
+
+
+@vm_app.command("show")
+def vm_show(vm_id: str) -> None:
+    console.print_json(data=_api(lambda: _client().call("GET", f"/v1/vms/{vm_id}")))
+
+
+@vm_app.command("delete")
+def vm_delete(vm_id: str, wait: bool = True) -> None:
+    client = _client()
+    _follow(client, _api(lambda: client.call("DELETE", f"/v1/vms/{vm_id}")), wait)
+
+
+def _power(vm_id: str, action: str, wait: bool, body: dict | None = None) -> None:
+    client = _client()
+    _follow(client, _api(lambda: client.call("POST", f"/v1/vms/{vm_id}/{action}", json=body)), wait)
+
+
+@vm_app.command("start")
+def vm_start(vm_id: str, wait: bool = True) -> None:
+    _power(vm_id, "start", wait)
+
+
+@vm_app.command("stop")
+def vm_stop(vm_id: str, timeout_s: float = 30.0, force: bool = False, wait: bool = True) -> None:
+    _power(vm_id, "stop", wait, {"timeout_s": timeout_s, "force": force})
+
+
+@vm_app.command("reboot")
+def vm_reboot(vm_id: str, timeout_s: float = 30.0, force: bool = False, wait: bool = True) -> None:
+    _power(vm_id, "reboot", wait, {"timeout_s": timeout_s, "force": force})
+
+
+@app.command("bench")
+def bench(what: str = typer.Argument("provision"), count: int = typer.Option(5, min=1, max=50),
+          memory_mib: int = 128,
+          run_dir: Path = typer.Option(DEFAULT_RUN_DIR, help="stack to measure (must be up)")) -> None:
+    """Provisioning latency through the platform vs the bare libvirt baseline, same run."""
+    from deploy import bench as bench_module
+
+    if what != "provision":
+        raise typer.BadParameter("only 'provision' is measured so far")
+    bench_module.run_provision_bench(run_dir.resolve(), count, memory_mib, console.print)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,52 @@
+"""A small synchronous client of the REST API, for the CLI, the benchmark and tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+
+class ApiError(RuntimeError):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+class VmflowClient:
+    def __init__(self, base_url: str, timeout_s: float = 30.0) -> None:
+        self._http = httpx.Client(base_url=base_url, timeout=timeout_s)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                err = response.json()["error"]
+                raise ApiError(response.status_code, err["code"], err["message"])
+            except (ValueError, KeyError, TypeError):
+                raise ApiError(response.status_code, "http_error", response.text) from None
+        return response.json() if response.content else None
+
+    def create_vm(self, name: str, vcpus: int, memory_mib: int, disk_gib: int, image: str) -> dict:
+        return self.call("POST", "/v1/vms", json={
+            "name": name, "vcpus": vcpus, "memory_mib": memory_mib, "disk_gib": disk_gib, "image": image,
+        })
+
+    def wait_operation(self, op_id: str, timeout_s: float = 300.0,
+                       on_progress: Callable[[dict], None] | None = None, interval_s: float = 0.2) -> dict:
+        """Poll until the operation is done; returns its final view (succeeded or not)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            op = self.call("GET", f"/v1/operations/{op_id}")
+            if on_progress:
+                on_progress(op)
+            if op["done"]:
+                return op
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"operation {op_id} still {op['state']} at step {op['step']}")
+            time.sleep(interval_s)

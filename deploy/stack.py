@@ -1,0 +1,239 @@
+"""The whole platform on one machine: nats-server, the Temporal dev server, a lab of simulated
+KVM hosts, and every vmflow service as its own process. State, logs and pids under one run dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+from deploy import lab
+from deploy.processes import (
+    free_port,
+    is_alive,
+    port_open,
+    read_pid,
+    start_process,
+    stop_process,
+    wait_for,
+)
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+CACHE_DIR = Path(os.environ.get("VMFLOW_CACHE_DIR", Path.home() / ".cache" / "vmflow"))
+GUEST_IMAGE = "lab-guest"
+SERVICES = ("scheduler", "storage", "orchestrator", "api")
+STACK_FILE = "stack.json"
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    run_dir: str
+    lab_name: str = "vmflow"
+    host_count: int = 1
+    api_port: int = 8000
+    nats_port: int = 4222
+    temporal_port: int = 7233
+    temporal_ui_port: int = 8233
+
+    @classmethod
+    def isolated(cls, run_dir: Path, lab_name: str, host_count: int = 1) -> StackConfig:
+        """A stack that shares no port or name with any other: what tests use."""
+        return cls(str(run_dir), lab_name, host_count, free_port(), free_port(), free_port(), free_port())
+
+    @property
+    def root(self) -> Path:
+        return Path(self.run_dir)
+
+    @property
+    def pool_dir(self) -> Path:
+        return self.root / "storage" / "shared"
+
+    @property
+    def console_dir(self) -> Path:
+        return self.pool_dir / "consoles"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.nats_port}"
+
+    @property
+    def temporal_address(self) -> str:
+        return f"127.0.0.1:{self.temporal_port}"
+
+    def host_ids(self) -> list[str]:
+        return [f"h{i}" for i in range(1, self.host_count + 1)]
+
+
+def temporal_binary() -> str:
+    for candidate in (os.environ.get("VMFLOW_TEMPORAL_BIN"), shutil.which("temporal"),
+                      str(CACHE_DIR / "bin" / "temporal")):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    raise FileNotFoundError("no temporal binary: run deploy/install.sh first")
+
+
+def load_config(run_dir: Path) -> StackConfig | None:
+    try:
+        return StackConfig(**json.loads((run_dir / STACK_FILE).read_text()))
+    except FileNotFoundError:
+        return None
+
+
+def common_env(cfg: StackConfig) -> dict[str, str]:
+    return {
+        "VMFLOW_NATS_URL": cfg.nats_url,
+        "VMFLOW_TEMPORAL_ADDRESS": cfg.temporal_address,
+        "VMFLOW_LOG_JSON": "true",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def ensure_guest_image(cfg: StackConfig) -> None:
+    """Build the lab guest once per machine (cached), then hard-link it into the stack's pool."""
+    built = CACHE_DIR / "images" / GUEST_IMAGE
+    if not (built / "image.json").exists():
+        subprocess.run(["bash", str(REPO_DIR / "deploy" / "guest" / "build-image.sh"), str(built)], check=True)
+    target = cfg.pool_dir / "images" / GUEST_IMAGE
+    if (target / "image.json").exists():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(built, target, copy_function=_link_or_copy)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def start_nats(cfg: StackConfig) -> None:
+    store = cfg.root / "nats"
+    store.mkdir(parents=True, exist_ok=True)
+    start_process("nats", ["nats-server", "-a", "127.0.0.1", "-p", str(cfg.nats_port), "-js",
+                           "-sd", str(store)], cfg.root)
+
+
+def start_temporal(cfg: StackConfig) -> None:
+    start_process("temporal", [
+        temporal_binary(), "server", "start-dev",
+        "--ip", "127.0.0.1",
+        "--port", str(cfg.temporal_port),
+        "--ui-port", str(cfg.temporal_ui_port),
+        "--http-port", str(free_port()),
+        "--metrics-port", str(free_port()),
+        "--db-filename", str(cfg.root / "temporal.db"),
+        "--log-level", "warn",
+    ], cfg.root)
+
+
+def start_services(cfg: StackConfig, hosts: tuple[lab.LabHost, ...]) -> None:
+    env = common_env(cfg)
+    py = sys.executable
+    start_process("scheduler", [py, "-m", "services.scheduler"], cfg.root, env, REPO_DIR)
+    start_process("storage", [py, "-m", "services.storage"], cfg.root,
+                  {**env, "VMFLOW_POOL_DIR": str(cfg.pool_dir)}, REPO_DIR)
+    start_process("orchestrator", [py, "-m", "workflows"], cfg.root, env, REPO_DIR)
+    start_process("api", [py, "-m", "services.api"], cfg.root, {
+        **env,
+        "VMFLOW_DATABASE_URL": f"sqlite:///{cfg.root / 'vmflow.db'}",
+        "VMFLOW_LISTEN_PORT": str(cfg.api_port),
+    }, REPO_DIR)
+    for host in hosts:
+        start_process(f"host-worker-{host.host_id}", [py, "-m", "services.host_worker"], cfg.root, {
+            **env,
+            "VMFLOW_HOST_ID": host.host_id,
+            "VMFLOW_LIBVIRT_URI": host.unix_uri,
+            "VMFLOW_DOMAIN_TYPE": "qemu",  # KVM here cannot boot guests (see LAB facts)
+            "VMFLOW_CONSOLE_DIR": str(cfg.console_dir),
+        }, REPO_DIR)
+
+
+def up(cfg: StackConfig, say=print) -> None:
+    """Bring everything up and wait until the API is ready and every lab host reports in.
+    On any failure, stop what was started."""
+    cfg.root.mkdir(parents=True, exist_ok=True)
+    if load_config(cfg.root) is not None:
+        down(cfg.root, say=lambda _msg: None)
+    (cfg.root / STACK_FILE).write_text(json.dumps(asdict(cfg), indent=2))
+    try:
+        t0 = time.monotonic()
+        ensure_guest_image(cfg)
+        start_nats(cfg)
+        start_temporal(cfg)
+        say(f"starting {cfg.host_count} lab host(s)")
+        the_lab = lab.start_lab(cfg.lab_name, cfg.root / "lab", cfg.host_count, shared_dirs=[cfg.pool_dir])
+        wait_for(lambda: port_open(cfg.nats_port), 20, "nats-server")
+        wait_for(lambda: port_open(cfg.temporal_port), 60, "Temporal server")
+        start_services(cfg, the_lab.hosts)
+        wait_for(lambda: _api_ready(cfg), 60, "API", interval_s=0.3)
+        wait_for(lambda: _hosts_up(cfg) >= cfg.host_count, 60, "lab hosts", interval_s=0.3)
+        say(f"vmflow is up in {time.monotonic() - t0:.1f} s")
+    except BaseException:
+        say(f"start failed; logs are in {cfg.root / 'logs'}")
+        down(cfg.root, say=lambda _msg: None)
+        raise
+
+
+def _api_ready(cfg: StackConfig) -> bool:
+    try:
+        return httpx.get(f"{cfg.api_url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _hosts_up(cfg: StackConfig) -> int:
+    try:
+        hosts = httpx.get(f"{cfg.api_url}/v1/hosts", timeout=3).json()
+    except (httpx.HTTPError, ValueError):
+        return 0
+    return sum(1 for h in hosts if isinstance(h, dict) and h.get("state") == "up")
+
+
+def down(run_dir: Path, say=print) -> None:
+    """Stop exactly what ``up`` started: services, guests and lab hosts, Temporal, NATS."""
+    cfg = load_config(run_dir)
+    if cfg is None:
+        say(f"nothing runs from {run_dir}")
+        return
+    workers = [f"host-worker-{h}" for h in cfg.host_ids()]
+    for name in ("api", "orchestrator", *workers, "storage", "scheduler"):
+        stop_process(run_dir, name)
+    lab.stop_lab(cfg.lab_name, run_dir / "lab")
+    stop_process(run_dir, "temporal")
+    stop_process(run_dir, "nats")
+    (run_dir / STACK_FILE).unlink(missing_ok=True)
+    say("vmflow is down")
+
+
+def status(run_dir: Path) -> dict[str, tuple[bool, str]]:
+    """component -> (healthy, detail)."""
+    cfg = load_config(run_dir)
+    if cfg is None:
+        return {}
+    report: dict[str, tuple[bool, str]] = {}
+    alive = lambda name: is_alive(read_pid(run_dir, name))  # noqa: E731
+    report["nats"] = (alive("nats") and port_open(cfg.nats_port), cfg.nats_url)
+    report["temporal"] = (alive("temporal") and port_open(cfg.temporal_port),
+                          f"{cfg.temporal_address}, UI http://127.0.0.1:{cfg.temporal_ui_port}")
+    for name in ("scheduler", "storage", "orchestrator"):
+        report[name] = (alive(name), f"pid {read_pid(run_dir, name)}")
+    report["api"] = (alive("api") and _api_ready(cfg), f"{cfg.api_url}/docs")
+    lab_file = run_dir / "lab"
+    health = lab.lab_health(lab.load_lab(cfg.lab_name, lab_file)) if (lab_file / "lab.json").exists() else {}
+    for host_id in cfg.host_ids():
+        worker = f"host-worker-{host_id}"
+        report[f"libvirtd {host_id}"] = (health.get(host_id, False), "lab host")
+        report[worker] = (alive(worker), f"pid {read_pid(run_dir, worker)}")
+    return report

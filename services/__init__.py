@@ -1,0 +1,1 @@
+"""vmflow's services: api, scheduler, host_worker, storage."""

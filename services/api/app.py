@@ -1,0 +1,74 @@
+"""The FastAPI application. Connections are opened in the lifespan, once, and the inventory
+activities run in the same process because the API owns the inventory tables."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+from temporalio.worker import Worker
+
+from services.api.db import Inventory, create_schema, make_engine
+from services.api.errors import install_error_handlers
+from services.api.inventory_activities import InventoryActivities
+from services.api.platform import Platform
+from services.api.routes import catalog, events, health, operations, vms
+from services.api.settings import ApiSettings
+from services.scheduler.client import SchedulerClient
+from services.storage.client import StorageClient
+from shared.messaging import EventPublisher, connect, ensure_event_stream
+from shared.temporal import ErrorTranslation, connect_temporal
+from workflows.steps import INVENTORY_QUEUE
+
+log = structlog.get_logger(__name__)
+
+
+def create_app(settings: ApiSettings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine = make_engine(settings.database_url)
+        await asyncio.to_thread(create_schema, engine)
+        inventory = Inventory(engine)
+        nc = await connect(settings, "vmflow-api")
+        js = nc.jetstream()
+        await ensure_event_stream(js, settings.event_stream)
+        publisher = EventPublisher(js, "api")
+        temporal = await connect_temporal(settings)
+        app.state.platform = Platform(
+            settings=settings,
+            inventory=inventory,
+            nats=nc,
+            temporal=temporal,
+            events=publisher,
+            scheduler=SchedulerClient(nc, settings.request_timeout_s),
+            storage=StorageClient(nc, settings.request_timeout_s),
+        )
+        activities = InventoryActivities(inventory, publisher)
+        worker = Worker(
+            temporal,
+            task_queue=INVENTORY_QUEUE,
+            activities=[activities.update_vm, activities.forget_vm],
+            interceptors=[ErrorTranslation()],
+        )
+        run = asyncio.create_task(worker.run())
+        log.info("api ready", database=settings.database_url.split("://")[0])
+        try:
+            yield
+        finally:
+            await worker.shutdown()
+            run.cancel()
+            await nc.drain()
+            engine.dispose()
+
+    app = FastAPI(
+        title="vmflow",
+        version="0.1.0",
+        description="Virtual machines across a fleet of KVM hosts.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for router in (vms.router, operations.router, catalog.router, events.router, health.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,98 @@
+"""Database engine and the inventory repository. Blocking: call from threads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import event, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, SQLModel, create_engine, select, text
+
+from services.api.models import Vm, utcnow
+from shared.errors import Conflict, NotFound
+from shared.models import VmState
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record) -> None:
+            # WAL lets readers go on while the inventory worker writes.
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            dbapi_conn.execute("PRAGMA busy_timeout=30000")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def create_schema(engine: Engine) -> None:
+    SQLModel.metadata.create_all(engine)
+
+
+class Inventory:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def ping(self) -> None:
+        with Session(self._engine) as session:
+            session.exec(text("SELECT 1"))
+
+    def add(self, vm: Vm) -> Vm:
+        """Raises Conflict if the tenant already has a VM of that name."""
+        with Session(self._engine) as session:
+            session.add(vm)
+            try:
+                session.commit()
+            except IntegrityError as exc:
+                raise Conflict(f"a VM named '{vm.name}' already exists") from exc
+            session.refresh(vm)
+            return vm
+
+    def get(self, vm_id: str, tenant: str | None = None) -> Vm:
+        with Session(self._engine) as session:
+            vm = session.get(Vm, vm_id)
+            if vm is None or (tenant is not None and vm.tenant != tenant):
+                raise NotFound(f"no VM with id '{vm_id}'")
+            return vm
+
+    def list(self, tenant: str) -> list[Vm]:
+        with Session(self._engine) as session:
+            return list(session.exec(select(Vm).where(Vm.tenant == tenant).order_by(Vm.created_at)))
+
+    def transition(self, vm_id: str, allowed: Iterable[VmState], new_state: VmState, op_id: str) -> bool:
+        """Atomically move the VM to ``new_state`` if it is in one of ``allowed``. This is what
+        keeps two conflicting operations from running on one VM."""
+        with Session(self._engine) as session:
+            result = session.exec(
+                update(Vm)
+                .where(Vm.id == vm_id, Vm.state.in_(list(allowed)))
+                .values(state=new_state, last_operation_id=op_id, error=None, updated_at=utcnow())
+            )
+            session.commit()
+            return result.rowcount == 1
+
+    def update(self, vm_id: str, **fields) -> Vm | None:
+        """Set fields on the VM; None when it is gone (updates are idempotent)."""
+        with Session(self._engine) as session:
+            vm = session.get(Vm, vm_id)
+            if vm is None:
+                return None
+            for key, value in fields.items():
+                setattr(vm, key, value)
+            vm.updated_at = utcnow()
+            session.add(vm)
+            session.commit()
+            session.refresh(vm)
+            return vm
+
+    def remove(self, vm_id: str) -> Vm | None:
+        with Session(self._engine) as session:
+            vm = session.get(Vm, vm_id)
+            if vm is None:
+                return None
+            session.delete(vm)
+            session.commit()
+            return vm

@@ -1,0 +1,62 @@
+"""Activities through which workflows update the inventory the API owns (task queue
+``inventory``). Each also publishes what changed, so SSE clients follow every operation."""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio import activity
+
+from services.api.db import Inventory
+from shared import subjects
+from shared.messaging import EventPublisher
+from shared.models import VmRecordUpdate, VmRef
+
+
+class InventoryActivities:
+    def __init__(self, inventory: Inventory, events: EventPublisher) -> None:
+        self._inventory = inventory
+        self._events = events
+
+    @activity.defn(name="inventory.update_vm")
+    async def update_vm(self, update: VmRecordUpdate) -> None:
+        """Idempotent; a VM that is gone is left gone."""
+        fields: dict[str, object] = {"last_operation_id": update.op_id}
+        if update.state is not None:
+            fields["state"] = update.state
+            fields["error"] = update.error
+        if update.host_id is not None:
+            fields["host_id"] = update.host_id
+        vm = await asyncio.to_thread(self._inventory.update, update.vm_id, **fields)
+        if vm is None:
+            return
+        if update.state is not None:
+            await self._events.publish(
+                subjects.vm_event(vm.tenant, vm.id, "state"),
+                {"vm_id": vm.id, "state": vm.state, "host_id": vm.host_id, "error": vm.error},
+                event_id=f"{update.op_id}-{update.step}-state",
+            )
+        op_type = update.step if update.step in ("succeeded", "failed") else "progress"
+        await self._events.publish(
+            subjects.op_event(vm.tenant, update.op_id, op_type),
+            {"operation_id": update.op_id, "vm_id": vm.id, "step": update.step, "error": update.error},
+            event_id=f"{update.op_id}-{update.step}",
+        )
+
+    @activity.defn(name="inventory.forget_vm")
+    async def forget_vm(self, ref: VmRef) -> None:
+        """Remove the VM's row; absent is fine. ``error`` set means provisioning failed."""
+        vm = await asyncio.to_thread(self._inventory.remove, ref.vm_id)
+        if vm is None:
+            return
+        outcome = "failed" if ref.error else "succeeded"
+        await self._events.publish(
+            subjects.vm_event(vm.tenant, vm.id, "deleted"),
+            {"vm_id": vm.id, "name": vm.name, "reason": ref.error or "deleted"},
+            event_id=f"{ref.op_id}-deleted",
+        )
+        await self._events.publish(
+            subjects.op_event(vm.tenant, ref.op_id, outcome),
+            {"operation_id": ref.op_id, "vm_id": vm.id, "error": ref.error},
+            event_id=f"{ref.op_id}-{outcome}",
+        )

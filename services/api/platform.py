@@ -1,0 +1,30 @@
+"""Connections the API holds for its lifetime, built once and handed to the routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+from nats.aio.client import Client as NatsClient
+from temporalio.client import Client as TemporalClient
+
+from services.api.db import Inventory
+from services.api.settings import ApiSettings
+from services.scheduler.client import SchedulerClient
+from services.storage.client import StorageClient
+from shared.messaging import EventPublisher
+
+
+@dataclass
+class Platform:
+    settings: ApiSettings
+    inventory: Inventory
+    nats: NatsClient
+    temporal: TemporalClient
+    events: EventPublisher
+    scheduler: SchedulerClient
+    storage: StorageClient
+
+
+def get_platform(request: Request) -> Platform:
+    return request.app.state.platform

@@ -1,0 +1,54 @@
+"""/v1/events: the platform's NATS events as a server-sent-events stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+
+from services.api.platform import Platform, get_platform
+from shared import subjects
+from shared.errors import InvalidRequest
+
+router = APIRouter(prefix="/v1", tags=["events"])
+KEEPALIVE_S = 15.0
+
+
+@router.get("/events")
+async def stream_events(
+    request: Request,
+    subject: str = Query(subjects.ALL_EVENTS, description="NATS subject filter under vmflow.evt"),
+    p: Platform = Depends(get_platform),
+):
+    """Each NATS event becomes one SSE message: ``event:`` its type, ``data:`` its envelope."""
+    if not subject.startswith(subjects.EVENTS_ROOT + ".") or " " in subject:
+        raise InvalidRequest(f"subject must start with '{subjects.EVENTS_ROOT}.'")
+    queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1000)
+
+    async def on_message(msg) -> None:
+        if not queue.full():  # a slow client loses events rather than stalling NATS
+            queue.put_nowait(msg.data)
+
+    sub = await p.nats.subscribe(subject, cb=on_message)
+
+    async def body():
+        try:
+            yield b": connected\n\n"
+            while not await request.is_disconnected():
+                try:
+                    data = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                except TimeoutError:
+                    yield b": keepalive\n\n"
+                    continue
+                envelope = json.loads(data)
+                yield (
+                    f"id: {envelope.get('id', '')}\nevent: {envelope.get('type', 'event')}\n"
+                    f"data: {json.dumps(envelope)}\n\n"
+                ).encode()
+        finally:
+            await sub.unsubscribe()
+
+    return StreamingResponse(body(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,94 @@
+"""/v1/operations/{id}: an operation is a workflow; its id is the workflow id."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from services.api.platform import Platform, get_platform
+from shared.errors import NotFound
+from shared.models import OperationProgress
+
+router = APIRouter(prefix="/v1/operations", tags=["operations"])
+
+OPERATION_ID = re.compile(r"^vm-[0-9a-f-]{36}-[a-z]+(-[0-9a-f]{8})?$")
+_STATES = {
+    WorkflowExecutionStatus.RUNNING: "running",
+    WorkflowExecutionStatus.COMPLETED: "succeeded",
+    WorkflowExecutionStatus.FAILED: "failed",
+    WorkflowExecutionStatus.CANCELED: "cancelled",
+    WorkflowExecutionStatus.TERMINATED: "terminated",
+    WorkflowExecutionStatus.TIMED_OUT: "timed_out",
+    WorkflowExecutionStatus.CONTINUED_AS_NEW: "running",
+}
+
+
+class OperationError(BaseModel):
+    code: str
+    message: str
+
+
+class Operation(BaseModel):
+    id: str
+    kind: str
+    state: str
+    done: bool
+    step: str | None
+    steps_done: list[str]
+    vm_id: str | None
+    host_id: str | None
+    result: str | None
+    error: OperationError | None
+    started_at: datetime | None
+    closed_at: datetime | None
+
+
+@router.get("/{op_id}", response_model=Operation)
+async def get_operation(op_id: str, p: Platform = Depends(get_platform)):
+    if not OPERATION_ID.fullmatch(op_id):
+        raise NotFound(f"no operation with id '{op_id}'")
+    handle = p.temporal.get_workflow_handle(op_id)
+    try:
+        desc = await handle.describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise NotFound(f"no operation with id '{op_id}'") from exc
+        raise
+    state = _STATES.get(desc.status, "unknown") if desc.status else "unknown"
+    progress: OperationProgress | None = None
+    try:
+        progress = await handle.query("progress", result_type=OperationProgress)
+    except Exception:  # a query needs a worker; the state alone still answers
+        progress = None
+    result, error = None, None
+    if desc.status == WorkflowExecutionStatus.COMPLETED:
+        result = await handle.result()
+    elif desc.status == WorkflowExecutionStatus.FAILED:
+        try:
+            await handle.result()
+        except WorkflowFailureError as exc:
+            cause = exc.cause
+            if isinstance(cause, ApplicationError):
+                error = OperationError(code=cause.type or "internal", message=cause.message)
+            else:
+                error = OperationError(code="internal", message=str(cause))
+    return Operation(
+        id=op_id,
+        kind=desc.workflow_type,
+        state=state,
+        done=state != "running",
+        step=progress.step if progress else None,
+        steps_done=list(progress.steps_done) if progress else [],
+        vm_id=progress.vm_id if progress else None,
+        host_id=progress.host_id if progress else None,
+        result=str(result) if result is not None else None,
+        error=error,
+        started_at=desc.start_time,
+        closed_at=desc.close_time,
+    )

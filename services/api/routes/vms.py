@@ -1,0 +1,154 @@
+"""/v1/vms: create, list, show, delete, power actions. Every change is a workflow; the
+response is 202 with the operation's id and Location."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from fastapi import APIRouter, Body, Depends, Response
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from services.api.models import OperationAccepted, PowerOptions, Vm, VmCreate, VmPublic
+from services.api.platform import Platform, get_platform
+from shared.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
+from shared.models import DeleteInput, PowerAction, PowerInput, ProvisionInput, VmSpec, VmState
+from shared import subjects
+from workflows.delete import delete_workflow_id
+from workflows.power import power_workflow_id
+from workflows.provision import provision_workflow_id
+from workflows.steps import ORCHESTRATOR_QUEUE
+
+router = APIRouter(prefix="/v1/vms", tags=["vms"])
+
+_POWER_FROM = {
+    PowerAction.START: (VmState.STOPPED, VmState.ERROR),
+    PowerAction.STOP: (VmState.RUNNING, VmState.ERROR),
+    PowerAction.REBOOT: (VmState.RUNNING,),
+}
+_TRANSITIONAL = {
+    PowerAction.START: VmState.STARTING,
+    PowerAction.STOP: VmState.STOPPING,
+    PowerAction.REBOOT: VmState.REBOOTING,
+}
+_DELETABLE = (VmState.RUNNING, VmState.STOPPED, VmState.ERROR, VmState.DELETING)
+
+
+def _accepted(response: Response, op_id: str, vm: Vm) -> OperationAccepted:
+    response.status_code = 202
+    response.headers["Location"] = f"/v1/operations/{op_id}"
+    return OperationAccepted(operation_id=op_id, vm=VmPublic.model_validate(vm, from_attributes=True))
+
+
+async def _check_spec(p: Platform, body: VmCreate) -> None:
+    s = p.settings
+    problems = []
+    if body.vcpus > s.max_vcpus:
+        problems.append(f"vcpus: at most {s.max_vcpus}")
+    if body.memory_mib > s.max_memory_mib:
+        problems.append(f"memory_mib: at most {s.max_memory_mib}")
+    if body.disk_gib > s.max_disk_gib:
+        problems.append(f"disk_gib: at most {s.max_disk_gib}")
+    try:
+        image = await p.storage.image(body.image)
+    except NotFound:
+        problems.append(f"image: unknown image '{body.image}' (see GET /v1/images)")
+    else:
+        if body.memory_mib < image.min_memory_mib:
+            problems.append(f"memory_mib: image '{image.name}' needs at least {image.min_memory_mib}")
+        if body.disk_gib < image.min_disk_gib:
+            problems.append(f"disk_gib: image '{image.name}' needs at least {image.min_disk_gib}")
+    if problems:
+        raise InvalidRequest("; ".join(problems))
+
+
+@router.post("", status_code=202, response_model=OperationAccepted)
+async def create_vm(body: VmCreate, response: Response, p: Platform = Depends(get_platform)):
+    """Provision a VM: 202 at once; follow the operation for its progress."""
+    await _check_spec(p, body)
+    tenant = p.settings.default_tenant
+    vm = await asyncio.to_thread(p.inventory.add, Vm(tenant=tenant, **body.model_dump()))
+    op_id = provision_workflow_id(vm.id)
+    try:
+        await p.temporal.start_workflow(
+            "ProvisionVm",
+            ProvisionInput(vm.id, vm.name, tenant, VmSpec(vm.vcpus, vm.memory_mib, vm.disk_gib, vm.image),
+                           boot_timeout_s=p.settings.boot_timeout_s),
+            id=op_id,
+            task_queue=ORCHESTRATOR_QUEUE,
+        )
+    except Exception as exc:
+        await asyncio.to_thread(p.inventory.remove, vm.id)
+        raise ServiceUnavailable(f"could not start the provisioning: {exc}") from exc
+    vm = await asyncio.to_thread(p.inventory.update, vm.id, last_operation_id=op_id)
+    await p.events.publish(subjects.vm_event(tenant, vm.id, "created"),
+                           {"vm_id": vm.id, "name": vm.name, "operation_id": op_id})
+    return _accepted(response, op_id, vm)
+
+
+@router.get("", response_model=list[VmPublic])
+async def list_vms(p: Platform = Depends(get_platform)):
+    return await asyncio.to_thread(p.inventory.list, p.settings.default_tenant)
+
+
+@router.get("/{vm_id}", response_model=VmPublic)
+async def get_vm(vm_id: str, p: Platform = Depends(get_platform)):
+    return await asyncio.to_thread(p.inventory.get, vm_id, p.settings.default_tenant)
+
+
+@router.delete("/{vm_id}", status_code=202, response_model=OperationAccepted)
+async def delete_vm(vm_id: str, response: Response, p: Platform = Depends(get_platform)):
+    """Delete a VM with its domain and volume. Repeating the request returns the same operation."""
+    vm = await asyncio.to_thread(p.inventory.get, vm_id, p.settings.default_tenant)
+    op_id = delete_workflow_id(vm.id)
+    if not await asyncio.to_thread(p.inventory.transition, vm.id, _DELETABLE, VmState.DELETING, op_id):
+        raise Conflict(f"VM '{vm.name}' is {vm.state.value}; wait for its operation to finish")
+    try:
+        await p.temporal.start_workflow(
+            "DeleteVm", DeleteInput(vm.id, vm.tenant, vm.host_id), id=op_id,
+            task_queue=ORCHESTRATOR_QUEUE,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+        )
+    except WorkflowAlreadyStartedError:
+        pass  # the same delete is already under way
+    return _accepted(response, op_id, await asyncio.to_thread(p.inventory.get, vm.id))
+
+
+async def _power(p: Platform, vm_id: str, action: PowerAction, options: PowerOptions, response: Response):
+    vm = await asyncio.to_thread(p.inventory.get, vm_id, p.settings.default_tenant)
+    op_id = power_workflow_id(vm.id, action, uuid.uuid4().hex[:8])
+    if not await asyncio.to_thread(p.inventory.transition, vm.id, _POWER_FROM[action], _TRANSITIONAL[action], op_id):
+        allowed = ", ".join(s.value for s in _POWER_FROM[action])
+        raise Conflict(f"cannot {action.value} VM '{vm.name}' while it is {vm.state.value} (needs: {allowed})")
+    try:
+        image = await p.storage.image(vm.image)
+        await p.temporal.start_workflow(
+            "VmPowerAction",
+            PowerInput(vm.id, vm.tenant, action, vm.host_id or "", image.boot_marker,
+                       options.timeout_s, options.force, p.settings.boot_timeout_s),
+            id=op_id, task_queue=ORCHESTRATOR_QUEUE,
+        )
+    except Exception as exc:
+        await asyncio.to_thread(p.inventory.update, vm.id, state=vm.state)
+        raise ServiceUnavailable(f"could not start the {action.value} operation: {exc}") from exc
+    return _accepted(response, op_id, await asyncio.to_thread(p.inventory.get, vm.id))
+
+
+@router.post("/{vm_id}/start", status_code=202, response_model=OperationAccepted)
+async def start_vm(vm_id: str, response: Response, p: Platform = Depends(get_platform)):
+    return await _power(p, vm_id, PowerAction.START, PowerOptions(), response)
+
+
+@router.post("/{vm_id}/stop", status_code=202, response_model=OperationAccepted)
+async def stop_vm(vm_id: str, response: Response, options: PowerOptions = Body(default_factory=PowerOptions),
+                  p: Platform = Depends(get_platform)):
+    """Graceful shutdown, forced after ``timeout_s``; ``force`` powers off at once."""
+    return await _power(p, vm_id, PowerAction.STOP, options, response)
+
+
+@router.post("/{vm_id}/reboot", status_code=202, response_model=OperationAccepted)
+async def reboot_vm(vm_id: str, response: Response, options: PowerOptions = Body(default_factory=PowerOptions),
+                    p: Platform = Depends(get_platform)):
+    """Stop (graceful, then forced after ``timeout_s``) and start again."""
+    return await _power(p, vm_id, PowerAction.REBOOT, options, response)

@@ -1,0 +1,81 @@
+"""python -m services.host_worker"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import structlog
+from temporalio.worker import Worker
+
+from services.host_worker.activities import HostActivities
+from services.host_worker.hypervisor import Hypervisor, LifecycleEvent
+from services.host_worker.reporting import forward_lifecycle, heartbeat_loop
+from services.host_worker.settings import HostWorkerSettings
+from shared import subjects
+from shared.lifecycle import run_until_signalled
+from shared.logging import configure_logging
+from shared.messaging import EventPublisher, connect, ensure_event_stream, heartbeat_bucket
+from shared.temporal import ErrorTranslation, connect_temporal
+
+log = structlog.get_logger("services.host_worker")
+
+
+def resolve_domain_type(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    return "kvm" if os.path.exists("/dev/kvm") else "qemu"
+
+
+async def main(settings: HostWorkerSettings) -> None:
+    structlog.contextvars.bind_contextvars(host_id=settings.host_id)
+    loop = asyncio.get_running_loop()
+    lifecycle: asyncio.Queue[LifecycleEvent] = asyncio.Queue()
+    hv = Hypervisor(settings.libvirt_uri, lambda e: loop.call_soon_threadsafe(lifecycle.put_nowait, e))
+    await asyncio.to_thread(hv.connection)
+    domain_type = resolve_domain_type(settings.domain_type)
+    host = HostActivities(settings, hv, domain_type)
+
+    nc = await connect(settings, f"vmflow-host-worker-{settings.host_id}")
+    js = nc.jetstream()
+    await ensure_event_stream(js, settings.event_stream)
+    kv = await heartbeat_bucket(js, settings.heartbeat_bucket)
+    events = EventPublisher(js, f"host-worker/{settings.host_id}")
+    await events.publish(subjects.host_event(settings.host_id, "registered"),
+                         {"host_id": settings.host_id, "domain_type": domain_type})
+
+    client = await connect_temporal(settings)
+    worker = Worker(
+        client,
+        task_queue=f"host.{settings.host_id}",
+        activities=[
+            host.define_domain,
+            host.start_domain,
+            host.stop_domain,
+            host.destroy_domain,
+            host.undefine_domain,
+            host.domain_status,
+            host.wait_booted,
+        ],
+        interceptors=[ErrorTranslation()],
+    )
+    tasks = [
+        asyncio.create_task(heartbeat_loop(settings, hv, kv, events, domain_type)),
+        asyncio.create_task(forward_lifecycle(settings, hv, host, lifecycle, events)),
+        asyncio.create_task(worker.run()),
+    ]
+    log.info("host-worker ready", uri=settings.libvirt_uri, domain_type=domain_type)
+    try:
+        await run_until_signalled()
+    finally:
+        await worker.shutdown()
+        for task in tasks:
+            task.cancel()
+        await nc.drain()
+        hv.close()
+
+
+if __name__ == "__main__":
+    settings = HostWorkerSettings()
+    configure_logging("host-worker", settings.log_level, settings.log_json)
+    asyncio.run(main(settings))

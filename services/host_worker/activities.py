@@ -1,0 +1,99 @@
+"""Temporal activities of one host, on the task queue ``host.<host_id>``.
+
+Each is idempotent, keyed by the VM id (= domain UUID): asking for a state the domain is already
+in succeeds. Blocking libvirt calls run in threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import structlog
+from temporalio import activity
+
+from services.host_worker.console import count_marker
+from services.host_worker.domain_xml import build_domain_xml, console_path
+from services.host_worker.hypervisor import Hypervisor
+from services.host_worker.settings import HostWorkerSettings
+from shared.errors import HypervisorError, Timeout
+from shared.models import BootWaitRequest, DomainRef, DomainSpec, DomainStatus, StopRequest
+
+log = structlog.get_logger(__name__)
+
+
+class HostActivities:
+    def __init__(self, settings: HostWorkerSettings, hypervisor: Hypervisor, domain_type: str) -> None:
+        self._settings = settings
+        self._hv = hypervisor
+        self.domain_type = domain_type
+        self.tenants: dict[str, str] = {}  # vm_id -> tenant, for events after undefine
+
+    def _console(self, vm_id: str) -> Path:
+        return Path(console_path(self._settings.console_dir, vm_id))
+
+    @activity.defn(name="host.define_domain")
+    async def define_domain(self, spec: DomainSpec) -> None:
+        """Create or update the definition. Raises HypervisorError if libvirt refuses it."""
+        if spec.domain_type != self.domain_type:
+            raise HypervisorError(
+                f"host {self._settings.host_id} runs '{self.domain_type}' domains, not '{spec.domain_type}'"
+            )
+        self.tenants[spec.vm_id] = spec.tenant
+        Path(self._settings.console_dir).mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self._hv.define, build_domain_xml(spec, self._settings.console_dir))
+
+    @activity.defn(name="host.start_domain")
+    async def start_domain(self, ref: DomainRef) -> None:
+        await asyncio.to_thread(self._hv.start, ref.vm_id)
+
+    @activity.defn(name="host.stop_domain")
+    async def stop_domain(self, req: StopRequest) -> DomainStatus:
+        """Graceful (ACPI) power-off, waiting up to ``timeout_s``, then destroy."""
+        if not req.force:
+            await asyncio.to_thread(self._hv.request_shutdown, req.vm_id)
+            deadline = time.monotonic() + req.timeout_s
+            while time.monotonic() < deadline:
+                state = await asyncio.to_thread(self._hv.state, req.vm_id)
+                if state in ("shutoff", "absent"):
+                    return DomainStatus(req.vm_id, state)
+                activity.heartbeat(state)
+                await asyncio.sleep(0.5)
+            log.info("graceful shutdown timed out, destroying", vm_id=req.vm_id, timeout_s=req.timeout_s)
+        await asyncio.to_thread(self._hv.destroy, req.vm_id)
+        return DomainStatus(req.vm_id, await asyncio.to_thread(self._hv.state, req.vm_id))
+
+    @activity.defn(name="host.destroy_domain")
+    async def destroy_domain(self, ref: DomainRef) -> None:
+        await asyncio.to_thread(self._hv.destroy, ref.vm_id)
+
+    @activity.defn(name="host.undefine_domain")
+    async def undefine_domain(self, ref: DomainRef) -> None:
+        """Destroy, undefine, and remove the console log. Absent is fine."""
+        await asyncio.to_thread(self._hv.undefine, ref.vm_id)
+        self._console(ref.vm_id).unlink(missing_ok=True)
+
+    @activity.defn(name="host.domain_status")
+    async def domain_status(self, req: BootWaitRequest) -> DomainStatus:
+        state = await asyncio.to_thread(self._hv.state, req.vm_id)
+        markers = count_marker(self._console(req.vm_id), req.boot_marker) if req.boot_marker else 0
+        return DomainStatus(req.vm_id, state, markers)
+
+    @activity.defn(name="host.wait_booted")
+    async def wait_booted(self, req: BootWaitRequest) -> DomainStatus:
+        """Wait until the domain runs and its console shows the boot marker often enough.
+        Raises Timeout, or HypervisorError if the domain stops while booting."""
+        deadline = time.monotonic() + req.timeout_s
+        console = self._console(req.vm_id)
+        while True:
+            state = await asyncio.to_thread(self._hv.state, req.vm_id)
+            markers = count_marker(console, req.boot_marker) if req.boot_marker else 0
+            if state == "running" and (req.boot_marker is None or markers >= req.min_marker_count):
+                return DomainStatus(req.vm_id, state, markers)
+            if state in ("shutoff", "crashed", "absent"):
+                raise HypervisorError(f"the guest stopped while booting (domain {state})")
+            if time.monotonic() > deadline:
+                raise Timeout(f"the guest did not boot within {req.timeout_s:g} s (domain {state})")
+            activity.heartbeat(state)
+            await asyncio.sleep(self._settings.console_poll_interval_s)

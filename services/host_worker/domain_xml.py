@@ -1,0 +1,74 @@
+"""Domain XML as a pure function of the spec: no libvirt connection, golden-file tested."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from shared.models import DomainSpec
+
+METADATA_NS = "http://vmflow.local/xmlns/vm/1"
+METADATA_PREFIX = "vmflow"
+
+
+def domain_name(vm_id: str) -> str:
+    """libvirt names must be unique per host; user-chosen VM names are not, so use the id."""
+    return f"vm-{vm_id}"
+
+
+def console_path(console_dir: str, vm_id: str) -> str:
+    return f"{console_dir.rstrip('/')}/{vm_id}.log"
+
+
+def build_domain_xml(spec: DomainSpec, console_dir: str) -> str:
+    """The persistent definition of ``spec``. Every user-supplied string goes through
+    ElementTree, so names with XML special characters cannot change the document's shape."""
+    domain = ET.Element("domain", type=spec.domain_type)
+    ET.SubElement(domain, "name").text = domain_name(spec.vm_id)
+    ET.SubElement(domain, "uuid").text = spec.vm_id
+    ET.SubElement(domain, "title").text = spec.vm_name
+    metadata = ET.SubElement(domain, "metadata")
+    vm_meta = ET.SubElement(metadata, f"{{{METADATA_NS}}}vm")
+    ET.SubElement(vm_meta, f"{{{METADATA_NS}}}name").text = spec.vm_name
+    ET.SubElement(vm_meta, f"{{{METADATA_NS}}}tenant").text = spec.tenant
+    ET.SubElement(domain, "memory", unit="MiB").text = str(spec.memory_mib)
+    ET.SubElement(domain, "vcpu").text = str(spec.vcpus)
+    _add_os(domain, spec)
+    ET.SubElement(ET.SubElement(domain, "features"), "acpi")
+    ET.SubElement(domain, "on_poweroff").text = "destroy"
+    ET.SubElement(domain, "on_reboot").text = "restart"
+    ET.SubElement(domain, "on_crash").text = "destroy"
+    _add_devices(domain, spec, console_dir)
+    ET.register_namespace(METADATA_PREFIX, METADATA_NS)
+    ET.indent(domain)
+    return ET.tostring(domain, encoding="unicode") + "\n"
+
+
+def _add_os(domain: ET.Element, spec: DomainSpec) -> None:
+    os_el = ET.SubElement(domain, "os")
+    ET.SubElement(os_el, "type", arch="x86_64").text = "hvm"
+    if spec.boot is None:
+        ET.SubElement(os_el, "boot", dev="hd")
+        return
+    ET.SubElement(os_el, "kernel").text = spec.boot.kernel_path
+    ET.SubElement(os_el, "initrd").text = spec.boot.initrd_path
+    ET.SubElement(os_el, "cmdline").text = spec.boot.cmdline
+
+
+def _add_devices(domain: ET.Element, spec: DomainSpec, console_dir: str) -> None:
+    devices = ET.SubElement(domain, "devices")
+    disk = ET.SubElement(devices, "disk", type="file", device="disk")
+    ET.SubElement(disk, "driver", name="qemu", type="qcow2")
+    ET.SubElement(disk, "source", file=spec.disk_path)
+    ET.SubElement(disk, "target", dev="vda", bus="virtio")
+    # A file-backed serial console that survives restarts (append) and that the host-worker
+    # reads to tell that the guest booted.
+    serial = ET.SubElement(devices, "serial", type="file")
+    ET.SubElement(serial, "source", path=console_path(console_dir, spec.vm_id), append="on")
+    ET.SubElement(serial, "target", port="0")
+    ET.SubElement(devices, "memballoon", model="none")
+
+
+def metadata_fields(metadata_xml: str) -> dict[str, str]:
+    """Parse the element libvirt returns for our metadata namespace: {'name': .., 'tenant': ..}."""
+    root = ET.fromstring(metadata_xml)
+    return {child.tag.rsplit("}", 1)[-1]: child.text or "" for child in root}

@@ -1,0 +1,71 @@
+"""What a host tells the platform: heartbeats into the KV bucket, lifecycle events on NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from services.host_worker.activities import HostActivities
+from services.host_worker.hypervisor import Hypervisor, LifecycleEvent
+from services.host_worker.settings import HostWorkerSettings
+from shared import codec, subjects
+from shared.errors import VmflowError
+from shared.messaging import EventPublisher
+from shared.models import HostHeartbeat
+
+log = structlog.get_logger(__name__)
+
+
+async def heartbeat_loop(
+    settings: HostWorkerSettings, hv: Hypervisor, kv, events: EventPublisher, domain_type: str
+) -> None:
+    """Publish the host's capacity and domains every few seconds. libvirt being unreachable is
+    itself reported (libvirt_ok=False), and each change of reachability becomes an event."""
+    last_ok: bool | None = None
+    vcpus, memory_mib = 0, 0
+    while True:
+        try:
+            vcpus, memory_mib = await asyncio.to_thread(hv.host_capacity)
+            domains = tuple(await asyncio.to_thread(hv.list_domains))
+            ok = True
+        except VmflowError as exc:
+            log.warning("libvirt unreachable", error=exc.message)
+            domains, ok = (), False
+        beat = HostHeartbeat(
+            host_id=settings.host_id,
+            sent_at_s=time.time(),
+            libvirt_ok=ok,
+            domain_type=domain_type,
+            vcpus=vcpus,
+            memory_mib=memory_mib,
+            domains=domains,
+        )
+        await kv.put(settings.host_id, codec.encode(beat))
+        if ok != last_ok:
+            kind = "up" if ok else "libvirt_unreachable"
+            await events.publish(subjects.host_event(settings.host_id, kind), codec.to_jsonable(beat))
+            last_ok = ok
+        await asyncio.sleep(settings.heartbeat_interval_s)
+
+
+async def forward_lifecycle(
+    settings: HostWorkerSettings,
+    hv: Hypervisor,
+    host: HostActivities,
+    queue: asyncio.Queue[LifecycleEvent],
+    events: EventPublisher,
+) -> None:
+    """Publish each libvirt lifecycle event as ``vmflow.evt.vm.<tenant>.<vm>.<event>``."""
+    while True:
+        event = await queue.get()
+        tenant = host.tenants.get(event.vm_id)
+        if tenant is None:
+            tenant = await asyncio.to_thread(hv.tenant_of, event.vm_id) or "unknown"
+            host.tenants[event.vm_id] = tenant
+        data = {"vm_id": event.vm_id, "host_id": settings.host_id, "detail": event.detail}
+        try:
+            await events.publish(subjects.vm_event(tenant, event.vm_id, event.event), data)
+        except Exception as exc:  # NATS down: the heartbeat still carries the truth
+            log.warning("lifecycle event not published", error=str(exc), vm_id=event.vm_id)

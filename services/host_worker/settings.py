@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from typing import Literal
+
+from shared.settings import CommonSettings
+
+
+class HostWorkerSettings(CommonSettings):
+    host_id: str = "h1"
+    libvirt_uri: str = "qemu:///system"
+    # "qemu" (TCG) where KVM cannot boot guests, "kvm" on real hosts; "auto" picks kvm when
+    # /dev/kvm exists. Nested setups without hardware support must say "qemu" explicitly.
+    domain_type: Literal["auto", "kvm", "qemu"] = "auto"
+    console_dir: str = "/var/lib/vmflow/consoles"
+    heartbeat_interval_s: float = 2.0
+    console_poll_interval_s: float = 0.2

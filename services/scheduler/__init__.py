@@ -1,0 +1,1 @@
+"""Placement: host states from heartbeats, filters and weighers, capacity claims."""

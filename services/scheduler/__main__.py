@@ -1,0 +1,35 @@
+"""python -m services.scheduler"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from services.scheduler.service import Scheduler, follow_heartbeats, start_service
+from services.scheduler.settings import SchedulerSettings
+from shared.lifecycle import run_until_signalled
+from shared.logging import configure_logging
+from shared.messaging import connect
+
+log = structlog.get_logger("services.scheduler")
+
+
+async def main(settings: SchedulerSettings) -> None:
+    nc = await connect(settings, "vmflow-scheduler")
+    scheduler = Scheduler(settings)
+    watcher = asyncio.create_task(follow_heartbeats(nc, settings, scheduler))
+    service = await start_service(nc, scheduler)
+    log.info("scheduler ready", nats=settings.nats_url)
+    try:
+        await run_until_signalled()
+    finally:
+        watcher.cancel()
+        await service.stop()
+        await nc.drain()
+
+
+if __name__ == "__main__":
+    settings = SchedulerSettings()
+    configure_logging("scheduler", settings.log_level, settings.log_json)
+    asyncio.run(main(settings))

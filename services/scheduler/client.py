@@ -1,0 +1,41 @@
+"""Talking to the scheduler service over NATS, and the activities that let workflows do so."""
+
+from __future__ import annotations
+
+from nats.aio.client import Client as NatsClient
+from temporalio import activity
+
+from shared import subjects
+from shared.messaging import request
+from shared.models import ClaimRelease, HostList, Placement, PlacementRequest
+
+
+class SchedulerClient:
+    def __init__(self, nc: NatsClient, timeout_s: float = 5.0) -> None:
+        self._nc = nc
+        self._timeout_s = timeout_s
+
+    async def place(self, req: PlacementRequest) -> Placement:
+        """Raises NoValidHost (with the rejection trail) or ServiceUnavailable."""
+        return await request(self._nc, f"{subjects.SCHEDULER_PREFIX}.place", req, Placement, self._timeout_s)
+
+    async def release(self, vm_id: str) -> None:
+        await request(self._nc, f"{subjects.SCHEDULER_PREFIX}.release", ClaimRelease(vm_id), dict, self._timeout_s)
+
+    async def hosts(self) -> HostList:
+        return await request(self._nc, f"{subjects.SCHEDULER_PREFIX}.hosts", None, HostList, self._timeout_s)
+
+
+class SchedulerActivities:
+    """Run by the orchestrator worker: workflows place VMs through the scheduler service."""
+
+    def __init__(self, client: SchedulerClient) -> None:
+        self._client = client
+
+    @activity.defn(name="scheduler.place")
+    async def place(self, req: PlacementRequest) -> Placement:
+        return await self._client.place(req)
+
+    @activity.defn(name="scheduler.release")
+    async def release(self, req: ClaimRelease) -> None:
+        await self._client.release(req.vm_id)

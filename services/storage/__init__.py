@@ -1,0 +1,1 @@
+"""Pools, images and volumes."""

@@ -1,0 +1,1 @@
+"""Code every vmflow service shares: domain models, errors, settings, logging, messaging."""

@@ -1,0 +1,142 @@
+"""NATS plumbing shared by the services: connecting, the event stream, typed request/reply.
+
+Events are facts under ``vmflow.evt.>`` kept by one JetStream stream; publishers set
+``Nats-Msg-Id`` so a retried publish is stored once. Service calls go through ``nats.micro``
+endpoints; errors travel as (code, description) and are rebuilt into ``shared.errors`` types.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import nats
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import StreamConfig
+from nats.js.errors import BadRequestError
+from nats.micro.request import Request
+
+from shared import codec, subjects
+from shared.errors import ServiceUnavailable, Timeout, VmflowError, error_from_code
+from shared.settings import CommonSettings
+
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
+
+ERROR_HEADER = "Nats-Service-Error"
+ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+EVENT_RETENTION = timedelta(days=7)
+
+
+async def connect(settings: CommonSettings, name: str) -> NatsClient:
+    """Connect for a long-lived control-plane process: reconnect forever, ping often."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error", error=str(exc))
+
+    return await nats.connect(
+        settings.nats_url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        ping_interval=10,
+        max_outstanding_pings=3,
+        error_cb=on_error,
+    )
+
+
+async def ensure_event_stream(js: JetStreamContext, stream: str) -> None:
+    """Create the event stream if it does not exist yet; idempotent across replicas."""
+    config = StreamConfig(
+        name=stream,
+        subjects=[subjects.ALL_EVENTS],
+        max_age=EVENT_RETENTION.total_seconds(),
+        duplicate_window=120.0,
+    )
+    try:
+        await js.add_stream(config)
+    except BadRequestError as exc:
+        if exc.err_code != 10058:  # stream name already in use
+            raise
+        await js.update_stream(config)
+
+
+class EventPublisher:
+    """Publishes facts to the event stream. Each event gets an envelope with a stable id."""
+
+    def __init__(self, js: JetStreamContext, source: str) -> None:
+        self._js = js
+        self._source = source
+
+    async def publish(self, subject: str, data: dict[str, Any], event_id: str | None = None) -> None:
+        event_id = event_id or uuid.uuid4().hex
+        envelope = {
+            "id": event_id,
+            "type": subject.rsplit(".", 1)[-1],
+            "subject": subject,
+            "source": self._source,
+            "time_s": time.time(),
+            "data": data,
+        }
+        await self._js.publish(
+            subject, json.dumps(envelope).encode(), headers={"Nats-Msg-Id": event_id}
+        )
+
+
+async def request(
+    nc: NatsClient, subject: str, payload: Any, result_type: type[T], timeout_s: float = 5.0
+) -> T:
+    """Typed request/reply to a ``nats.micro`` endpoint; raises ``shared.errors`` types."""
+    try:
+        reply = await nc.request(subject, codec.encode(payload), timeout=timeout_s)
+    except NoRespondersError as exc:
+        raise ServiceUnavailable(f"no service answers on {subject}") from exc
+    except NatsTimeoutError as exc:
+        raise Timeout(f"{subject} did not answer within {timeout_s:g} s") from exc
+    headers = reply.headers or {}
+    if ERROR_CODE_HEADER in headers:
+        raise error_from_code(headers[ERROR_CODE_HEADER], headers.get(ERROR_HEADER, ""))
+    return codec.decode(result_type, reply.data)
+
+
+def endpoint(
+    request_type: type[T], handler: Callable[[T], Awaitable[Any]]
+) -> Callable[[Request], Awaitable[None]]:
+    """Adapt a typed coroutine to a ``nats.micro`` handler: decode, call, encode; errors go
+    back as (code, message) so callers rebuild the same error type."""
+
+    async def handle(req: Request) -> None:
+        try:
+            argument = codec.decode(request_type, req.data) if request_type is not type(None) else None
+            result = await handler(argument)  # type: ignore[arg-type]
+        except VmflowError as exc:
+            await req.respond_error(exc.code, exc.message)
+            return
+        except ValueError as exc:
+            await req.respond_error("invalid_request", str(exc).splitlines()[0])
+            return
+        except Exception as exc:  # a bug: say so without leaking internals
+            log.exception("endpoint failed", subject=req.subject)
+            await req.respond_error("internal", f"internal error ({type(exc).__name__})")
+            return
+        await req.respond(codec.encode(result))
+
+    return handle
+
+
+async def heartbeat_bucket(js: JetStreamContext, bucket: str):  # -> KeyValue
+    """The KV bucket holding each host's latest heartbeat; created on first use."""
+    from nats.js.errors import BucketNotFoundError
+
+    try:
+        return await js.key_value(bucket)
+    except BucketNotFoundError:
+        return await js.create_key_value(bucket=bucket, history=1, ttl=24 * 3600)

@@ -1,0 +1,246 @@
+"""Values that cross service boundaries: activity arguments and results, heartbeats, progress.
+
+Frozen dataclasses with units in their names. Pure: safe to import inside Temporal workflows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class VmState(StrEnum):
+    PROVISIONING = "provisioning"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    STOPPING = "stopping"
+    STARTING = "starting"
+    REBOOTING = "rebooting"
+    DELETING = "deleting"
+    ERROR = "error"
+
+
+class PowerAction(StrEnum):
+    START = "start"
+    STOP = "stop"
+    REBOOT = "reboot"
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+    image: str
+
+
+@dataclass(frozen=True)
+class PlacementRequest:
+    vm_id: str
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+
+
+@dataclass(frozen=True)
+class Placement:
+    vm_id: str
+    host_id: str
+    domain_type: str
+
+
+@dataclass(frozen=True)
+class ClaimRelease:
+    vm_id: str
+
+
+@dataclass(frozen=True)
+class BootSpec:
+    """Direct kernel boot: what an image needs besides its disk."""
+
+    kernel_path: str
+    initrd_path: str
+    cmdline: str
+
+
+@dataclass(frozen=True)
+class Image:
+    name: str
+    description: str
+    disk_path: str
+    virtual_size_gib: int
+    min_memory_mib: int
+    min_disk_gib: int
+    boot: BootSpec | None = None
+    boot_marker: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageList:
+    images: tuple[Image, ...]
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    name: str
+
+
+@dataclass(frozen=True)
+class VolumeRequest:
+    vm_id: str
+    image: str
+    disk_gib: int
+
+
+@dataclass(frozen=True)
+class Volume:
+    name: str
+    path: str
+    size_gib: int
+    image: Image
+
+
+@dataclass(frozen=True)
+class VolumeRef:
+    vm_id: str
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    vm_id: str
+    vm_name: str
+    tenant: str
+    vcpus: int
+    memory_mib: int
+    disk_path: str
+    domain_type: str
+    boot: BootSpec | None = None
+
+
+@dataclass(frozen=True)
+class DomainRef:
+    vm_id: str
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    vm_id: str
+    timeout_s: float = 30.0
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class BootWaitRequest:
+    """Wait until the domain runs and, if the image prints one, its boot marker shows up
+    ``min_marker_count`` times on the serial console."""
+
+    vm_id: str
+    timeout_s: float
+    boot_marker: str | None = None
+    min_marker_count: int = 1
+
+
+@dataclass(frozen=True)
+class DomainStatus:
+    vm_id: str
+    state: str  # libvirt state name: running, shutoff, paused, ... or "absent"
+    marker_count: int = 0
+
+
+@dataclass(frozen=True)
+class DomainSummary:
+    vm_id: str
+    state: str
+    vcpus: int
+    memory_mib: int
+
+
+@dataclass(frozen=True)
+class HostHeartbeat:
+    host_id: str
+    sent_at_s: float
+    libvirt_ok: bool
+    domain_type: str
+    vcpus: int
+    memory_mib: int
+    domains: tuple[DomainSummary, ...] = ()
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class HostView:
+    """A host as operators see it: state, capacity, what is used (running plus claimed)."""
+
+    host_id: str
+    state: str  # up, down, disabled
+    domain_type: str
+    vcpus_total: int
+    memory_mib_total: int
+    vcpus_used: int
+    memory_mib_used: int
+    domain_count: int
+    last_heartbeat_at_s: float
+    last_heartbeat_age_s: float
+
+
+@dataclass(frozen=True)
+class HostList:
+    hosts: tuple[HostView, ...]
+
+
+@dataclass(frozen=True)
+class VmRecordUpdate:
+    """Inventory change requested by a workflow; ``None`` fields stay as they are."""
+
+    vm_id: str
+    op_id: str
+    step: str
+    state: VmState | None = None
+    host_id: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class VmRef:
+    """Remove a VM from the inventory: it was deleted, or its provisioning failed (``error``)."""
+
+    vm_id: str
+    op_id: str = ""
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ProvisionInput:
+    vm_id: str
+    vm_name: str
+    tenant: str
+    spec: VmSpec
+    boot_timeout_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class DeleteInput:
+    vm_id: str
+    tenant: str
+    host_id: str | None
+
+
+@dataclass(frozen=True)
+class PowerInput:
+    vm_id: str
+    tenant: str
+    action: PowerAction
+    host_id: str
+    boot_marker: str | None = None
+    timeout_s: float = 30.0
+    force: bool = False
+    boot_timeout_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class OperationProgress:
+    kind: str
+    vm_id: str
+    step: str
+    steps_done: tuple[str, ...] = field(default_factory=tuple)
+    host_id: str | None = None

@@ -1,0 +1,34 @@
+"""NATS subject names, in one place (DESIGN.md, "Commands vs events")."""
+
+from __future__ import annotations
+
+EVENTS_ROOT = "vmflow.evt"
+ALL_EVENTS = f"{EVENTS_ROOT}.>"
+
+SCHEDULER_SERVICE = "vmflow-scheduler"
+SCHEDULER_PREFIX = "vmflow.scheduler"
+STORAGE_SERVICE = "vmflow-storage"
+STORAGE_PREFIX = "vmflow.storage"
+
+
+def _token(value: str) -> str:
+    # Subject tokens may not contain '.', '*', '>' or whitespace; ids never do, but be strict.
+    if not value or any(ch in value for ch in ".*> \t\r\n"):
+        raise ValueError(f"not a valid subject token: {value!r}")
+    return value
+
+
+def vm_event(tenant: str, vm_id: str, event_type: str) -> str:
+    return f"{EVENTS_ROOT}.vm.{_token(tenant)}.{_token(vm_id)}.{_token(event_type)}"
+
+
+def host_event(host_id: str, event_type: str) -> str:
+    return f"{EVENTS_ROOT}.host.{_token(host_id)}.{_token(event_type)}"
+
+
+def op_event(tenant: str, op_id: str, event_type: str) -> str:
+    return f"{EVENTS_ROOT}.op.{_token(tenant)}.{_token(op_id)}.{_token(event_type)}"
+
+
+def volume_event(pool: str, volume: str, event_type: str) -> str:
+    return f"{EVENTS_ROOT}.volume.{_token(pool)}.{_token(volume)}.{_token(event_type)}"

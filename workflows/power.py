@@ -1,0 +1,77 @@
+"""VmPowerAction: start, stop (graceful with a timeout, then forced) and reboot."""
+
+from __future__ import annotations
+
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from shared.models import (
+        BootWaitRequest,
+        OperationProgress,
+        PowerAction,
+        PowerInput,
+        StopRequest,
+        VmRecordUpdate,
+        VmState,
+    )
+
+from workflows import steps
+
+_TRANSITIONAL = {
+    PowerAction.START: VmState.STARTING,
+    PowerAction.STOP: VmState.STOPPING,
+    PowerAction.REBOOT: VmState.REBOOTING,
+}
+
+
+def power_workflow_id(vm_id: str, action: PowerAction, op_suffix: str) -> str:
+    return f"vm-{vm_id}-{action.value}-{op_suffix}"
+
+
+@workflow.defn(name="VmPowerAction")
+class VmPowerAction:
+    def __init__(self) -> None:
+        self._progress = OperationProgress(kind="power", vm_id="", step="queued")
+
+    @workflow.query(name="progress")
+    def progress(self) -> OperationProgress:
+        return self._progress
+
+    def _step(self, step: str) -> None:
+        p = self._progress
+        done = (*p.steps_done, p.step) if p.step != "queued" else p.steps_done
+        self._progress = OperationProgress(p.kind, p.vm_id, step, done, p.host_id)
+
+    @workflow.run
+    async def run(self, inp: PowerInput) -> str:
+        """Returns the VM's resulting state. A reboot is a stop followed by a start, and waits for
+        the guest to print its boot marker once more than before."""
+        op_id = workflow.info().workflow_id
+        self._progress = OperationProgress(f"power-{inp.action.value}", inp.vm_id, "queued", (), inp.host_id)
+        boot = BootWaitRequest(inp.vm_id, inp.boot_timeout_s, inp.boot_marker)
+        try:
+            await steps.update_record(VmRecordUpdate(inp.vm_id, op_id, inp.action.value, state=_TRANSITIONAL[inp.action]))
+            before = await steps.domain_status(inp.host_id, boot)
+            if inp.action in (PowerAction.STOP, PowerAction.REBOOT):
+                self._step("stop")
+                await steps.stop_domain(inp.host_id, StopRequest(inp.vm_id, inp.timeout_s, inp.force))
+            final = VmState.STOPPED
+            if inp.action in (PowerAction.START, PowerAction.REBOOT):
+                self._step("start")
+                await steps.start_domain(inp.host_id, inp.vm_id)
+                self._step("wait_booted")
+                await steps.wait_booted(
+                    inp.host_id,
+                    BootWaitRequest(inp.vm_id, inp.boot_timeout_s, inp.boot_marker, before.marker_count + 1),
+                )
+                final = VmState.RUNNING
+            self._step("record")
+            await steps.update_record(VmRecordUpdate(inp.vm_id, op_id, "succeeded", state=final))
+            self._step("done")
+            return final.value
+        except BaseException as exc:
+            code, message = steps.failure_message(exc)
+            error = f"{self._progress.step}: {message}"
+            await steps.update_record(VmRecordUpdate(inp.vm_id, op_id, "failed", state=VmState.ERROR, error=error))
+            raise ApplicationError(error, type=code, non_retryable=True) from None

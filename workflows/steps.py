@@ -1,0 +1,143 @@
+"""Typed calls to the platform's activities, with the timeouts and retries each one needs.
+
+Activities are called by name and task queue; a host's activities run on ``host.<host_id>``,
+so work for a host is only ever picked up by that host's worker.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from shared.models import (
+        BootWaitRequest,
+        ClaimRelease,
+        DomainRef,
+        DomainSpec,
+        DomainStatus,
+        Placement,
+        PlacementRequest,
+        StopRequest,
+        VmRecordUpdate,
+        VmRef,
+        Volume,
+        VolumeRef,
+        VolumeRequest,
+    )
+
+ORCHESTRATOR_QUEUE = "orchestrator"
+STORAGE_QUEUE = "storage"
+INVENTORY_QUEUE = "inventory"
+
+_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=5),
+    maximum_attempts=5,
+)
+_QUICK = timedelta(seconds=30)
+# A host whose worker does not pick up work within this time is treated as unavailable.
+_HOST_PICKUP = timedelta(seconds=30)
+
+
+def host_queue(host_id: str) -> str:
+    return f"host.{host_id}"
+
+
+def failure_message(exc: BaseException) -> tuple[str, str]:
+    """(code, message) of the innermost application error behind an activity failure."""
+    cause: BaseException | None = exc
+    while isinstance(cause, ActivityError) and cause.cause is not None:
+        cause = cause.cause
+    if isinstance(cause, ApplicationError):
+        return cause.type or "internal", cause.message
+    return "internal", str(cause)
+
+
+async def place(req: PlacementRequest) -> Placement:
+    return await workflow.execute_activity(
+        "scheduler.place", req, task_queue=ORCHESTRATOR_QUEUE, result_type=Placement,
+        start_to_close_timeout=_QUICK, retry_policy=_RETRY,
+    )
+
+
+async def release_claim(vm_id: str) -> None:
+    await workflow.execute_activity(
+        "scheduler.release", ClaimRelease(vm_id), task_queue=ORCHESTRATOR_QUEUE,
+        start_to_close_timeout=_QUICK, retry_policy=_RETRY,
+    )
+
+
+async def create_volume(req: VolumeRequest) -> Volume:
+    return await workflow.execute_activity(
+        "storage.create_volume", req, task_queue=STORAGE_QUEUE, result_type=Volume,
+        start_to_close_timeout=timedelta(minutes=5), retry_policy=_RETRY,
+    )
+
+
+async def delete_volume(vm_id: str) -> None:
+    await workflow.execute_activity(
+        "storage.delete_volume", VolumeRef(vm_id), task_queue=STORAGE_QUEUE,
+        start_to_close_timeout=timedelta(minutes=2), retry_policy=_RETRY,
+    )
+
+
+async def on_host(
+    host_id: str, name: str, arg: object, result_type: type | None = None,
+    timeout: timedelta = _QUICK, heartbeat: timedelta | None = None,
+):
+    return await workflow.execute_activity(
+        name, arg, task_queue=host_queue(host_id), result_type=result_type,
+        start_to_close_timeout=timeout, schedule_to_start_timeout=_HOST_PICKUP,
+        heartbeat_timeout=heartbeat, retry_policy=_RETRY,
+    )
+
+
+async def define_domain(host_id: str, spec: DomainSpec) -> None:
+    await on_host(host_id, "host.define_domain", spec)
+
+
+async def start_domain(host_id: str, vm_id: str) -> None:
+    await on_host(host_id, "host.start_domain", DomainRef(vm_id))
+
+
+async def undefine_domain(host_id: str, vm_id: str) -> None:
+    await on_host(host_id, "host.undefine_domain", DomainRef(vm_id))
+
+
+async def stop_domain(host_id: str, req: StopRequest) -> DomainStatus:
+    return await on_host(
+        host_id, "host.stop_domain", req, DomainStatus,
+        timeout=timedelta(seconds=req.timeout_s + 30), heartbeat=timedelta(seconds=10),
+    )
+
+
+async def domain_status(host_id: str, req: BootWaitRequest) -> DomainStatus:
+    return await on_host(host_id, "host.domain_status", req, DomainStatus)
+
+
+async def wait_booted(host_id: str, req: BootWaitRequest) -> DomainStatus:
+    return await workflow.execute_activity(
+        "host.wait_booted", req, task_queue=host_queue(host_id), result_type=DomainStatus,
+        start_to_close_timeout=timedelta(seconds=req.timeout_s + 10),
+        schedule_to_start_timeout=_HOST_PICKUP, heartbeat_timeout=timedelta(seconds=10),
+        retry_policy=RetryPolicy(maximum_attempts=1),  # a boot timeout is an answer, not a glitch
+    )
+
+
+async def update_record(update: VmRecordUpdate) -> None:
+    await workflow.execute_activity(
+        "inventory.update_vm", update, task_queue=INVENTORY_QUEUE,
+        start_to_close_timeout=_QUICK, retry_policy=_RETRY,
+    )
+
+
+async def forget_record(ref: VmRef) -> None:
+    await workflow.execute_activity(
+        "inventory.forget_vm", ref, task_queue=INVENTORY_QUEUE,
+        start_to_close_timeout=_QUICK, retry_policy=_RETRY,
+    )

@@ -1,0 +1,26 @@
+"""The orchestrator worker: runs every workflow, plus the thin activities that reach the
+scheduler over NATS (workflow code itself never does I/O)."""
+
+from __future__ import annotations
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from services.scheduler.client import SchedulerActivities
+from shared.temporal import ErrorTranslation
+from workflows.delete import DeleteVm
+from workflows.power import VmPowerAction
+from workflows.provision import ProvisionVm
+from workflows.steps import ORCHESTRATOR_QUEUE
+
+WORKFLOWS = [ProvisionVm, DeleteVm, VmPowerAction]
+
+
+def orchestrator_worker(client: Client, scheduler: SchedulerActivities) -> Worker:
+    return Worker(
+        client,
+        task_queue=ORCHESTRATOR_QUEUE,
+        workflows=WORKFLOWS,
+        activities=[scheduler.place, scheduler.release],
+        interceptors=[ErrorTranslation()],
+    )
