@@ -32,13 +32,13 @@ MAX_HOSTS = 200  # addresses are 127.1.0.(10 + index)
 
 _CAPABILITIES_SUBDIR = "var/cache/libvirt/qemu/capabilities"
 _NAME_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,39}")
-_COLD_START_TIMEOUT_S = 90.0  # the first QEMU probe took 2-12 s on our machines, alone
+_COLD_START_TIMEOUT_S = 90.0  # the first QEMU probe alone took 2-12 s on our machines
 _WARM_START_TIMEOUT_S = 30.0
-_VIRSH_TIMEOUT_S = 10.0
+_COMMAND_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 5.0
-# The processes a lab host runs; anything else found in its namespace belongs to someone else.
+# What a lab host runs. Other programs in its namespace (a test's virsh, say) are not ours to kill.
 _HOST_PROGRAMS = ("tini", "libvirtd", "qemu-system-")
-# Popen objects of daemons started by this process, kept so stop_lab can reap them (no zombies).
+# Daemons started by this process, kept so that stop_lab reaps them instead of leaving zombies.
 _children: dict[int, subprocess.Popen[bytes]] = {}
 
 
@@ -65,19 +65,19 @@ class Lab:
 
 
 def start_lab(name: str, state_dir: Path, host_count: int, shared_dirs: Sequence[Path] = ()) -> Lab:
-    """Start a lab of `host_count` hosts whose libvirtds all answer, and return it.
+    """Start `host_count` hosts, return once every libvirtd answers on its unix socket.
 
-    A lab already running under this name (or left in `state_dir`) is stopped first and the
-    hosts start with empty libvirt state. `shared_dirs` are created and stay visible at the same
-    path on every host, even below a directory that is otherwise private to each host.
-    On failure everything started is torn down again and LabError is raised.
+    A lab already running under this name (or left in `state_dir`) is stopped first, and hosts
+    start with empty libvirt state. `shared_dirs` are created and stay visible at the same path on
+    every host, even below a directory that is otherwise private to each host. On failure all
+    that was started is torn down again and LabError is raised.
     """
     _check_name(name)
     if not 1 <= host_count <= MAX_HOSTS:
         raise LabError(f"host_count must be between 1 and {MAX_HOSTS}, got {host_count}")
     state_dir = Path(state_dir).resolve()
     shared = tuple(Path(d).resolve() for d in shared_dirs)
-    if _private_parent(state_dir) is not None:
+    if _private_parent(state_dir):
         raise LabError(f"state_dir {state_dir} lies below a directory each host makes private")
     stop_lab(name, state_dir)
     shutil.rmtree(state_dir / "hosts", ignore_errors=True)
@@ -98,39 +98,38 @@ def start_lab(name: str, state_dir: Path, host_count: int, shared_dirs: Sequence
 
 
 def stop_lab(name: str, state_dir: Path) -> None:
-    """Destroy the lab's guests, stop its daemons and delete its namespaces.
+    """Destroy and undefine the lab's guests, stop its daemons, delete its namespaces.
 
-    Works from the name and state directory alone (another process, after a crash), is
-    idempotent and does not raise because something is already gone. Only namespaces named
-    `<name>-sw` or `<name>-h<N>` are touched. Files under `state_dir` are kept for post-mortems.
+    Needs nothing but the name and state directory (works from another process, after a crash),
+    is idempotent and never raises because something is already gone; LabError only if
+    `state_dir` holds a lab of another name. Only namespaces named `<name>-sw` or `<name>-h<N>`
+    are touched. Files under `state_dir` (logs) are kept for post-mortems.
     """
     _check_name(name)
     state_dir = Path(state_dir).resolve()
-    recorded = _read_lab_name(state_dir)
-    if recorded not in (None, name):
-        raise LabError(f"{state_dir} holds lab {recorded!r}, not {name!r}")
+    try:
+        load_lab(name, state_dir)  # raises LabError for a lab of another name
+    except (ValueError, KeyError, TypeError):
+        pass  # a half-written or damaged lab.json must not stop the teardown
     namespaces = _lab_namespaces(name)
-    host_dirs = (state_dir / "hosts").glob("h*")
-    host_ids = {p.name for p in host_dirs} | {ns[len(name) + 1 :] for ns in namespaces}
+    host_ids = {p.name for p in (state_dir / "hosts").glob("h*")}
+    host_ids |= {ns[len(name) + 1 :] for ns in namespaces}
     host_ids = {h for h in host_ids if re.fullmatch(r"h\d+", h)}
-    if host_ids:
-        with ThreadPoolExecutor(max_workers=len(host_ids)) as pool:
-            list(pool.map(lambda h: _stop_host(name, state_dir, h), sorted(host_ids)))
+    with ThreadPoolExecutor(max_workers=max(1, len(host_ids))) as pool:
+        list(pool.map(lambda h: _stop_host(name, state_dir, h), sorted(host_ids)))
     for namespace in namespaces:
         _run(["ip", "netns", "del", namespace], check=False)
 
 
 def lab_health(lab: Lab) -> dict[str, bool]:
-    """host_id -> whether that host's libvirtd answers on its unix socket within a few seconds."""
-    if not lab.hosts:
-        return {}
-    with ThreadPoolExecutor(max_workers=len(lab.hosts)) as pool:
+    """host_id -> whether that host's libvirtd answers on its unix socket within 5 s."""
+    with ThreadPoolExecutor(max_workers=max(1, len(lab.hosts))) as pool:
         answers = pool.map(lambda h: _libvirtd_answers(h.unix_uri, 5.0), lab.hosts)
         return {host.host_id: ok for host, ok in zip(lab.hosts, answers)}
 
 
 def load_lab(name: str, state_dir: Path) -> Lab | None:
-    """The lab described in `state_dir`, or None if there is none (it may not be running)."""
+    """The lab recorded in `state_dir` (running or not), None if there is none."""
     path = Path(state_dir).resolve() / LAB_FILE
     try:
         data = json.loads(path.read_text())
@@ -142,11 +141,8 @@ def load_lab(name: str, state_dir: Path) -> Lab | None:
     return Lab(name=name, state_dir=Path(data["state_dir"]), hosts=hosts)
 
 
-# --- planning and files -------------------------------------------------------------------------
-
-
 def _check_name(name: str) -> None:
-    # The name prefixes namespaces and hostnames; keep it to characters both accept.
+    # The name prefixes namespace names and hostnames; keep it to characters both accept.
     if not _NAME_PATTERN.fullmatch(name):
         raise LabError(f"lab name {name!r} must match {_NAME_PATTERN.pattern}")
 
@@ -174,19 +170,12 @@ def _unix_uri(root_dir: Path) -> str:
 
 
 def _write_lab_file(lab: Lab, shared: Sequence[Path]) -> None:
+    # Written before anything starts, so that stop_lab finds even a half-started lab.
     lab.state_dir.mkdir(parents=True, exist_ok=True)
     data = asdict(lab) | {"shared_dirs": [str(d) for d in shared]}
-    text = json.dumps(data, indent=2, default=str) + "\n"
     tmp = lab.state_dir / f".{LAB_FILE}.tmp"
-    tmp.write_text(text)
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     os.replace(tmp, lab.state_dir / LAB_FILE)  # readers never see half a file
-
-
-def _read_lab_name(state_dir: Path) -> str | None:
-    try:
-        return str(json.loads((state_dir / LAB_FILE).read_text())["name"])
-    except (FileNotFoundError, ValueError, KeyError):
-        return None
 
 
 def _private_parent(path: Path) -> str | None:
@@ -211,17 +200,17 @@ def _prepare_host_dirs(host: LabHost, lab: Lab, shared: Sequence[Path]) -> None:
     root = host.root_dir
     for rel in PRIVATE_DIRS:
         (root / rel).mkdir(parents=True, exist_ok=True)
+    etc = root / "etc/libvirt"
     shutil.copytree(
-        "/etc/libvirt", root / "etc/libvirt", ignore=_skip_host_specific, symlinks=True, dirs_exist_ok=True
+        "/etc/libvirt", etc, ignore=_skip_host_specific, symlinks=True, dirs_exist_ok=True
     )
-    (root / "etc/libvirt/libvirtd.conf").write_text(_libvirtd_conf(host))
-    (root / "etc/libvirt/qemu.conf").write_text(_qemu_conf(host))
-    # Each host resolves its own hostname and its peers' without DNS, which the lab lacks.
+    (etc / "libvirtd.conf").write_text(_libvirtd_conf(host))
+    (etc / "qemu.conf").write_text(_qemu_conf(host))
+    # Hosts resolve their own hostname and their peers' without DNS, which the lab lacks.
     peers = "".join(f"{h.address}\t{h.namespace} {h.host_id}\n" for h in lab.hosts)
     (root / "etc/hosts").write_text(f"127.0.0.1\tlocalhost\n::1\tlocalhost\n{peers}")
     for directory in shared:
-        rel = _private_parent(directory)
-        if rel is not None:  # mount point for the bind that keeps it visible, see _launch_script
+        if _private_parent(directory):  # a mount point for the bind made in _launch_script
             (root / directory.relative_to("/")).mkdir(parents=True, exist_ok=True)
     _copy_files(CAPABILITIES_CACHE, root / _CAPABILITIES_SUBDIR)
 
@@ -252,8 +241,9 @@ def _copy_files(source: Path, target: Path) -> None:
         return
     target.mkdir(parents=True, exist_ok=True)
     for file in source.iterdir():
-        if file.is_file():
-            tmp = target / f".{file.name}.tmp"
+        if file.is_file() and not file.name.startswith("."):
+            # Two labs may fill the shared cache at once: a temporary name of our own each.
+            tmp = target / f".{file.name}.{uuid.uuid4().hex}"
             shutil.copy2(file, tmp)
             os.replace(tmp, target / file.name)
 
@@ -272,9 +262,6 @@ def _ensure_kvm_group_access() -> None:
         kvm.chmod(0o660)
 
 
-# --- network ------------------------------------------------------------------------------------
-
-
 def _create_network(lab: Lab) -> None:
     switch = f"{lab.name}-sw"
     for namespace in (switch, *(h.namespace for h in lab.hosts)):
@@ -285,14 +272,15 @@ def _create_network(lab: Lab) -> None:
             # 127.0.0.0/8 on lo would make every peer's 127.1.0.x address local to this host.
             "address del 127.0.0.1/8 dev lo",
             "address add 127.0.0.1/32 dev lo",
-            # Created in the namespaces: the names never meet the root namespace's interfaces.
+            # Created in the namespaces, the names never meet the root namespace's interfaces.
             f"link add eth0 type veth peer name v{host.host_id} netns {switch}",
             f"address add {host.address}/16 dev eth0",
             "link set eth0 up",
         ])  # fmt: skip
         # Without route_localnet the kernel drops 127/8 traffic off lo as martian.
-        _run(["ip", "netns", "exec", host.namespace, "sysctl", "-q", "-w",
-              "net.ipv4.conf.all.route_localnet=1", "net.ipv4.conf.eth0.route_localnet=1"])  # fmt: skip
+        sysctl = ["sysctl", "-q", "-w", "net.ipv4.conf.all.route_localnet=1"]
+        sysctl.append("net.ipv4.conf.eth0.route_localnet=1")
+        _run(["ip", "netns", "exec", host.namespace, *sysctl])
     ports = [f"link set v{h.host_id} master br0 up" for h in lab.hosts]
     _ip_batch(switch, ["link add br0 type bridge", "link set br0 up", *ports])
 
@@ -307,15 +295,13 @@ def _lab_namespaces(name: str) -> list[str]:
     return [n for n in (line.split(" ")[0] for line in listed.splitlines()) if pattern.fullmatch(n)]
 
 
-# --- daemons ------------------------------------------------------------------------------------
-
-
 def _start_daemons(lab: Lab, shared: Sequence[Path]) -> None:
-    # The first QEMU probe costs ~12 s of CPU; with no cached result, let one host pay it and
-    # hand its cache to the others instead of having every host probe at once.
+    # Without a cached QEMU probe, one host pays for it and hands its cache to the others,
+    # instead of every host probing at once on a small machine.
     cold = not any(CAPABILITIES_CACHE.glob("*.xml"))
     first = lab.hosts[:1] if cold else lab.hosts
     _launch_and_wait(first, shared, _COLD_START_TIMEOUT_S if cold else _WARM_START_TIMEOUT_S)
+    # Refreshed on every start: libvirt re-probes by itself when QEMU or libvirt changed.
     _copy_files(lab.hosts[0].root_dir / _CAPABILITIES_SUBDIR, CAPABILITIES_CACHE)
     rest = lab.hosts[len(first) :]
     for host in rest:
@@ -336,13 +322,14 @@ def _launch_and_wait(hosts: Sequence[LabHost], shared: Sequence[Path], timeout_s
 
 
 def _launch_script(host: LabHost, shared: Sequence[Path]) -> str:
-    """Shell run in the host's fresh mount namespace: private dirs, hostname, then libvirtd."""
+    """Shell run in the host's new mount namespace: private dirs, hostname, then libvirtd."""
     root, q = host.root_dir, shlex.quote
     lines = ["set -e"]
     for directory in shared:
-        if _private_parent(directory) is not None:
+        if _private_parent(directory):
             # Bound into the host's copy first; the recursive bind below carries it along.
-            lines.append(f"mount --bind {q(str(directory))} {q(str(root / directory.relative_to('/')))}")
+            mirror = root / directory.relative_to("/")
+            lines.append(f"mount --bind {q(str(directory))} {q(str(mirror))}")
     for rel in PRIVATE_DIRS:
         lines.append(f"mkdir -p /{rel} && mount --rbind {q(str(root / rel))} /{rel}")
     lines.append(f"mount --bind {q(str(root / 'etc/hosts'))} /etc/hosts")
@@ -353,11 +340,13 @@ def _launch_script(host: LabHost, shared: Sequence[Path]) -> str:
 
 
 def _launch_libvirtd(host: LabHost, shared: Sequence[Path]) -> subprocess.Popen[bytes]:
-    # `ip netns exec`, `unshare` and `sh -c 'exec ...'` all exec, so the PID is tini's. A UTS
-    # namespace gives each host its own hostname. Our mounts stay private: /run/netns outside is
-    # untouched (and `ip netns del` still frees namespaces: unlinking detaches all copies).
-    command = ["ip", "netns", "exec", host.namespace, "unshare", "--mount", "--uts",
-               "--propagation", "private", "--", "sh", "-c", _launch_script(host, shared)]  # fmt: skip
+    # `ip netns exec`, `unshare` and `sh -c 'exec ...'` all exec, so the PID is tini's. The UTS
+    # namespace gives each host its own hostname. Private propagation keeps our mounts (and the
+    # hidden /run/netns) inside; `ip netns del` still frees a namespace, as unlinking its file
+    # detaches every copy of that mount.
+    unshare = ["unshare", "--mount", "--uts", "--propagation", "private", "--"]
+    script = _launch_script(host, shared)
+    command = ["ip", "netns", "exec", host.namespace, *unshare, "sh", "-c", script]
     with open(host.root_dir / "libvirtd.log", "ab") as log:
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
@@ -375,12 +364,9 @@ def _libvirtd_answers(uri: str, timeout_s: float) -> bool:
     return True
 
 
-# --- stopping -----------------------------------------------------------------------------------
-
-
 def _stop_host(name: str, state_dir: Path, host_id: str) -> None:
     root = state_dir / "hosts" / host_id
-    # Everything of a host lives in its network namespace; once that is gone, pidfiles remain.
+    # Everything a host runs lives in its network namespace; once that is gone, pidfiles remain.
     in_namespace = _pids_in_namespace(f"{name}-{host_id}")
     pidfile = root / "libvirtd.pid"
     tini = _read_pid(pidfile)
@@ -407,7 +393,7 @@ def _remove_domains(uri: str) -> None:
     try:
         names = _run(["virsh", "-c", uri, "list", "--all", "--name"], timeout_s=5.0).split()
     except LabError:
-        return  # libvirtd is not answering; its QEMU processes are killed afterwards
+        return  # libvirtd does not answer; its QEMU processes are killed afterwards
     for domain in names:
         _run(["virsh", "-c", uri, "destroy", domain], check=False)
         _run(["virsh", "-c", uri, "undefine", "--nvram", "--managed-save", domain], check=False)
@@ -483,9 +469,9 @@ def _read_pid(path: Path) -> int | None:
 
 
 def _run(
-    argv: list[str], check: bool = True, timeout_s: float = _VIRSH_TIMEOUT_S, stdin: str = ""
+    argv: list[str], check: bool = True, timeout_s: float = _COMMAND_TIMEOUT_S, stdin: str = ""
 ) -> str:
-    """Run a short command, return its stdout; LabError on failure when `check`."""
+    """Run a short command and return its stdout; LabError on failure when `check`."""
     try:
         result = subprocess.run(
             argv, input=stdin, capture_output=True, text=True, timeout=timeout_s

@@ -8,6 +8,7 @@ from shared.models import DomainSpec
 
 METADATA_NS = "http://vmflow.local/xmlns/vm/1"
 METADATA_PREFIX = "vmflow"
+ET.register_namespace(METADATA_PREFIX, METADATA_NS)
 
 
 def domain_name(vm_id: str) -> str:
@@ -38,7 +39,6 @@ def build_domain_xml(spec: DomainSpec, console_dir: str) -> str:
     ET.SubElement(domain, "on_reboot").text = "restart"
     ET.SubElement(domain, "on_crash").text = "destroy"
     _add_devices(domain, spec, console_dir)
-    ET.register_namespace(METADATA_PREFIX, METADATA_NS)
     ET.indent(domain)
     return ET.tostring(domain, encoding="unicode") + "\n"
 

@@ -1,0 +1,47 @@
+"""What a person would check on a host, asked through virsh rather than through vmflow."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+
+class LibvirtProbe:
+    def __init__(self, uris: dict[str, str]) -> None:
+        self.uris = uris
+
+    def virsh(self, host_id: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["virsh", "-q", "-c", self.uris[host_id], *args],
+                              capture_output=True, text=True, timeout=30, check=check)
+
+    def domain_uuids(self, host_id: str) -> set[str]:
+        out = self.virsh(host_id, "list", "--all", "--uuid").stdout
+        return {line.strip() for line in out.splitlines() if line.strip()}
+
+    def state(self, host_id: str, vm_id: str) -> str:
+        result = self.virsh(host_id, "domstate", vm_id, check=False)
+        return result.stdout.strip() if result.returncode == 0 else "absent"
+
+    def console_path(self, host_id: str, vm_id: str) -> Path:
+        root = ET.fromstring(self.virsh(host_id, "dumpxml", vm_id).stdout)
+        return Path(root.find("devices/serial/source").get("path"))
+
+    def disk_path(self, host_id: str, vm_id: str) -> Path:
+        root = ET.fromstring(self.virsh(host_id, "dumpxml", vm_id).stdout)
+        return Path(root.find("devices/disk/source").get("file"))
+
+    def where(self, vm_id: str) -> list[str]:
+        return [h for h in self.uris if vm_id in self.domain_uuids(h)]
+
+
+def wait_until(check, timeout_s: float = 30.0, interval_s: float = 0.2, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout_s} s")
+        time.sleep(interval_s)

@@ -1,0 +1,137 @@
+"""A VM's whole life through the REST API, checked on the host through virsh: it boots for real,
+power actions act on the real domain, and delete leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+
+import httpx
+import pytest
+
+from deploy.client import VmflowClient
+from tests.integration.libvirt_probe import LibvirtProbe, wait_until
+
+MARKER = "VMFLOW-GUEST-BOOTED"
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+class EventTap:
+    """Collects the SSE stream of /v1/events in a thread."""
+
+    def __init__(self, base_url: str) -> None:
+        self.events: list[dict] = []
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(base_url,), daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10), "SSE stream did not open"
+
+    def _run(self, base_url: str) -> None:
+        with httpx.stream("GET", f"{base_url}/v1/events", timeout=None) as response:
+            self._ready.set()
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    self.events.append(json.loads(line[6:]))
+                if self._stop.is_set():
+                    return
+
+    def subjects_for(self, token: str) -> list[str]:
+        return [e["subject"] for e in self.events if token in e["subject"]]
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+@pytest.fixture
+def created_vm(api: VmflowClient, probe: LibvirtProbe):
+    accepted = api.create_vm(unique_name("e2e"), 1, 128, 1, "lab-guest")
+    op = api.wait_operation(accepted["operation_id"], timeout_s=240)
+    assert op["state"] == "succeeded", op
+    yield api.call("GET", f"/v1/vms/{accepted['vm']['id']}")
+    try:
+        api.wait_operation(api.call("DELETE", f"/v1/vms/{accepted['vm']['id']}")["operation_id"])
+    except Exception:
+        pass  # the test deleted it already
+
+
+def test_provision_boots_a_real_guest_and_delete_leaves_nothing(stack_cfg, api, probe):
+    tap = EventTap(stack_cfg.api_url)
+    accepted = api.create_vm(unique_name("e2e"), 1, 128, 1, "lab-guest")
+    vm_id, op_id = accepted["vm"]["id"], accepted["operation_id"]
+    assert op_id == f"vm-{vm_id}-provision"
+    steps_seen: set[str] = set()
+    op = api.wait_operation(op_id, timeout_s=240, on_progress=lambda o: steps_seen.add(o["step"] or ""))
+    assert op["state"] == "succeeded", op
+    assert op["steps_done"] == ["place", "create_volume", "define", "start", "wait_booted", "record"]
+
+    vm = api.call("GET", f"/v1/vms/{vm_id}")
+    assert vm["state"] == "running" and vm["host_id"] == "h1"
+    # The host vmflow reports really runs it, and the guest really booted.
+    assert probe.where(vm_id) == [vm["host_id"]]
+    assert probe.state("h1", vm_id) == "running"
+    console = probe.console_path("h1", vm_id)
+    assert MARKER in console.read_text(errors="replace")
+    disk = probe.disk_path("h1", vm_id)
+    assert disk.exists()
+    hosts = {h["id"]: h for h in api.call("GET", "/v1/hosts")}
+    assert hosts["h1"]["used"]["memory_mib"] >= 128
+
+    # Every step was visible as events on NATS, through the API's SSE stream.
+    wait_until(lambda: tap.subjects_for(f"{op_id}.succeeded"), 10, what="op succeeded event")
+    vm_events = {s.rsplit(".", 1)[1] for s in tap.subjects_for(f".vm.default.{vm_id}.")}
+    assert {"created", "defined", "started", "state"} <= vm_events
+    assert tap.subjects_for(".volume.shared.")
+
+    delete = api.call("DELETE", f"/v1/vms/{vm_id}")
+    assert api.call("DELETE", f"/v1/vms/{vm_id}")["operation_id"] == delete["operation_id"]
+    assert api.wait_operation(delete["operation_id"])["state"] == "succeeded"
+    assert probe.where(vm_id) == []
+    assert not disk.exists() and not console.exists()
+    with pytest.raises(Exception, match="404"):
+        api.call("GET", f"/v1/vms/{vm_id}")
+    wait_until(lambda: tap.subjects_for(f".vm.default.{vm_id}.undefined"), 10, what="undefined event")
+    tap.close()
+
+
+def test_stop_start_reboot_act_on_the_real_domain(api, probe, created_vm):
+    vm_id = created_vm["id"]
+    console = probe.console_path("h1", vm_id)
+
+    stop = api.call("POST", f"/v1/vms/{vm_id}/stop", json={"timeout_s": 1})
+    assert api.wait_operation(stop["operation_id"])["state"] == "succeeded"
+    assert probe.state("h1", vm_id) == "shut off"
+    assert api.call("GET", f"/v1/vms/{vm_id}")["state"] == "stopped"
+
+    # A stopped VM cannot be stopped or rebooted again; the reason says why.
+    with pytest.raises(Exception, match="409 conflict: cannot reboot VM .* while it is stopped"):
+        api.call("POST", f"/v1/vms/{vm_id}/reboot")
+
+    start = api.call("POST", f"/v1/vms/{vm_id}/start")
+    assert api.wait_operation(start["operation_id"], timeout_s=240)["state"] == "succeeded"
+    assert probe.state("h1", vm_id) == "running"
+    assert console.read_text(errors="replace").count(MARKER) == 2
+
+    reboot = api.call("POST", f"/v1/vms/{vm_id}/reboot", json={"timeout_s": 1})
+    assert api.wait_operation(reboot["operation_id"], timeout_s=240)["state"] == "succeeded"
+    assert probe.state("h1", vm_id) == "running"
+    assert console.read_text(errors="replace").count(MARKER) == 3
+    assert api.call("GET", f"/v1/vms/{vm_id}")["state"] == "running"
+
+
+def test_health_and_readiness(api):
+    assert api.call("GET", "/healthz") == {"status": "ok"}
+    ready = api.call("GET", "/readyz")
+    assert ready == {"ready": True, "checks": {"database": "ok", "nats": "ok", "temporal": "ok"}}
+
+
+def test_images_and_hosts_are_listed(api):
+    assert [i["name"] for i in api.call("GET", "/v1/images")] == ["lab-guest"]
+    (host,) = api.call("GET", "/v1/hosts")
+    assert host["id"] == "h1" and host["state"] == "up" and host["domain_type"] == "qemu"
+    assert host["capacity"]["vcpus"] >= 1 and host["capacity"]["memory_mib"] > 0
+    assert host["last_heartbeat_age_s"] < 10

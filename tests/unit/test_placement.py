@@ -1,0 +1,82 @@
+"""Placement on plain values: filters, the rejection trail, weighing, claims and liveness."""
+
+from __future__ import annotations
+
+from services.scheduler.claims import ClaimBook
+from services.scheduler.host_state import Claim, HostState, build_host_states
+from services.scheduler.placement import PlacementPolicy, WeighPolicy, choose_host
+from shared.models import DomainSummary, HostHeartbeat, PlacementRequest
+
+
+def host(host_id: str, *, vcpus_used: int = 0, mem_used: int = 0, alive: bool = True,
+         enabled: bool = True, libvirt_ok: bool = True, vcpus: int = 4, mem: int = 8192) -> HostState:
+    return HostState(host_id, alive, enabled, libvirt_ok, "qemu", vcpus, mem, vcpus_used, mem_used, 0,
+                     1.0 if alive else 60.0)
+
+
+def req(vcpus: int = 1, mem: int = 1024) -> PlacementRequest:
+    return PlacementRequest("vm-1", vcpus, mem, 1)
+
+
+def test_spread_picks_the_emptiest_host():
+    decision = choose_host([host("h1", mem_used=4096), host("h2", mem_used=1024)], req(), PlacementPolicy())
+    assert decision.host is not None and decision.host.host_id == "h2"
+
+
+def test_pack_picks_the_fullest_host_that_still_fits():
+    hosts = [host("h1", mem_used=4096), host("h2", mem_used=1024), host("h3", mem_used=8000)]
+    decision = choose_host(hosts, req(), PlacementPolicy(weigh=WeighPolicy.PACK))
+    assert decision.host is not None and decision.host.host_id == "h1"  # h3 lacks RAM
+
+
+def test_equal_hosts_tie_break_on_lowest_id():
+    decision = choose_host([host("h3"), host("h1"), host("h2")], req(), PlacementPolicy())
+    assert decision.host is not None and decision.host.host_id == "h1"
+
+
+def test_cpu_overcommit_ratio_is_applied():
+    h = host("h1", vcpus=2, vcpus_used=7)
+    assert choose_host([h], req(vcpus=1), PlacementPolicy(cpu_allocation_ratio=4.0)).host is not None
+    assert choose_host([h], req(vcpus=2), PlacementPolicy(cpu_allocation_ratio=4.0)).host is None
+
+
+def test_no_valid_host_explains_which_filter_removed_which_host():
+    hosts = [host("h1", alive=False), host("h2", enabled=False), host("h3", mem_used=8000),
+             host("h4", libvirt_ok=False)]
+    decision = choose_host(hosts, req(mem=1024), PlacementPolicy())
+    assert decision.host is None
+    trail = decision.explain()
+    assert "host_up removed h1 (no heartbeat for 60 s), h4 (libvirt unreachable)" in trail
+    assert "host_enabled removed h2 (disabled)" in trail
+    assert "ram removed h3 (needs 1024 MiB, 192 of 8192 MiB free)" in trail
+
+
+def test_no_hosts_at_all_says_so():
+    assert choose_host([], req(), PlacementPolicy()).explain() == "no hosts are known to the scheduler"
+
+
+def beat(host_id: str, sent_at_s: float, domains=()) -> HostHeartbeat:
+    return HostHeartbeat(host_id, sent_at_s, True, "qemu", 4, 8192, tuple(domains))
+
+
+def test_host_states_count_domains_and_pending_claims_once():
+    domains = [DomainSummary("a", "running", 1, 512)]
+    claims = [Claim("a", "h1", 1, 512, 1, 100.0), Claim("b", "h1", 2, 1024, 1, 100.0)]
+    (state,) = build_host_states({"h1": beat("h1", 50.0, domains)}, claims, now_s=51.0, heartbeat_timeout_s=10)
+    assert (state.vcpus_used, state.memory_mib_used, state.domain_count) == (3, 1536, 2)
+
+
+def test_expired_claims_and_stale_heartbeats():
+    claims = [Claim("b", "h1", 2, 1024, 1, expires_at_s=40.0)]
+    (state,) = build_host_states({"h1": beat("h1", 20.0)}, claims, now_s=50.0, heartbeat_timeout_s=10)
+    assert state.memory_mib_used == 0
+    assert not state.alive and state.last_heartbeat_age_s == 30.0
+
+
+def test_claim_book_settles_when_the_host_reports_the_vm():
+    book = ClaimBook(ttl_s=60)
+    book.claim("a", "h1", 1, 512, 1, now_s=0)
+    book.claim("b", "h1", 1, 512, 1, now_s=0)
+    book.settle("h1", {"a"})
+    assert [c.vm_id for c in book.live(now_s=1)] == ["b"]
+    assert book.live(now_s=61) == []
