@@ -232,7 +232,9 @@ def _wait_for_marker(console: Path, marker: str, timeout_s: float) -> None:
 # --- the whole run ------------------------------------------------------------------------------
 
 
-def run_provision_bench(run_dir: Path, count: int, memory_mib: int, say: Callable[[str], None]) -> BenchResult:
+def run_provision_bench(
+    run_dir: Path, count: int, memory_mib: int, say: Callable[[str], None]
+) -> BenchResult:
     """Provision `count` VMs one at a time through the platform and boot the same guest as often
     directly through libvirt, interleaved; print the figures through `say` and return them.
     Leaves no VM or baseline domain behind when it returns. BenchError if no stack runs from
@@ -242,7 +244,7 @@ def run_provision_bench(run_dir: Path, count: int, memory_mib: int, say: Callabl
     hv = Hypervisor(_baseline_host_uri(cfg))
     client = VmflowClient(cfg.api_url)
     tag = uuid.uuid4().hex[:6]
-    say(f"provisioning {count} x {memory_mib} MiB '{image.name}' guests, platform vs baseline, interleaved")
+    say(f"provisioning {count} x {memory_mib} MiB '{image.name}' guests: platform vs baseline, interleaved")
     platform_s: list[float] = []
     baseline_s: list[float] = []
     try:
