@@ -153,3 +153,7 @@ def bench(what: str = typer.Argument("provision"), count: int = typer.Option(5, 
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

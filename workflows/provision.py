@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from temporalio import workflow
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -20,6 +21,10 @@ with workflow.unsafe.imports_passed_through():
 
 from workflows import steps
 from workflows.saga import Saga
+
+
+# A VM is provisioned once, ever: a retried or replayed start is refused, even after completion.
+PROVISION_ID_REUSE = WorkflowIDReusePolicy.REJECT_DUPLICATE
 
 
 def provision_workflow_id(vm_id: str) -> str:

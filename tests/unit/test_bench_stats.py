@@ -55,3 +55,4 @@ def test_table_rows_show_seconds_with_three_decimals():
     assert lines[1].split() == ["platform", "3", "5.000", "5.900", "4.000", "6.000"]
     assert lines[2].split() == ["baseline", "3", "2.500", "2.950", "2.000", "3.000"]
     assert "p50 2.00x, p95 2.00x" in lines[3]
+    assert all(len(line) < 80 for line in lines)  # the CLI's console wraps longer lines

@@ -17,7 +17,7 @@ from shared.models import DeleteInput, PowerAction, PowerInput, ProvisionInput, 
 from shared import subjects
 from workflows.delete import delete_workflow_id
 from workflows.power import power_workflow_id
-from workflows.provision import provision_workflow_id
+from workflows.provision import PROVISION_ID_REUSE, provision_workflow_id
 from workflows.steps import ORCHESTRATOR_QUEUE
 
 router = APIRouter(prefix="/v1/vms", tags=["vms"])
@@ -77,6 +77,7 @@ async def create_vm(body: VmCreate, response: Response, p: Platform = Depends(ge
                            boot_timeout_s=p.settings.boot_timeout_s),
             id=op_id,
             task_queue=ORCHESTRATOR_QUEUE,
+            id_reuse_policy=PROVISION_ID_REUSE,
         )
     except Exception as exc:
         await asyncio.to_thread(p.inventory.remove, vm.id)

@@ -1,0 +1,181 @@
+"""Workflow logic against the real Temporal dev server, with recording stand-ins for the
+activities: each step's failure undoes exactly what earlier steps made, in reverse order."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from temporalio import activity
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from deploy.stack import temporal_binary
+from shared.models import (
+    BootWaitRequest,
+    ClaimRelease,
+    DeleteInput,
+    DomainRef,
+    DomainSpec,
+    DomainStatus,
+    Image,
+    Placement,
+    PlacementRequest,
+    ProvisionInput,
+    VmRecordUpdate,
+    VmRef,
+    VmSpec,
+    Volume,
+    VolumeRef,
+    VolumeRequest,
+)
+from workflows.delete import DeleteVm
+from workflows.power import VmPowerAction
+from workflows.provision import PROVISION_ID_REUSE, ProvisionVm
+from workflows.steps import INVENTORY_QUEUE, ORCHESTRATOR_QUEUE, STORAGE_QUEUE, host_queue
+
+IMAGE = Image("img", "", "/img.qcow2", 1, 96, 1, None, "BOOTED")
+
+
+@pytest.fixture(scope="module")
+async def env():
+    environment = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(),
+        dev_server_startup_timeout=timedelta(seconds=60),
+    )
+    yield environment
+    await environment.shutdown()
+
+
+class World:
+    """Activities that record calls and fail on demand."""
+
+    def __init__(self, fail_at: str | None = None) -> None:
+        self.fail_at = fail_at
+        self.calls: list[str] = []
+
+    def _do(self, name: str) -> None:
+        self.calls.append(name)
+        if name == self.fail_at:
+            raise ApplicationError(f"{name} refused", type="hypervisor_error", non_retryable=True)
+
+    def activities(self):
+        @activity.defn(name="scheduler.place")
+        async def place(req: PlacementRequest) -> Placement:
+            self._do("place")
+            return Placement(req.vm_id, "h1", "qemu")
+
+        @activity.defn(name="scheduler.release")
+        async def release(req: ClaimRelease) -> None:
+            self._do("release")
+
+        @activity.defn(name="storage.create_volume")
+        async def create_volume(req: VolumeRequest) -> Volume:
+            self._do("create_volume")
+            return Volume("v", "/v.qcow2", 1, IMAGE)
+
+        @activity.defn(name="storage.delete_volume")
+        async def delete_volume(ref: VolumeRef) -> None:
+            self._do("delete_volume")
+
+        @activity.defn(name="host.define_domain")
+        async def define(spec: DomainSpec) -> None:
+            self._do("define")
+
+        @activity.defn(name="host.start_domain")
+        async def start(ref: DomainRef) -> None:
+            self._do("start")
+
+        @activity.defn(name="host.undefine_domain")
+        async def undefine(ref: DomainRef) -> None:
+            self._do("undefine")
+
+        @activity.defn(name="host.wait_booted")
+        async def wait_booted(req: BootWaitRequest) -> DomainStatus:
+            self._do("wait_booted")
+            return DomainStatus(req.vm_id, "running", 1)
+
+        @activity.defn(name="inventory.update_vm")
+        async def update_vm(update: VmRecordUpdate) -> None:
+            self._do(f"record:{update.step}")
+
+        @activity.defn(name="inventory.forget_vm")
+        async def forget_vm(ref: VmRef) -> None:
+            self._do("forget")
+
+        return {
+            ORCHESTRATOR_QUEUE: [place, release],
+            STORAGE_QUEUE: [create_volume, delete_volume],
+            host_queue("h1"): [define, start, undefine, wait_booted],
+            INVENTORY_QUEUE: [update_vm, forget_vm],
+        }
+
+
+async def run_with(env: WorkflowEnvironment, world: World, workflow_cls, arg, workflow_id: str):
+    workers = []
+    for queue, acts in world.activities().items():
+        workflows = [ProvisionVm, DeleteVm, VmPowerAction] if queue == ORCHESTRATOR_QUEUE else []
+        workers.append(Worker(env.client, task_queue=queue, activities=acts, workflows=workflows))
+    async with workers[0], workers[1], workers[2], workers[3]:
+        return await env.client.execute_workflow(
+            workflow_cls.run, arg, id=workflow_id, task_queue=ORCHESTRATOR_QUEUE,
+            execution_timeout=timedelta(seconds=60), id_reuse_policy=PROVISION_ID_REUSE,
+        )
+
+
+def provision_input() -> ProvisionInput:
+    return ProvisionInput(str(uuid.uuid4()), "web", "default", VmSpec(1, 128, 1, "img"))
+
+
+async def test_provision_happy_path_runs_every_step_once(env):
+    world = World()
+    inp = provision_input()
+    assert await run_with(env, world, ProvisionVm, inp, f"vm-{inp.vm_id}-provision") == "h1"
+    assert world.calls == ["place", "record:create_volume", "create_volume", "define", "start",
+                           "wait_booted", "record:succeeded"]
+
+
+@pytest.mark.parametrize(
+    ("fail_at", "undo"),
+    [
+        ("place", ["release"]),
+        ("create_volume", ["delete_volume", "release"]),
+        ("define", ["undefine", "delete_volume", "release"]),
+        ("start", ["undefine", "delete_volume", "release"]),
+        ("wait_booted", ["undefine", "delete_volume", "release"]),
+    ],
+)
+async def test_provision_failure_undoes_earlier_steps_in_reverse(env, fail_at, undo):
+    world = World(fail_at)
+    inp = provision_input()
+    with pytest.raises(WorkflowFailureError) as caught:
+        await run_with(env, world, ProvisionVm, inp, f"vm-{inp.vm_id}-provision")
+    cause = caught.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "hypervisor_error"
+    assert cause.message == f"{fail_at}: {fail_at} refused"
+    failed_at = world.calls.index(fail_at)
+    assert world.calls[failed_at + 1:] == [*undo, "forget"]
+
+
+async def test_same_workflow_id_cannot_start_twice(env):
+    world = World()
+    inp = provision_input()
+    await run_with(env, world, ProvisionVm, inp, f"vm-{inp.vm_id}-provision")
+    with pytest.raises(WorkflowAlreadyStartedError):
+        await env.client.start_workflow(ProvisionVm.run, inp, id=f"vm-{inp.vm_id}-provision",
+                                        task_queue=ORCHESTRATOR_QUEUE, id_reuse_policy=PROVISION_ID_REUSE)
+
+
+async def test_delete_runs_every_step_and_marks_error_on_failure(env):
+    world = World()
+    vm_id = str(uuid.uuid4())
+    await run_with(env, world, DeleteVm, DeleteInput(vm_id, "default", "h1"), f"vm-{vm_id}-delete")
+    assert world.calls == ["record:deleting", "undefine", "delete_volume", "release", "forget"]
+
+    failing = World("delete_volume")
+    with pytest.raises(WorkflowFailureError):
+        await run_with(env, failing, DeleteVm, DeleteInput(vm_id, "default", "h1"), f"vm-{vm_id}-delete2")
+    assert failing.calls[-1] == "record:failed"
