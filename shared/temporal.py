@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
+from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import (
@@ -20,19 +22,26 @@ async def connect_temporal(settings: CommonSettings) -> Client:
     return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
 
 
-class _TranslateErrors(ActivityInboundInterceptor):
+class _ActivityContext(ActivityInboundInterceptor):
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
-        try:
-            return await super().execute_activity(input)
-        except VmflowError as exc:
-            # Workflows see the platform's code and message; Temporal retries only what may help.
-            raise ApplicationError(
-                exc.message, type=exc.code, non_retryable=not exc.retryable
-            ) from None
+        info = activity.info()
+        vm_id = getattr(input.args[0], "vm_id", None) if input.args else None
+        with structlog.contextvars.bound_contextvars(
+            activity=info.activity_type, op_id=info.workflow_id, vm_id=vm_id, attempt=info.attempt
+        ):
+            try:
+                return await super().execute_activity(input)
+            except VmflowError as exc:
+                structlog.get_logger(__name__).warning("activity failed", code=exc.code, error=exc.message)
+                # Workflows see the platform's code and message; Temporal retries only what may help.
+                raise ApplicationError(
+                    exc.message, type=exc.code, non_retryable=not exc.retryable
+                ) from None
 
 
-class ErrorTranslation(Interceptor):
-    """Turns ``shared.errors`` raised by any activity into ApplicationErrors with the same code."""
+class ActivityContext(Interceptor):
+    """For every activity: binds op_id, vm_id and the activity name to the log context, and turns
+    ``shared.errors`` into ApplicationErrors carrying the same code."""
 
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
-        return _TranslateErrors(next)
+        return _ActivityContext(next)

@@ -45,27 +45,32 @@ class VmPowerAction:
 
     @workflow.run
     async def run(self, inp: PowerInput) -> str:
-        """Returns the VM's resulting state. A reboot is a stop followed by a start, and waits for
-        the guest to print its boot marker once more than before."""
+        """Returns the VM's resulting state. Start and reboot wait for the guest to print its boot
+        marker once more than before."""
         op_id = workflow.info().workflow_id
         self._progress = OperationProgress(f"power-{inp.action.value}", inp.vm_id, "queued", (), inp.host_id)
         boot = BootWaitRequest(inp.vm_id, inp.boot_timeout_s, inp.boot_marker)
         try:
             await steps.update_record(VmRecordUpdate(inp.vm_id, op_id, inp.action.value, state=_TRANSITIONAL[inp.action]))
             before = await steps.domain_status(inp.host_id, boot)
-            if inp.action in (PowerAction.STOP, PowerAction.REBOOT):
+            stop = StopRequest(inp.vm_id, inp.timeout_s, inp.force)
+            final = VmState.RUNNING
+            if inp.action is PowerAction.STOP:
                 self._step("stop")
-                await steps.stop_domain(inp.host_id, StopRequest(inp.vm_id, inp.timeout_s, inp.force))
-            final = VmState.STOPPED
-            if inp.action in (PowerAction.START, PowerAction.REBOOT):
+                await steps.stop_domain(inp.host_id, stop)
+                final = VmState.STOPPED
+            elif inp.action is PowerAction.REBOOT:
+                self._step("reboot")
+                await steps.reboot_domain(inp.host_id, stop)
+            else:
                 self._step("start")
                 await steps.start_domain(inp.host_id, inp.vm_id)
+            if final is VmState.RUNNING:
                 self._step("wait_booted")
                 await steps.wait_booted(
                     inp.host_id,
                     BootWaitRequest(inp.vm_id, inp.boot_timeout_s, inp.boot_marker, before.marker_count + 1),
                 )
-                final = VmState.RUNNING
             self._step("record")
             await steps.update_record(VmRecordUpdate(inp.vm_id, op_id, "succeeded", state=final))
             self._step("done")

@@ -116,6 +116,13 @@ async def stop_domain(host_id: str, req: StopRequest) -> DomainStatus:
     )
 
 
+async def reboot_domain(host_id: str, req: StopRequest) -> DomainStatus:
+    return await on_host(
+        host_id, "host.reboot_domain", req, DomainStatus,
+        timeout=timedelta(seconds=req.timeout_s + 30), heartbeat=timedelta(seconds=10),
+    )
+
+
 async def domain_status(host_id: str, req: BootWaitRequest) -> DomainStatus:
     return await on_host(host_id, "host.domain_status", req, DomainStatus)
 

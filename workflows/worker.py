@@ -7,7 +7,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from services.scheduler.client import SchedulerActivities
-from shared.temporal import ErrorTranslation
+from shared.temporal import ActivityContext
 from workflows.delete import DeleteVm
 from workflows.power import VmPowerAction
 from workflows.provision import ProvisionVm
@@ -22,5 +22,5 @@ def orchestrator_worker(client: Client, scheduler: SchedulerActivities) -> Worke
         task_queue=ORCHESTRATOR_QUEUE,
         workflows=WORKFLOWS,
         activities=[scheduler.place, scheduler.release],
-        interceptors=[ErrorTranslation()],
+        interceptors=[ActivityContext()],
     )

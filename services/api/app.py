@@ -19,7 +19,7 @@ from services.api.settings import ApiSettings
 from services.scheduler.client import SchedulerClient
 from services.storage.client import StorageClient
 from shared.messaging import EventPublisher, connect, ensure_event_stream
-from shared.temporal import ErrorTranslation, connect_temporal
+from shared.temporal import ActivityContext, connect_temporal
 from workflows.steps import INVENTORY_QUEUE
 
 log = structlog.get_logger(__name__)
@@ -50,7 +50,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             temporal,
             task_queue=INVENTORY_QUEUE,
             activities=[activities.update_vm, activities.forget_vm],
-            interceptors=[ErrorTranslation()],
+            interceptors=[ActivityContext()],
         )
         run = asyncio.create_task(worker.run())
         log.info("api ready", database=settings.database_url.split("://")[0])

@@ -16,7 +16,7 @@ from shared import subjects
 from shared.lifecycle import run_until_signalled
 from shared.logging import configure_logging
 from shared.messaging import EventPublisher, connect, ensure_event_stream, heartbeat_bucket
-from shared.temporal import ErrorTranslation, connect_temporal
+from shared.temporal import ActivityContext, connect_temporal
 
 log = structlog.get_logger("services.host_worker")
 
@@ -52,12 +52,13 @@ async def main(settings: HostWorkerSettings) -> None:
             host.define_domain,
             host.start_domain,
             host.stop_domain,
+            host.reboot_domain,
             host.destroy_domain,
             host.undefine_domain,
             host.domain_status,
             host.wait_booted,
         ],
-        interceptors=[ErrorTranslation()],
+        interceptors=[ActivityContext()],
     )
     tasks = [
         asyncio.create_task(heartbeat_loop(settings, hv, kv, events, domain_type)),

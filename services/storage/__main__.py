@@ -19,7 +19,7 @@ from shared.lifecycle import run_until_signalled
 from shared.logging import configure_logging
 from shared.messaging import EventPublisher, connect, endpoint, ensure_event_stream
 from shared.models import Image, ImageList, ImageRef
-from shared.temporal import ErrorTranslation, connect_temporal
+from shared.temporal import ActivityContext, connect_temporal
 
 log = structlog.get_logger("services.storage")
 
@@ -52,7 +52,7 @@ async def main(settings: StorageSettings) -> None:
         client,
         task_queue="storage",
         activities=[activities.create_volume, activities.delete_volume],
-        interceptors=[ErrorTranslation()],
+        interceptors=[ActivityContext()],
     )
     run = asyncio.create_task(worker.run())
     log.info("storage ready", pool=settings.pool_name, pool_dir=str(pool_dir))

@@ -24,7 +24,10 @@ from shared.models import (
     Image,
     Placement,
     PlacementRequest,
+    PowerAction,
+    PowerInput,
     ProvisionInput,
+    StopRequest,
     VmRecordUpdate,
     VmRef,
     VmSpec,
@@ -98,6 +101,21 @@ class World:
             self._do("wait_booted")
             return DomainStatus(req.vm_id, "running", 1)
 
+        @activity.defn(name="host.domain_status")
+        async def domain_status(req: BootWaitRequest) -> DomainStatus:
+            self._do("domain_status")
+            return DomainStatus(req.vm_id, "running", 1)
+
+        @activity.defn(name="host.stop_domain")
+        async def stop(req: StopRequest) -> DomainStatus:
+            self._do("stop")
+            return DomainStatus(req.vm_id, "shutoff", 1)
+
+        @activity.defn(name="host.reboot_domain")
+        async def reboot(req: StopRequest) -> DomainStatus:
+            self._do("reboot")
+            return DomainStatus(req.vm_id, "running", 1)
+
         @activity.defn(name="inventory.update_vm")
         async def update_vm(update: VmRecordUpdate) -> None:
             self._do(f"record:{update.step}")
@@ -109,7 +127,7 @@ class World:
         return {
             ORCHESTRATOR_QUEUE: [place, release],
             STORAGE_QUEUE: [create_volume, delete_volume],
-            host_queue("h1"): [define, start, undefine, wait_booted],
+            host_queue("h1"): [define, start, undefine, wait_booted, domain_status, stop, reboot],
             INVENTORY_QUEUE: [update_vm, forget_vm],
         }
 
@@ -179,3 +197,28 @@ async def test_delete_runs_every_step_and_marks_error_on_failure(env):
     with pytest.raises(WorkflowFailureError):
         await run_with(env, failing, DeleteVm, DeleteInput(vm_id, "default", "h1"), f"vm-{vm_id}-delete2")
     assert failing.calls[-1] == "record:failed"
+
+
+@pytest.mark.parametrize(
+    ("action", "calls", "result"),
+    [
+        (PowerAction.STOP, ["domain_status", "stop"], "stopped"),
+        (PowerAction.START, ["domain_status", "start", "wait_booted"], "running"),
+        (PowerAction.REBOOT, ["domain_status", "reboot", "wait_booted"], "running"),
+    ],
+)
+async def test_power_actions(env, action, calls, result):
+    world = World()
+    vm_id = str(uuid.uuid4())
+    inp = PowerInput(vm_id, "default", action, "h1", "BOOTED", timeout_s=1)
+    assert await run_with(env, world, VmPowerAction, inp, f"vm-{vm_id}-{action.value}-1") == result
+    assert world.calls == [f"record:{action.value}", *calls, "record:succeeded"]
+
+
+async def test_failed_power_action_marks_the_vm_in_error(env):
+    world = World("reboot")
+    vm_id = str(uuid.uuid4())
+    inp = PowerInput(vm_id, "default", PowerAction.REBOOT, "h1", "BOOTED", timeout_s=1)
+    with pytest.raises(WorkflowFailureError):
+        await run_with(env, world, VmPowerAction, inp, f"vm-{vm_id}-reboot-1")
+    assert world.calls[-1] == "record:failed"
