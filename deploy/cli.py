@@ -12,6 +12,7 @@ from rich.table import Table
 
 from deploy import stack
 from deploy.client import ApiError, VmflowClient
+from shared.logging import configure_logging
 
 app = typer.Typer(no_args_is_help=True, help="vmflow: virtual machines across a fleet of KVM hosts.")
 vm_app = typer.Typer(no_args_is_help=True, help="Create and manage VMs.")
@@ -152,6 +153,7 @@ def bench(what: str = typer.Argument("provision"), count: int = typer.Option(5, 
 
 
 def main() -> None:
+    configure_logging("cli", os.environ.get("VMFLOW_LOG_LEVEL", "warning"))
     app()
 
 

@@ -10,7 +10,7 @@ import structlog
 from fastapi import FastAPI
 from temporalio.worker import Worker
 
-from services.api.db import Inventory, create_schema, make_engine
+from services.api.db import Inventory, make_engine, migrate
 from services.api.errors import install_error_handlers
 from services.api.inventory_activities import InventoryActivities
 from services.api.platform import Platform
@@ -29,7 +29,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         engine = make_engine(settings.database_url)
-        await asyncio.to_thread(create_schema, engine)
+        await asyncio.to_thread(migrate, engine)
         inventory = Inventory(engine)
         nc = await connect(settings, "vmflow-api")
         js = nc.jetstream()

@@ -13,4 +13,4 @@ class HostWorkerSettings(CommonSettings):
     domain_type: Literal["auto", "kvm", "qemu"] = "auto"
     console_dir: str = "/var/lib/vmflow/consoles"
     heartbeat_interval_s: float = 2.0
-    console_poll_interval_s: float = 0.2
+    console_poll_interval_s: float = 0.05
