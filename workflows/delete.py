@@ -9,6 +9,7 @@ with workflow.unsafe.imports_passed_through():
     from shared.models import DeleteInput, OperationProgress, VmRecordUpdate, VmRef, VmState
 
 from workflows import steps
+from workflows.progress import ProgressTracker
 
 
 def delete_workflow_id(vm_id: str) -> str:
@@ -18,36 +19,31 @@ def delete_workflow_id(vm_id: str) -> str:
 @workflow.defn(name="DeleteVm")
 class DeleteVm:
     def __init__(self) -> None:
-        self._progress = OperationProgress(kind="delete", vm_id="", step="queued")
+        self._progress = ProgressTracker("delete")
 
     @workflow.query(name="progress")
     def progress(self) -> OperationProgress:
-        return self._progress
-
-    def _step(self, step: str) -> None:
-        p = self._progress
-        done = (*p.steps_done, p.step) if p.step != "queued" else p.steps_done
-        self._progress = OperationProgress("delete", p.vm_id, step, done, p.host_id)
+        return self._progress.value
 
     @workflow.run
     async def run(self, inp: DeleteInput) -> None:
         """Every step is idempotent, so a retried delete finishes what an earlier one started.
         If a step fails the VM stays in the inventory in state ``error`` with the reason."""
         op_id = workflow.info().workflow_id
-        self._progress = OperationProgress("delete", inp.vm_id, "queued", (), inp.host_id)
+        self._progress.begin(inp.vm_id, inp.host_id)
         try:
-            self._step("mark_deleting")
+            self._progress.advance("mark_deleting")
             await steps.update_record(VmRecordUpdate(inp.vm_id, op_id, "deleting", state=VmState.DELETING))
             if inp.host_id:
-                self._step("undefine")
+                self._progress.advance("undefine")
                 await steps.undefine_domain(inp.host_id, inp.vm_id)
-            self._step("delete_volume")
+            self._progress.advance("delete_volume")
             await steps.delete_volume(inp.vm_id)
-            self._step("release_claim")
+            self._progress.advance("release_claim")
             await steps.release_claim(inp.vm_id)
-            self._step("forget")
+            self._progress.advance("forget")
             await steps.forget_record(VmRef(inp.vm_id, op_id))
-            self._step("done")
+            self._progress.advance("done")
         except BaseException as exc:
             code, message = steps.failure_message(exc)
             error = f"{self._progress.step}: {message}"

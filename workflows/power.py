@@ -17,6 +17,7 @@ with workflow.unsafe.imports_passed_through():
     )
 
 from workflows import steps
+from workflows.progress import ProgressTracker
 
 _TRANSITIONAL = {
     PowerAction.START: VmState.STARTING,
@@ -32,23 +33,19 @@ def power_workflow_id(vm_id: str, action: PowerAction, op_suffix: str) -> str:
 @workflow.defn(name="VmPowerAction")
 class VmPowerAction:
     def __init__(self) -> None:
-        self._progress = OperationProgress(kind="power", vm_id="", step="queued")
+        self._progress = ProgressTracker("power")
 
     @workflow.query(name="progress")
     def progress(self) -> OperationProgress:
-        return self._progress
-
-    def _step(self, step: str) -> None:
-        p = self._progress
-        done = (*p.steps_done, p.step) if p.step != "queued" else p.steps_done
-        self._progress = OperationProgress(p.kind, p.vm_id, step, done, p.host_id)
+        return self._progress.value
 
     @workflow.run
     async def run(self, inp: PowerInput) -> str:
         """Returns the VM's resulting state. Start and reboot wait for the guest to print its boot
         marker once more than before."""
         op_id = workflow.info().workflow_id
-        self._progress = OperationProgress(f"power-{inp.action.value}", inp.vm_id, "queued", (), inp.host_id)
+        self._progress = ProgressTracker(f"power-{inp.action.value}")
+        self._progress.begin(inp.vm_id, inp.host_id)
         boot = BootWaitRequest(inp.vm_id, inp.boot_timeout_s, inp.boot_marker)
         try:
             await steps.update_record(VmRecordUpdate(inp.vm_id, op_id, inp.action.value, state=_TRANSITIONAL[inp.action]))
@@ -56,24 +53,24 @@ class VmPowerAction:
             stop = StopRequest(inp.vm_id, inp.timeout_s, inp.force)
             final = VmState.RUNNING
             if inp.action is PowerAction.STOP:
-                self._step("stop")
+                self._progress.advance("stop")
                 await steps.stop_domain(inp.host_id, stop)
                 final = VmState.STOPPED
             elif inp.action is PowerAction.REBOOT:
-                self._step("reboot")
+                self._progress.advance("reboot")
                 await steps.reboot_domain(inp.host_id, stop)
             else:
-                self._step("start")
+                self._progress.advance("start")
                 await steps.start_domain(inp.host_id, inp.vm_id)
             if final is VmState.RUNNING:
-                self._step("wait_booted")
+                self._progress.advance("wait_booted")
                 await steps.wait_booted(
                     inp.host_id,
                     BootWaitRequest(inp.vm_id, inp.boot_timeout_s, inp.boot_marker, before.marker_count + 1),
                 )
-            self._step("record")
+            self._progress.advance("record")
             await steps.update_record(VmRecordUpdate(inp.vm_id, op_id, "succeeded", state=final))
-            self._step("done")
+            self._progress.advance("done")
             return final.value
         except BaseException as exc:
             code, message = steps.failure_message(exc)
