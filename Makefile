@@ -1,6 +1,6 @@
 # The two commands of the README: bring the platform up on this machine, and run the tests.
 # Both install whatever is missing first (deploy/install.sh is idempotent and quick when warm).
-HOSTS ?= 1
+HOSTS ?= 3
 
 .PHONY: install up down status test
 install:

@@ -27,7 +27,7 @@ _STEPS = {"ProvisionVm": 7, "DeleteVm": 6, "VmPowerAction": 4}
 
 
 @app.command()
-def up(hosts: int = typer.Option(1, min=1, max=16, help="number of lab KVM hosts"),
+def up(hosts: int = typer.Option(3, min=1, max=16, help="number of lab KVM hosts"),
        run_dir: Path = typer.Option(DEFAULT_RUN_DIR, help="state, logs and pids go here")) -> None:
     """Start NATS, Temporal, the lab hosts and every service on this machine."""
     cfg = stack.StackConfig(run_dir=str(run_dir.resolve()), host_count=hosts)
