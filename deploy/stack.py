@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
@@ -41,11 +41,17 @@ class StackConfig:
     nats_port: int = 4222
     temporal_port: int = 7233
     temporal_ui_port: int = 8233
+    host_labels: dict[str, list[str]] = field(default_factory=dict)  # host id -> labels
 
     @classmethod
-    def isolated(cls, run_dir: Path, lab_name: str, host_count: int = 1) -> StackConfig:
+    def isolated(cls, run_dir: Path, lab_name: str, host_count: int = 1,
+                 host_labels: dict[str, list[str]] | None = None) -> StackConfig:
         """A stack that shares no port or name with any other: what tests use."""
-        return cls(str(run_dir), lab_name, host_count, free_port(), free_port(), free_port(), free_port())
+        return cls(str(run_dir), lab_name, host_count, free_port(), free_port(), free_port(), free_port(),
+                   host_labels or {})
+
+    def labels_of(self, host_id: str) -> list[str]:
+        return list(self.host_labels.get(host_id, []))
 
     @property
     def root(self) -> Path:
@@ -157,6 +163,8 @@ def start_services(cfg: StackConfig, hosts: tuple[lab.LabHost, ...]) -> None:
             "VMFLOW_LIBVIRT_URI": host.unix_uri,
             "VMFLOW_DOMAIN_TYPE": "qemu",  # KVM here cannot boot guests (see LAB facts)
             "VMFLOW_CONSOLE_DIR": str(cfg.console_dir),
+            "VMFLOW_LOCAL_DISK_DIR": str(cfg.pool_dir),
+            "VMFLOW_LABELS": json.dumps(cfg.labels_of(host.host_id)),
         }, REPO_DIR)
 
 

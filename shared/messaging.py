@@ -21,7 +21,8 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, BucketNotFoundError
+from nats.js.kv import KeyValue
 from nats.micro.request import Request
 
 from shared import codec, subjects
@@ -132,11 +133,14 @@ def endpoint(
     return handle
 
 
-async def heartbeat_bucket(js: JetStreamContext, bucket: str):  # -> KeyValue
-    """The KV bucket holding each host's latest heartbeat; created on first use."""
-    from nats.js.errors import BucketNotFoundError
-
+async def key_value_bucket(js: JetStreamContext, bucket: str, ttl_s: float | None = None) -> KeyValue:
+    """A KV bucket that keeps the latest value per key; created on first use."""
     try:
         return await js.key_value(bucket)
     except BucketNotFoundError:
-        return await js.create_key_value(bucket=bucket, history=1, ttl=24 * 3600)
+        return await js.create_key_value(bucket=bucket, history=1, ttl=ttl_s)
+
+
+async def heartbeat_bucket(js: JetStreamContext, bucket: str) -> KeyValue:
+    """Each host's latest heartbeat. Hosts gone for a day drop out on their own."""
+    return await key_value_bucket(js, bucket, ttl_s=24 * 3600)

@@ -34,12 +34,29 @@ class VmSpec:
     image: str
 
 
+class GroupPolicy(StrEnum):
+    AFFINITY = "affinity"  # members together on one host
+    ANTI_AFFINITY = "anti-affinity"  # members on different hosts
+
+
+@dataclass(frozen=True)
+class GroupRule:
+    """The placement group a VM joins: hard rules filter hosts, soft ones only weigh them."""
+
+    group_id: str
+    policy: GroupPolicy
+    hard: bool = True
+
+
 @dataclass(frozen=True)
 class PlacementRequest:
     vm_id: str
     vcpus: int
     memory_mib: int
     disk_gib: int
+    domain_types: tuple[str, ...] = ("kvm", "qemu")
+    required_labels: tuple[str, ...] = ()
+    group: GroupRule | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +90,7 @@ class Image:
     min_disk_gib: int
     boot: BootSpec | None = None
     boot_marker: str | None = None
+    domain_types: tuple[str, ...] = ("kvm", "qemu")  # the virtualisation types it runs under
 
 
 @dataclass(frozen=True)
@@ -115,6 +133,8 @@ class DomainSpec:
     disk_path: str
     domain_type: str
     boot: BootSpec | None = None
+    disk_gib: int = 0
+    group_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +173,8 @@ class DomainSummary:
     state: str
     vcpus: int
     memory_mib: int
+    disk_gib: int = 0
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -162,9 +184,30 @@ class HostHeartbeat:
     libvirt_ok: bool
     domain_type: str
     vcpus: int
-    memory_mib: int
+    memory_mib: int  # what guests may use: the host's memory less its reserve
     domains: tuple[DomainSummary, ...] = ()
-    enabled: bool = True
+    disk_gib: int = 0
+    labels: tuple[str, ...] = ()
+    cluster: str = "default"
+
+
+@dataclass(frozen=True)
+class HostAdmin:
+    """An operator's say over a host, kept apart from what the host reports."""
+
+    host_id: str
+    enabled: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Allocation:
+    vm_id: str
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+    kind: str  # "domain" (the host reports it) or "claim" (placed, not reported yet)
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -176,11 +219,22 @@ class HostView:
     domain_type: str
     vcpus_total: int
     memory_mib_total: int
+    disk_gib_total: int
     vcpus_used: int
     memory_mib_used: int
+    disk_gib_used: int
     domain_count: int
     last_heartbeat_at_s: float
     last_heartbeat_age_s: float
+    labels: tuple[str, ...] = ()
+    cluster: str = "default"
+    disabled_reason: str = ""
+    allocations: tuple[Allocation, ...] = ()
+
+
+@dataclass(frozen=True)
+class HostRef:
+    host_id: str
 
 
 @dataclass(frozen=True)
@@ -216,6 +270,9 @@ class ProvisionInput:
     tenant: str
     spec: VmSpec
     boot_timeout_s: float = 120.0
+    domain_types: tuple[str, ...] = ("kvm", "qemu")
+    required_labels: tuple[str, ...] = ()
+    group: GroupRule | None = None
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,10 @@ class ProvisionVm:
             self._progress.advance("place")
             saga.on_failure("release claim", lambda: steps.release_claim(inp.vm_id))
             placement = await steps.place(
-                PlacementRequest(inp.vm_id, inp.spec.vcpus, inp.spec.memory_mib, inp.spec.disk_gib)
+                PlacementRequest(
+                    inp.vm_id, inp.spec.vcpus, inp.spec.memory_mib, inp.spec.disk_gib,
+                    domain_types=inp.domain_types, required_labels=inp.required_labels, group=inp.group,
+                )
             )
             host_id = placement.host_id
             self._progress.advance("create_volume", host_id)
@@ -68,6 +71,7 @@ class ProvisionVm:
                     vm_id=inp.vm_id, vm_name=inp.vm_name, tenant=inp.tenant,
                     vcpus=inp.spec.vcpus, memory_mib=inp.spec.memory_mib,
                     disk_path=volume.path, domain_type=placement.domain_type, boot=volume.image.boot,
+                    disk_gib=volume.size_gib, group_id=inp.group.group_id if inp.group else None,
                 ),
             )
             self._progress.advance("start")

@@ -31,6 +31,11 @@ def build_domain_xml(spec: DomainSpec, console_dir: str) -> str:
     vm_meta = ET.SubElement(metadata, f"{{{METADATA_NS}}}vm")
     ET.SubElement(vm_meta, f"{{{METADATA_NS}}}name").text = spec.vm_name
     ET.SubElement(vm_meta, f"{{{METADATA_NS}}}tenant").text = spec.tenant
+    # Placement reads these back from every host's heartbeat, so libvirt stays the truth of
+    # which group member runs where and how much disk it was given.
+    ET.SubElement(vm_meta, f"{{{METADATA_NS}}}disk_gib").text = str(spec.disk_gib)
+    if spec.group_id:
+        ET.SubElement(vm_meta, f"{{{METADATA_NS}}}group").text = spec.group_id
     ET.SubElement(domain, "memory", unit="MiB").text = str(spec.memory_mib)
     ET.SubElement(domain, "vcpu").text = str(spec.vcpus)
     _add_os(domain, spec)

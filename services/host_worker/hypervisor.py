@@ -95,6 +95,7 @@ class Hypervisor:
         self._on_lifecycle = on_lifecycle
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
+        self._metadata_cache: dict[str, dict[str, str]] = {}
 
     # -- connection -------------------------------------------------------------------------
 
@@ -156,12 +157,30 @@ class Hypervisor:
             result = []
             for dom in domains:
                 state, _max_kib, mem_kib, vcpus, _cpu_time = dom.info()
-                result.append(
-                    DomainSummary(dom.UUIDString(), _STATE_NAMES.get(state, "unknown"), vcpus, mem_kib // 1024)
-                )
+                meta = self._metadata(dom)
+                result.append(DomainSummary(
+                    vm_id=dom.UUIDString(),
+                    state=_STATE_NAMES.get(state, "unknown"),
+                    vcpus=vcpus,
+                    memory_mib=mem_kib // 1024,
+                    disk_gib=int(meta.get("disk_gib") or 0),
+                    group=meta.get("group") or None,
+                ))
             return result
         except libvirt.libvirtError as exc:
             raise translate(exc) from exc
+
+    def _metadata(self, dom: libvirt.virDomain) -> dict[str, str]:
+        """Our metadata of a domain ({} for domains vmflow did not define). Cached: it never
+        changes for a given domain UUID."""
+        vm_id = dom.UUIDString()
+        if vm_id not in self._metadata_cache:
+            try:
+                xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS)
+                self._metadata_cache[vm_id] = metadata_fields(xml)
+            except libvirt.libvirtError:
+                self._metadata_cache[vm_id] = {}
+        return self._metadata_cache[vm_id]
 
     # -- one domain ---------------------------------------------------------------------------
 
@@ -217,6 +236,7 @@ class Hypervisor:
         dom = self._lookup(vm_id)
         if dom is None:
             return
+        self._metadata_cache.pop(vm_id, None)
         flags = (
             libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
             | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
@@ -232,11 +252,7 @@ class Hypervisor:
         dom = self._lookup(vm_id)
         if dom is None:
             return None
-        try:
-            xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS)
-        except libvirt.libvirtError:
-            return None  # not one of ours
-        return metadata_fields(xml).get("tenant")
+        return self._metadata(dom).get("tenant")
 
     def _require(self, vm_id: str) -> libvirt.virDomain:
         dom = self._lookup(vm_id)

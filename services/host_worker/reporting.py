@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import structlog
@@ -16,6 +17,14 @@ from shared.messaging import EventPublisher
 from shared.models import HostHeartbeat
 
 log = structlog.get_logger(__name__)
+
+
+def disk_capacity_gib(path: str) -> int:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return 0
+    return st.f_blocks * st.f_frsize // 1024**3
 
 
 async def heartbeat_loop(
@@ -39,8 +48,11 @@ async def heartbeat_loop(
             libvirt_ok=ok,
             domain_type=domain_type,
             vcpus=vcpus,
-            memory_mib=memory_mib,
+            memory_mib=max(0, memory_mib - settings.reserved_memory_mib),
             domains=domains,
+            disk_gib=disk_capacity_gib(settings.local_disk_dir),
+            labels=tuple(settings.labels),
+            cluster=settings.cluster,
         )
         await kv.put(settings.host_id, codec.encode(beat))
         if ok != last_ok:

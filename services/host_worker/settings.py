@@ -12,5 +12,9 @@ class HostWorkerSettings(CommonSettings):
     # /dev/kvm exists. Nested setups without hardware support must say "qemu" explicitly.
     domain_type: Literal["auto", "kvm", "qemu"] = "auto"
     console_dir: str = "/var/lib/vmflow/consoles"
+    labels: list[str] = []  # what VMs may require of the host, e.g. ["ssd", "zone=a"]
+    cluster: str = "default"
+    reserved_memory_mib: int = 512  # kept for the host itself, never offered to guests
+    local_disk_dir: str = "/var/lib/libvirt/images"  # its free space is the host's disk capacity
     heartbeat_interval_s: float = 2.0
     console_poll_interval_s: float = 0.05

@@ -6,7 +6,7 @@ import asyncio
 
 import structlog
 
-from services.scheduler.service import Scheduler, follow_heartbeats, start_service
+from services.scheduler.service import Scheduler, follow_heartbeats, follow_host_admin, start_service
 from services.scheduler.settings import SchedulerSettings
 from shared.lifecycle import run_until_signalled
 from shared.logging import configure_logging
@@ -18,13 +18,17 @@ log = structlog.get_logger("services.scheduler")
 async def main(settings: SchedulerSettings) -> None:
     nc = await connect(settings, "vmflow-scheduler")
     scheduler = Scheduler(settings)
-    watcher = asyncio.create_task(follow_heartbeats(nc, settings, scheduler))
+    watchers = [
+        asyncio.create_task(follow_heartbeats(nc, settings, scheduler)),
+        asyncio.create_task(follow_host_admin(nc, settings, scheduler)),
+    ]
     service = await start_service(nc, scheduler)
     log.info("scheduler ready", nats=settings.nats_url)
     try:
         await run_until_signalled()
     finally:
-        watcher.cancel()
+        for watcher in watchers:
+            watcher.cancel()
         await service.stop()
         await nc.drain()
 

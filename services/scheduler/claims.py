@@ -15,10 +15,11 @@ class ClaimBook:
         self._claims: dict[str, Claim] = {}
 
     def claim(
-        self, vm_id: str, host_id: str, vcpus: int, memory_mib: int, disk_gib: int, now_s: float
+        self, vm_id: str, host_id: str, vcpus: int, memory_mib: int, disk_gib: int, now_s: float,
+        group: str | None = None,
     ) -> Claim:
         """Idempotent per VM: placing the same VM again replaces its earlier claim."""
-        claim = Claim(vm_id, host_id, vcpus, memory_mib, disk_gib, now_s + self._ttl_s)
+        claim = Claim(vm_id, host_id, vcpus, memory_mib, disk_gib, now_s + self._ttl_s, group)
         self._claims[vm_id] = claim
         return claim
 

@@ -7,7 +7,7 @@ from temporalio import activity
 
 from shared import subjects
 from shared.messaging import request
-from shared.models import ClaimRelease, HostList, Placement, PlacementRequest
+from shared.models import ClaimRelease, HostAdmin, HostList, HostRef, HostView, Placement, PlacementRequest
 
 
 class SchedulerClient:
@@ -24,6 +24,15 @@ class SchedulerClient:
 
     async def hosts(self) -> HostList:
         return await request(self._nc, f"{subjects.SCHEDULER_PREFIX}.hosts", None, HostList, self._timeout_s)
+
+    async def host(self, host_id: str) -> HostView:
+        """With the host's allocations. Raises NotFound for an unknown host."""
+        return await request(self._nc, f"{subjects.SCHEDULER_PREFIX}.host", HostRef(host_id), HostView,
+                             self._timeout_s)
+
+    async def set_host_admin(self, admin: HostAdmin) -> HostView:
+        return await request(self._nc, f"{subjects.SCHEDULER_PREFIX}.set_host_admin", admin, HostView,
+                             self._timeout_s)
 
 
 class SchedulerActivities:

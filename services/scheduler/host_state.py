@@ -1,4 +1,5 @@
-"""The scheduler's view of a host: what its heartbeat says plus what placement has claimed.
+"""The scheduler's view of a host: what its heartbeat says, what operators decided (enabled or
+not), and what placement has claimed but the host does not report yet.
 
 Liveness is decided here, before placement runs, so no filter ever does I/O or reads a clock.
 """
@@ -6,9 +7,9 @@ Liveness is decided here, before placement runs, so no filter ever does I/O or r
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from shared.models import HostHeartbeat
+from shared.models import Allocation, HostAdmin, HostHeartbeat
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class Claim:
     memory_mib: int
     disk_gib: int
     expires_at_s: float
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -36,10 +38,31 @@ class HostState:
     memory_mib_used: int
     domain_count: int
     last_heartbeat_age_s: float
+    disk_gib_total: int = 0
+    disk_gib_used: int = 0
+    labels: frozenset[str] = frozenset()
+    cluster: str = "default"
+    disabled_reason: str = ""
+    group_members: Mapping[str, int] = field(default_factory=dict)  # group id -> VMs here
+    allocations: tuple[Allocation, ...] = ()
 
     @property
     def up(self) -> bool:
         return self.alive and self.libvirt_ok
+
+
+def host_allocations(beat: HostHeartbeat, claims: Iterable[Claim]) -> tuple[Allocation, ...]:
+    """Domains the host reports, plus claims for VMs it does not report yet (counted once)."""
+    reported = [
+        Allocation(d.vm_id, d.vcpus, d.memory_mib, d.disk_gib, "domain", d.group) for d in beat.domains
+    ]
+    running = {d.vm_id for d in beat.domains}
+    pending = [
+        Allocation(c.vm_id, c.vcpus, c.memory_mib, c.disk_gib, "claim", c.group)
+        for c in claims
+        if c.vm_id not in running
+    ]
+    return (*reported, *pending)
 
 
 def build_host_states(
@@ -47,32 +70,45 @@ def build_host_states(
     claims: Iterable[Claim],
     now_s: float,
     heartbeat_timeout_s: float,
+    admin: Mapping[str, HostAdmin] | None = None,
 ) -> list[HostState]:
-    """Combine heartbeats and live claims. A claim stops counting once its VM appears in the
-    host's heartbeat (the domain's own size counts from then on) or when it expires."""
+    """One state per known host. Expired claims are ignored."""
     claims_by_host: dict[str, list[Claim]] = {}
     for claim in claims:
         if claim.expires_at_s > now_s:
             claims_by_host.setdefault(claim.host_id, []).append(claim)
-    states = []
-    for host_id, beat in sorted(heartbeats.items()):
-        running = {d.vm_id for d in beat.domains}
-        pending = [c for c in claims_by_host.get(host_id, []) if c.vm_id not in running]
-        age_s = max(0.0, now_s - beat.sent_at_s)
-        states.append(
-            HostState(
-                host_id=host_id,
-                alive=age_s <= heartbeat_timeout_s,
-                enabled=beat.enabled,
-                libvirt_ok=beat.libvirt_ok,
-                domain_type=beat.domain_type,
-                vcpus_total=beat.vcpus,
-                memory_mib_total=beat.memory_mib,
-                vcpus_used=sum(d.vcpus for d in beat.domains) + sum(c.vcpus for c in pending),
-                memory_mib_used=sum(d.memory_mib for d in beat.domains)
-                + sum(c.memory_mib for c in pending),
-                domain_count=len(beat.domains) + len(pending),
-                last_heartbeat_age_s=age_s,
-            )
-        )
-    return states
+    admin = admin or {}
+    return [
+        _state(beat, claims_by_host.get(host_id, ()), admin.get(host_id), now_s, heartbeat_timeout_s)
+        for host_id, beat in sorted(heartbeats.items())
+    ]
+
+
+def _state(beat: HostHeartbeat, claims: Iterable[Claim], admin: HostAdmin | None, now_s: float,
+           heartbeat_timeout_s: float) -> HostState:
+    allocations = host_allocations(beat, claims)
+    groups: dict[str, int] = {}
+    for a in allocations:
+        if a.group:
+            groups[a.group] = groups.get(a.group, 0) + 1
+    age_s = max(0.0, now_s - beat.sent_at_s)
+    return HostState(
+        host_id=beat.host_id,
+        alive=age_s <= heartbeat_timeout_s,
+        enabled=admin.enabled if admin else True,
+        libvirt_ok=beat.libvirt_ok,
+        domain_type=beat.domain_type,
+        vcpus_total=beat.vcpus,
+        memory_mib_total=beat.memory_mib,
+        vcpus_used=sum(a.vcpus for a in allocations),
+        memory_mib_used=sum(a.memory_mib for a in allocations),
+        domain_count=len(allocations),
+        last_heartbeat_age_s=age_s,
+        disk_gib_total=beat.disk_gib,
+        disk_gib_used=sum(a.disk_gib for a in allocations),
+        labels=frozenset(beat.labels),
+        cluster=beat.cluster,
+        disabled_reason=admin.reason if admin and not admin.enabled else "",
+        group_members=groups,
+        allocations=allocations,
+    )

@@ -1,4 +1,5 @@
-"""The scheduler as a NATS service: learns hosts from the heartbeat bucket, answers ``place``.
+"""The scheduler as a NATS service: learns hosts from the heartbeat bucket and operators'
+decisions from the host-admin bucket, answers ``place``, ``release``, ``hosts`` and ``host``.
 
 Placement runs synchronously inside one event-loop turn, so two concurrent requests can never
 both take the last free slot of a host: the first one's claim is in the book before the second
@@ -7,7 +8,6 @@ one is weighed.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 
@@ -18,15 +18,17 @@ from nats.micro.service import EndpointConfig, Service, ServiceConfig
 
 from services.scheduler.claims import ClaimBook
 from services.scheduler.host_state import HostState, build_host_states
-from services.scheduler.placement import PlacementPolicy, choose_host
+from services.scheduler.placement import choose_host
 from services.scheduler.settings import SchedulerSettings
 from shared import codec, subjects
-from shared.errors import NoValidHost
-from shared.messaging import endpoint, heartbeat_bucket
+from shared.errors import NotFound, NoValidHost
+from shared.messaging import endpoint, heartbeat_bucket, key_value_bucket
 from shared.models import (
     ClaimRelease,
+    HostAdmin,
     HostHeartbeat,
     HostList,
+    HostRef,
     HostView,
     Placement,
     PlacementRequest,
@@ -39,40 +41,37 @@ class Scheduler:
     """Placement state of one scheduler replica. Pure apart from the injected clock."""
 
     def __init__(self, settings: SchedulerSettings, clock: Callable[[], float] = time.time) -> None:
-        self._settings = settings
+        self.settings = settings
         self._clock = clock
-        self._policy = PlacementPolicy(
-            cpu_allocation_ratio=settings.cpu_allocation_ratio,
-            ram_allocation_ratio=settings.ram_allocation_ratio,
-            weigh=settings.weigh_policy,
-        )
+        self._policy = settings.placement_policy()
         self._claims = ClaimBook(settings.claim_ttl_s)
         self.heartbeats: dict[str, HostHeartbeat] = {}
+        self.admin: dict[str, HostAdmin] = {}
 
     def host_states(self) -> list[HostState]:
         now_s = self._clock()
         return build_host_states(
-            self.heartbeats, self._claims.live(now_s), now_s, self._settings.heartbeat_timeout_s
+            self.heartbeats, self._claims.live(now_s), now_s, self.settings.heartbeat_timeout_s, self.admin
         )
 
     def place(self, req: PlacementRequest) -> Placement:
-        """Idempotent per VM: a VM that already holds a claim gets the same host back."""
+        """Idempotent per VM: a VM that already holds a claim gets the same host back.
+        Raises NoValidHost with the rejection trail."""
         existing = self._claims.get(req.vm_id)
         if existing is not None and existing.expires_at_s > self._clock():
-            beat = self.heartbeats[existing.host_id]
-            return Placement(req.vm_id, existing.host_id, beat.domain_type)
+            return Placement(req.vm_id, existing.host_id, self.heartbeats[existing.host_id].domain_type)
         decision = choose_host(self.host_states(), req, self._policy)
         if decision.host is None:
             log.info("no valid host", vm_id=req.vm_id, trail=decision.explain())
             raise NoValidHost(
-                f"no valid host for {req.vcpus} vCPU / {req.memory_mib} MiB: {decision.explain()}"
+                f"no valid host for {req.vcpus} vCPU / {req.memory_mib} MiB / {req.disk_gib} GiB: "
+                f"{decision.explain()}"
             )
         host = decision.host
-        self._claims.claim(
-            req.vm_id, host.host_id, req.vcpus, req.memory_mib, req.disk_gib, self._clock()
-        )
+        self._claims.claim(req.vm_id, host.host_id, req.vcpus, req.memory_mib, req.disk_gib,
+                           self._clock(), req.group.group_id if req.group else None)
         log.info("placed", vm_id=req.vm_id, host_id=host.host_id, candidates=decision.candidates,
-                 filtered=len(decision.rejections))
+                 rejected=len(decision.rejections))
         return Placement(req.vm_id, host.host_id, host.domain_type)
 
     def observe(self, beat: HostHeartbeat) -> None:
@@ -82,42 +81,63 @@ class Scheduler:
     def release(self, req: ClaimRelease) -> None:
         self._claims.release(req.vm_id)
 
-    def host_views(self) -> HostList:
-        views = []
-        for state in self.host_states():
-            beat = self.heartbeats[state.host_id]
-            status = "down" if not state.up else ("disabled" if not state.enabled else "up")
-            views.append(
-                HostView(
-                    host_id=state.host_id,
-                    state=status,
-                    domain_type=state.domain_type,
-                    vcpus_total=state.vcpus_total,
-                    memory_mib_total=state.memory_mib_total,
-                    vcpus_used=state.vcpus_used,
-                    memory_mib_used=state.memory_mib_used,
-                    domain_count=state.domain_count,
-                    last_heartbeat_at_s=beat.sent_at_s,
-                    last_heartbeat_age_s=state.last_heartbeat_age_s,
-                )
-            )
-        return HostList(tuple(views))
+    def host_views(self, with_allocations: bool = False) -> HostList:
+        return HostList(tuple(self._view(s, with_allocations) for s in self.host_states()))
+
+    def host_view(self, host_id: str) -> HostView:
+        for view in self.host_views(with_allocations=True).hosts:
+            if view.host_id == host_id:
+                return view
+        raise NotFound(f"no host '{host_id}'")
+
+    def _view(self, state: HostState, with_allocations: bool) -> HostView:
+        status = "down" if not state.up else ("disabled" if not state.enabled else "up")
+        return HostView(
+            host_id=state.host_id,
+            state=status,
+            domain_type=state.domain_type,
+            vcpus_total=state.vcpus_total,
+            memory_mib_total=state.memory_mib_total,
+            disk_gib_total=state.disk_gib_total,
+            vcpus_used=state.vcpus_used,
+            memory_mib_used=state.memory_mib_used,
+            disk_gib_used=state.disk_gib_used,
+            domain_count=state.domain_count,
+            last_heartbeat_at_s=self.heartbeats[state.host_id].sent_at_s,
+            last_heartbeat_age_s=state.last_heartbeat_age_s,
+            labels=tuple(sorted(state.labels)),
+            cluster=state.cluster,
+            disabled_reason=state.disabled_reason,
+            allocations=state.allocations if with_allocations else (),
+        )
 
 
-async def follow_heartbeats(nc: NatsClient, settings: SchedulerSettings, scheduler: Scheduler) -> None:
-    """Keep ``scheduler.heartbeats`` equal to the latest value of every key in the bucket."""
-    kv = await heartbeat_bucket(nc.jetstream(), settings.heartbeat_bucket)
+async def follow_bucket(nc: NatsClient, bucket: str, cls: type, apply: Callable) -> None:
+    """Apply the latest value of every key of ``bucket`` (decoded as ``cls``), forever."""
+    kv = await key_value_bucket(nc.jetstream(), bucket)
     watcher = await kv.watchall()
     async for entry in watcher:
         if entry is None or entry.value is None:
             continue  # end-of-initial-values marker, or a deleted key
         try:
-            scheduler.observe(codec.decode(HostHeartbeat, entry.value))
+            apply(codec.decode(cls, entry.value))
         except ValueError:
-            log.warning("ignoring malformed heartbeat", key=entry.key)
+            log.warning("ignoring malformed entry", bucket=bucket, key=entry.key)
+
+
+async def follow_heartbeats(nc: NatsClient, settings: SchedulerSettings, scheduler: Scheduler) -> None:
+    await heartbeat_bucket(nc.jetstream(), settings.heartbeat_bucket)
+    await follow_bucket(nc, settings.heartbeat_bucket, HostHeartbeat, scheduler.observe)
+
+
+async def follow_host_admin(nc: NatsClient, settings: SchedulerSettings, scheduler: Scheduler) -> None:
+    await follow_bucket(nc, settings.host_admin_bucket, HostAdmin,
+                        lambda admin: scheduler.admin.__setitem__(admin.host_id, admin))
 
 
 async def start_service(nc: NatsClient, scheduler: Scheduler) -> Service:
+    admin_kv = await key_value_bucket(nc.jetstream(), scheduler.settings.host_admin_bucket)
+
     async def place(req: PlacementRequest) -> Placement:
         return scheduler.place(req)
 
@@ -128,23 +148,29 @@ async def start_service(nc: NatsClient, scheduler: Scheduler) -> Service:
     async def hosts(_: None) -> HostList:
         return scheduler.host_views()
 
+    async def host(ref: HostRef) -> HostView:
+        return scheduler.host_view(ref.host_id)
+
+    async def set_host_admin(admin: HostAdmin) -> HostView:
+        """Enable or disable a host. Stored in a KV bucket so every replica (and a restarted
+        one) sees it; applied here at once so the answer already shows it."""
+        scheduler.host_view(admin.host_id)  # NotFound for unknown hosts
+        await admin_kv.put(admin.host_id, codec.encode(admin))
+        scheduler.admin[admin.host_id] = admin
+        return scheduler.host_view(admin.host_id)
+
     service = await add_service(
         nc,
-        ServiceConfig(
-            name=subjects.SCHEDULER_SERVICE,
-            version="0.1.0",
-            description="vmflow placement",
-            queue_group="vmflow-scheduler",
-        ),
+        ServiceConfig(name=subjects.SCHEDULER_SERVICE, version="0.1.0",
+                      description="vmflow placement", queue_group="vmflow-scheduler"),
     )
     group = service.add_group(name=subjects.SCHEDULER_PREFIX)
-    await group.add_endpoint(EndpointConfig(name="place", handler=endpoint(PlacementRequest, place)))
-    await group.add_endpoint(EndpointConfig(name="release", handler=endpoint(ClaimRelease, release)))
-    await group.add_endpoint(EndpointConfig(name="hosts", handler=endpoint(type(None), hosts)))
+    for name, request_type, handler in (
+        ("place", PlacementRequest, place),
+        ("release", ClaimRelease, release),
+        ("hosts", type(None), hosts),
+        ("host", HostRef, host),
+        ("set_host_admin", HostAdmin, set_host_admin),
+    ):
+        await group.add_endpoint(EndpointConfig(name=name, handler=endpoint(request_type, handler)))
     return service
-
-
-async def wait_for_heartbeats(scheduler: Scheduler, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not scheduler.heartbeats and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from services.scheduler.placement import WeighPolicy
+from services.scheduler.placement import PlacementPolicy, WeighPolicy
 from shared.settings import CommonSettings
 
 
@@ -9,4 +9,18 @@ class SchedulerSettings(CommonSettings):
     claim_ttl_s: float = 600.0
     cpu_allocation_ratio: float = 4.0
     ram_allocation_ratio: float = 1.0
+    disk_allocation_ratio: float = 1.0
     weigh_policy: WeighPolicy = WeighPolicy.SPREAD
+    cluster_policies: dict[str, WeighPolicy] = {}  # e.g. {"batch": "pack"}
+    soft_affinity_weight: float = 2.0
+    host_admin_bucket: str = "vmflow_host_admin"
+
+    def placement_policy(self) -> PlacementPolicy:
+        return PlacementPolicy(
+            cpu_allocation_ratio=self.cpu_allocation_ratio,
+            ram_allocation_ratio=self.ram_allocation_ratio,
+            disk_allocation_ratio=self.disk_allocation_ratio,
+            weigh=self.weigh_policy,
+            cluster_weigh=dict(self.cluster_policies),
+            soft_affinity_weight=self.soft_affinity_weight,
+        )

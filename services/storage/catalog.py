@@ -29,6 +29,7 @@ def load_image(image_dir: Path) -> Image:
         min_disk_gib=int(meta.get("min_disk_gib", 1)),
         boot=boot,
         boot_marker=meta.get("boot_marker"),
+        domain_types=tuple(meta.get("domain_types", ("kvm", "qemu"))),
     )
 
 

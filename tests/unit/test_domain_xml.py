@@ -22,7 +22,8 @@ BOOT = BootSpec("/pool/images/lab-guest/vmlinuz", "/pool/images/lab-guest/initrd
 
 def spec(**overrides) -> DomainSpec:
     values = dict(vm_id=VM_ID, vm_name="web-1", tenant="default", vcpus=2, memory_mib=256,
-                  disk_path=f"/pool/volumes/vm-{VM_ID}-root.qcow2", domain_type="qemu", boot=BOOT)
+                  disk_path=f"/pool/volumes/vm-{VM_ID}-root.qcow2", domain_type="qemu", boot=BOOT,
+                  disk_gib=4, group_id="pg-1")
     return DomainSpec(**{**values, **overrides})
 
 
@@ -38,7 +39,7 @@ def test_kernel_boot_guest_matches_golden():
 
 
 def test_disk_boot_kvm_guest_matches_golden():
-    check_golden("domain_disk_boot_kvm.xml", build_domain_xml(spec(boot=None, domain_type="kvm"), "/c"))
+    check_golden("domain_disk_boot_kvm.xml", build_domain_xml(spec(boot=None, domain_type="kvm", group_id=None), "/c"))
 
 
 @pytest.mark.parametrize("hostile", ["</title><devices/>", "a&b<c>'\"", "$(rm -rf /)`id`"])
@@ -47,4 +48,5 @@ def test_special_characters_cannot_change_the_document(hostile: str):
     assert root.findtext("title") == hostile
     assert len(root.findall("devices")) == 1
     meta = root.find("metadata")[0]
-    assert metadata_fields(ET.tostring(meta, encoding="unicode")) == {"name": hostile, "tenant": hostile}
+    assert metadata_fields(ET.tostring(meta, encoding="unicode")) == {
+        "name": hostile, "tenant": hostile, "disk_gib": "4", "group": "pg-1"}

@@ -9,9 +9,11 @@ from shared.models import DomainSummary, HostHeartbeat, PlacementRequest
 
 
 def host(host_id: str, *, vcpus_used: int = 0, mem_used: int = 0, alive: bool = True,
-         enabled: bool = True, libvirt_ok: bool = True, vcpus: int = 4, mem: int = 8192) -> HostState:
-    return HostState(host_id, alive, enabled, libvirt_ok, "qemu", vcpus, mem, vcpus_used, mem_used, 0,
-                     1.0 if alive else 60.0)
+         enabled: bool = True, libvirt_ok: bool = True, vcpus: int = 4, mem: int = 8192,
+         **fields) -> HostState:
+    values = dict(disk_gib_total=100, disk_gib_used=0)
+    return HostState(host_id, alive, enabled, libvirt_ok, fields.pop("domain_type", "qemu"), vcpus, mem,
+                     vcpus_used, mem_used, 0, 1.0 if alive else 60.0, **{**values, **fields})
 
 
 def req(vcpus: int = 1, mem: int = 1024) -> PlacementRequest:
@@ -56,7 +58,7 @@ def test_no_hosts_at_all_says_so():
 
 
 def beat(host_id: str, sent_at_s: float, domains=()) -> HostHeartbeat:
-    return HostHeartbeat(host_id, sent_at_s, True, "qemu", 4, 8192, tuple(domains))
+    return HostHeartbeat(host_id, sent_at_s, True, "qemu", 4, 8192, tuple(domains), disk_gib=100)
 
 
 def test_host_states_count_domains_and_pending_claims_once():
@@ -80,3 +82,65 @@ def test_claim_book_settles_when_the_host_reports_the_vm():
     book.settle("h1", {"a"})
     assert [c.vm_id for c in book.live(now_s=1)] == ["b"]
     assert book.live(now_s=61) == []
+
+
+def grouped(host_id: str, group: str, members: int = 1, **kw) -> HostState:
+    return host(host_id, group_members={group: members}, **kw)
+
+
+def group_req(policy: str, hard: bool) -> PlacementRequest:
+    from shared.models import GroupPolicy, GroupRule
+
+    return PlacementRequest("vm-1", 1, 512, 1, group=GroupRule("g", GroupPolicy(policy), hard))
+
+
+def test_domain_type_and_labels_filter_with_reasons():
+    hosts = [host("h1", domain_type="qemu"), host("h2", domain_type="kvm", labels=frozenset({"ssd"})),
+             host("h3", domain_type="kvm")]
+    req_ = PlacementRequest("vm-1", 1, 512, 1, domain_types=("kvm",), required_labels=("ssd",))
+    decision = choose_host(hosts, req_, PlacementPolicy())
+    assert decision.host.host_id == "h2"
+    trail = decision.explain()
+    assert "domain_type removed h1 (runs qemu guests, the image needs kvm)" in trail
+    assert "labels removed h3 (lacks label ssd)" in trail
+
+
+def test_hard_anti_affinity_excludes_hosts_with_members():
+    hosts = [grouped("h1", "g"), grouped("h2", "g"), host("h3", mem_used=7000)]
+    assert choose_host(hosts, group_req("anti-affinity", True), PlacementPolicy()).host.host_id == "h3"
+    full = choose_host(hosts[:2], group_req("anti-affinity", True), PlacementPolicy())
+    assert full.host is None
+    assert "group removed h1 (anti-affinity group g already has a member here), h2" in full.explain()
+
+
+def test_hard_affinity_follows_the_first_member():
+    hosts = [host("h1"), grouped("h2", "g", mem_used=6000), host("h3")]
+    assert choose_host(hosts, group_req("affinity", True), PlacementPolicy()).host.host_id == "h2"
+    # No member yet: any host qualifies, and the usual weighing picks one.
+    assert choose_host([host("h1"), host("h2")], group_req("affinity", True), PlacementPolicy()).host
+
+
+def test_soft_rules_weigh_but_never_filter():
+    hosts = [grouped("h1", "g", mem_used=0), host("h2", mem_used=2048)]
+    # Spread alone would pick h1 (more free RAM); soft anti-affinity outweighs it.
+    assert choose_host(hosts, group_req("anti-affinity", False), PlacementPolicy()).host.host_id == "h2"
+    only = choose_host(hosts[:1], group_req("anti-affinity", False), PlacementPolicy())
+    assert only.host.host_id == "h1"  # still placed when nothing else fits
+    affinity = [host("h1"), grouped("h2", "g", mem_used=4096)]
+    assert choose_host(affinity, group_req("affinity", False), PlacementPolicy()).host.host_id == "h2"
+
+
+def test_weigh_policy_is_per_cluster():
+    policy = PlacementPolicy(cluster_weigh={"batch": WeighPolicy.PACK})
+    batch = [host("b1", mem_used=1024, cluster="batch"), host("b2", mem_used=4096, cluster="batch")]
+    assert choose_host(batch, req(), policy).host.host_id == "b2"
+    web = [host("w1", mem_used=1024), host("w2", mem_used=4096)]
+    assert choose_host(web, req(), policy).host.host_id == "w1"
+
+
+def test_disabled_hosts_say_why_and_disk_is_checked():
+    hosts = [host("h1", enabled=False, disabled_reason="firmware update"),
+             host("h2", disk_gib_total=10, disk_gib_used=10)]
+    trail = choose_host(hosts, req(), PlacementPolicy()).explain()
+    assert "host_enabled removed h1 (disabled: firmware update)" in trail
+    assert "disk removed h2 (needs 1 GiB, 0 of 10 GiB free)" in trail

@@ -22,8 +22,8 @@ class Clock:
 def scheduler() -> Scheduler:
     clock = Clock()
     s = Scheduler(SchedulerSettings(ram_allocation_ratio=1.0), clock)
-    s.observe(HostHeartbeat("h1", clock.now_s, True, "qemu", 2, 1024))
-    s.observe(HostHeartbeat("h2", clock.now_s, True, "qemu", 2, 1024))
+    s.observe(HostHeartbeat("h1", clock.now_s, True, "qemu", 2, 1024, disk_gib=100))
+    s.observe(HostHeartbeat("h2", clock.now_s, True, "qemu", 2, 1024, disk_gib=100))
     return s
 
 
@@ -49,6 +49,6 @@ def test_release_gives_capacity_back(scheduler: Scheduler):
 
 
 def test_host_views_report_down_hosts(scheduler: Scheduler):
-    scheduler.observe(HostHeartbeat("h3", 0.0, True, "qemu", 2, 1024))
+    scheduler.observe(HostHeartbeat("h3", 0.0, True, "qemu", 2, 1024, disk_gib=100))
     states = {v.host_id: v.state for v in scheduler.host_views().hosts}
     assert states == {"h1": "up", "h2": "up", "h3": "down"}
