@@ -22,6 +22,12 @@ class VmflowClient:
     def close(self) -> None:
         self._http.close()
 
+    def __enter__(self) -> VmflowClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self._http.request(method, path, **kwargs)
         if response.status_code >= 400:

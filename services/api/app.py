@@ -14,7 +14,7 @@ from services.api.db import Inventory, make_engine, migrate
 from services.api.errors import install_error_handlers
 from services.api.inventory_activities import InventoryActivities
 from services.api.platform import Platform
-from services.api.routes import catalog, events, health, operations, vms
+from services.api.routes import catalog, events, health, hosts, operations, placement_groups, vms
 from services.api.settings import ApiSettings
 from services.scheduler.client import SchedulerClient
 from services.storage.client import StorageClient
@@ -69,6 +69,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for router in (vms.router, operations.router, catalog.router, events.router, health.router):
+    for router in (vms.router, placement_groups.router, hosts.router, operations.router, catalog.router,
+                   events.router, health.router):
         app.include_router(router)
     return app

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, create_engine, select, text
 
-from services.api.models import Vm, utcnow
+from services.api.models import PlacementGroup, Vm, utcnow
 from shared.errors import Conflict, NotFound
 from shared.models import VmState
 
@@ -108,3 +108,46 @@ class Inventory:
             session.delete(vm)
             session.commit()
             return vm
+
+    # -- placement groups -------------------------------------------------------------------------
+
+    def add_group(self, group: PlacementGroup) -> PlacementGroup:
+        """Raises Conflict if the tenant already has a group of that name."""
+        with Session(self._engine) as session:
+            session.add(group)
+            try:
+                session.commit()
+            except IntegrityError as exc:
+                raise Conflict(f"a placement group named '{group.name}' already exists") from exc
+            session.refresh(group)
+            return group
+
+    def get_group(self, group_id: str, tenant: str) -> PlacementGroup:
+        with Session(self._engine) as session:
+            group = session.get(PlacementGroup, group_id)
+            if group is None or group.tenant != tenant:
+                raise NotFound(f"no placement group with id '{group_id}'")
+            return group
+
+    def list_groups(self, tenant: str) -> list[PlacementGroup]:
+        with Session(self._engine) as session:
+            query = select(PlacementGroup).where(PlacementGroup.tenant == tenant)
+            return list(session.exec(query.order_by(PlacementGroup.created_at)))
+
+    def group_members(self, group_id: str) -> list[Vm]:
+        with Session(self._engine) as session:
+            query = select(Vm).where(Vm.placement_group_id == group_id).order_by(Vm.created_at)
+            return list(session.exec(query))
+
+    def remove_group(self, group_id: str, tenant: str) -> None:
+        """Raises NotFound, or Conflict while VMs still belong to the group."""
+        group = self.get_group(group_id, tenant)
+        with Session(self._engine) as session:
+            if session.exec(select(Vm.id).where(Vm.placement_group_id == group_id)).first():
+                raise Conflict(f"placement group '{group.name}' still has members; delete them first")
+            session.delete(session.get(PlacementGroup, group_id))
+            session.commit()
+
+    def on_host(self, host_id: str) -> list[Vm]:
+        with Session(self._engine) as session:
+            return list(session.exec(select(Vm).where(Vm.host_id == host_id).order_by(Vm.created_at)))

@@ -7,14 +7,22 @@ import uuid
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import UniqueConstraint
+from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field as SqlField
 from sqlmodel import SQLModel
 
-from shared.models import VmState
+from shared.models import GroupPolicy, VmState
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 IMAGE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9=._-]{0,62}$")
+NAME_RULE = "1-63 letters, digits or '-', starting and ending with a letter or digit"
+
+
+def check_name(value: str) -> str:
+    if not NAME_PATTERN.fullmatch(value):
+        raise ValueError(f"name must be {NAME_RULE}")
+    return value
 
 
 def utcnow() -> datetime:
@@ -35,6 +43,8 @@ class Vm(VmBase, table=True):
 
     id: str = SqlField(default_factory=lambda: str(uuid.uuid4()), primary_key=True)
     tenant: str = SqlField(index=True, max_length=63)
+    placement_group_id: str | None = SqlField(default=None, foreign_key="placement_groups.id", index=True)
+    required_labels: list[str] = SqlField(default_factory=list, sa_column=Column(JSON, nullable=False))
     state: VmState = VmState.PROVISIONING
     host_id: str | None = None
     last_operation_id: str | None = None
@@ -48,20 +58,26 @@ class VmCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="1-63 letters, digits or '-', starting and ending with a letter or digit")
+    name: str = Field(description=NAME_RULE)
     vcpus: int = Field(ge=1, description="virtual CPUs")
     memory_mib: int = Field(ge=1, description="guest memory in MiB")
     disk_gib: int = Field(ge=1, description="root disk size in GiB")
     image: str = Field(description="name of an image from GET /v1/images")
+    placement_group_id: str | None = Field(default=None, description="a group from /v1/placement-groups")
+    required_labels: list[str] = Field(default=[], max_length=16, description="host labels the VM needs")
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not NAME_PATTERN.fullmatch(value):
-            raise ValueError(
-                "name must be 1-63 letters, digits or '-', starting and ending with a letter or digit"
-            )
-        return value
+        return check_name(value)
+
+    @field_validator("required_labels")
+    @classmethod
+    def _labels(cls, value: list[str]) -> list[str]:
+        for label in value:
+            if not LABEL_PATTERN.fullmatch(label):
+                raise ValueError(f"label {label[:70]!r} must be 1-63 letters, digits or '=._-'")
+        return sorted(set(value))
 
     @field_validator("image")
     @classmethod
@@ -74,6 +90,8 @@ class VmCreate(BaseModel):
 class VmPublic(VmBase):
     id: str
     tenant: str
+    placement_group_id: str | None
+    required_labels: list[str]
     state: VmState
     host_id: str | None
     last_operation_id: str | None
@@ -92,3 +110,44 @@ class PowerOptions(BaseModel):
 class OperationAccepted(BaseModel):
     operation_id: str
     vm: VmPublic
+
+
+class PlacementGroup(SQLModel, table=True):
+    __tablename__ = "placement_groups"
+    __table_args__ = (UniqueConstraint("tenant", "name", name="uq_placement_groups_tenant_name"),)
+
+    id: str = SqlField(default_factory=lambda: f"pg-{uuid.uuid4().hex[:12]}", primary_key=True)
+    tenant: str = SqlField(index=True, max_length=63)
+    name: str = SqlField(max_length=63)
+    policy: GroupPolicy
+    hard: bool = True
+    created_at: datetime = SqlField(default_factory=utcnow)
+
+
+class PlacementGroupCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description=NAME_RULE)
+    policy: GroupPolicy = Field(description="affinity: members together; anti-affinity: apart")
+    hard: bool = Field(default=True, description="hard: a rule placement never breaks; soft: a preference")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value)
+
+
+class GroupMember(BaseModel):
+    vm_id: str
+    name: str
+    host_id: str | None
+    state: VmState
+
+
+class PlacementGroupPublic(BaseModel):
+    id: str
+    name: str
+    policy: GroupPolicy
+    hard: bool
+    created_at: datetime
+    members: list[GroupMember] = []

@@ -14,11 +14,14 @@ from deploy import lab, stack
 from deploy.client import VmflowClient
 from tests.integration.libvirt_probe import LibvirtProbe
 
+LAB_LABELS = {"h3": ["gpu"]}  # exactly one host has it: label placement has one right answer
+
 
 @pytest.fixture(scope="session")
 def stack_cfg():
     run_dir = Path(tempfile.mkdtemp(prefix="vmflow-test-"))
-    cfg = stack.StackConfig.isolated(run_dir, f"vmt{os.getpid() % 100000}", host_count=1)
+    cfg = stack.StackConfig.isolated(run_dir, f"vmt{os.getpid() % 100000}", host_count=3,
+                                     host_labels=LAB_LABELS)
     try:
         stack.up(cfg, say=lambda _msg: None)
         yield cfg

@@ -23,7 +23,7 @@ def world(stack_cfg, api, probe):
         volumes = stack_cfg.pool_dir / "volumes"
         return (
             sorted(vm["id"] for vm in api.call("GET", "/v1/vms")),
-            sorted(probe.domain_uuids("h1")),
+            {host_id: sorted(probe.domain_uuids(host_id)) for host_id in probe.uris},
             sorted(os.listdir(volumes)) if volumes.exists() else [],
         )
 
@@ -56,6 +56,8 @@ def expect_error(api, method: str, path: str, status: int, reason: str, **kwargs
         ({"name": ""}, "name must be 1-63 letters"),
         ({"vcpus": "two"}, "vcpus: Input should be a valid integer"),
         ({"host": "h1"}, "host: Extra inputs are not permitted"),
+        ({"placement_group_id": "pg-nope"}, "unknown placement group 'pg-nope'"),
+        ({"required_labels": ["<gpu>"]}, "required_labels: label '<gpu>' must be"),
     ],
 )
 def test_bad_create_requests_are_refused_and_change_nothing(api, world, override, reason):
@@ -120,6 +122,7 @@ def test_no_valid_host_fails_the_operation_with_the_reason_and_leaves_nothing(ap
     assert op["state"] == "failed"
     assert op["error"]["code"] == "no_valid_host"
     assert "ram removed h1 (needs 200000 MiB" in op["error"]["message"]
+    assert "h2 (needs 200000 MiB" in op["error"]["message"]
     assert world() == before
 
 
@@ -140,7 +143,7 @@ def broken_image(stack_cfg):
 
 def test_host_refusing_the_domain_fails_cleanly_and_compensates(api, world, broken_image):
     before = world()
-    used_before = api.call("GET", "/v1/hosts")[0]["used"]
+    used_before = [h["used"] for h in api.call("GET", "/v1/hosts")]
     accepted = api.create_vm(f"broken-{uuid.uuid4().hex[:6]}", 1, 128, 1, broken_image)
     op = api.wait_operation(accepted["operation_id"], timeout_s=120)
     assert op["state"] == "failed"
@@ -151,4 +154,4 @@ def test_host_refusing_the_domain_fails_cleanly_and_compensates(api, world, brok
     # Nothing left: no inventory row, no domain, no volume, no claimed capacity.
     assert world() == before
     expect_error(api, "GET", f"/v1/vms/{accepted['vm']['id']}", 404, "no VM with id")
-    assert api.call("GET", "/v1/hosts")[0]["used"] == used_before
+    assert [h["used"] for h in api.call("GET", "/v1/hosts")] == used_before

@@ -70,16 +70,18 @@ def test_provision_boots_a_real_guest_and_delete_leaves_nothing(stack_cfg, api, 
     assert op["steps_done"] == ["place", "create_volume", "define", "start", "wait_booted", "record"]
 
     vm = api.call("GET", f"/v1/vms/{vm_id}")
-    assert vm["state"] == "running" and vm["host_id"] == "h1"
-    # The host vmflow reports really runs it, and the guest really booted.
-    assert probe.where(vm_id) == [vm["host_id"]]
-    assert probe.state("h1", vm_id) == "running"
-    console = probe.console_path("h1", vm_id)
+    host_id = vm["host_id"]
+    assert vm["state"] == "running" and host_id in probe.uris
+    # The host vmflow reports really runs it (and no other host does), and the guest booted.
+    assert probe.where(vm_id) == [host_id]
+    assert probe.state(host_id, vm_id) == "running"
+    console = probe.console_path(host_id, vm_id)
     assert MARKER in console.read_text(errors="replace")
-    disk = probe.disk_path("h1", vm_id)
+    disk = probe.disk_path(host_id, vm_id)
     assert disk.exists()
-    hosts = {h["id"]: h for h in api.call("GET", "/v1/hosts")}
-    assert hosts["h1"]["used"]["memory_mib"] >= 128
+    host = api.call("GET", f"/v1/hosts/{host_id}")
+    assert host["used"]["memory_mib"] >= 128
+    assert vm_id in [a["vm_id"] for a in host["allocations"]]
 
     # Every step was visible as events on NATS, through the API's SSE stream.
     wait_until(lambda: tap.subjects_for(f"{op_id}.succeeded"), 10, what="op succeeded event")
@@ -99,12 +101,12 @@ def test_provision_boots_a_real_guest_and_delete_leaves_nothing(stack_cfg, api, 
 
 
 def test_stop_start_reboot_act_on_the_real_domain(api, probe, created_vm):
-    vm_id = created_vm["id"]
-    console = probe.console_path("h1", vm_id)
+    vm_id, host_id = created_vm["id"], created_vm["host_id"]
+    console = probe.console_path(host_id, vm_id)
 
     stop = api.call("POST", f"/v1/vms/{vm_id}/stop", json={"timeout_s": 1})
     assert api.wait_operation(stop["operation_id"])["state"] == "succeeded"
-    assert probe.state("h1", vm_id) == "shut off"
+    assert probe.state(host_id, vm_id) == "shut off"
     assert api.call("GET", f"/v1/vms/{vm_id}")["state"] == "stopped"
 
     # A stopped VM cannot be stopped or rebooted again; the reason says why.
@@ -113,12 +115,12 @@ def test_stop_start_reboot_act_on_the_real_domain(api, probe, created_vm):
 
     start = api.call("POST", f"/v1/vms/{vm_id}/start")
     assert api.wait_operation(start["operation_id"], timeout_s=240)["state"] == "succeeded"
-    assert probe.state("h1", vm_id) == "running"
+    assert probe.state(host_id, vm_id) == "running"
     assert console.read_text(errors="replace").count(MARKER) == 2
 
     reboot = api.call("POST", f"/v1/vms/{vm_id}/reboot", json={"timeout_s": 1})
     assert api.wait_operation(reboot["operation_id"], timeout_s=240)["state"] == "succeeded"
-    assert probe.state("h1", vm_id) == "running"
+    assert probe.state(host_id, vm_id) == "running"
     assert console.read_text(errors="replace").count(MARKER) == 3
     assert api.call("GET", f"/v1/vms/{vm_id}")["state"] == "running"
 
@@ -129,9 +131,11 @@ def test_health_and_readiness(api):
     assert ready == {"ready": True, "checks": {"database": "ok", "nats": "ok", "temporal": "ok"}}
 
 
-def test_images_and_hosts_are_listed(api):
-    assert [i["name"] for i in api.call("GET", "/v1/images")] == ["lab-guest"]
-    (host,) = api.call("GET", "/v1/hosts")
-    assert host["id"] == "h1" and host["state"] == "up" and host["domain_type"] == "qemu"
-    assert host["capacity"]["vcpus"] >= 1 and host["capacity"]["memory_mib"] > 0
-    assert host["last_heartbeat_age_s"] < 10
+def test_images_and_hosts_are_listed(api, probe):
+    assert "lab-guest" in [i["name"] for i in api.call("GET", "/v1/images")]
+    hosts = api.call("GET", "/v1/hosts")
+    assert [h["id"] for h in hosts] == sorted(probe.uris)
+    for host in hosts:
+        assert host["state"] == "up" and host["domain_type"] == "qemu"
+        assert host["capacity"]["vcpus"] >= 1 and host["capacity"]["memory_mib"] > 0
+        assert host["last_heartbeat_age_s"] < 10

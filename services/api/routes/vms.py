@@ -13,7 +13,16 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from services.api.models import OperationAccepted, PowerOptions, Vm, VmCreate, VmPublic
 from services.api.platform import Platform, get_platform
 from shared.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
-from shared.models import DeleteInput, PowerAction, PowerInput, ProvisionInput, VmSpec, VmState
+from shared.models import (
+    DeleteInput,
+    GroupRule,
+    Image,
+    PowerAction,
+    PowerInput,
+    ProvisionInput,
+    VmSpec,
+    VmState,
+)
 from shared import subjects
 from workflows.delete import delete_workflow_id
 from workflows.power import power_workflow_id
@@ -41,7 +50,8 @@ def _accepted(response: Response, op_id: str, vm: Vm) -> OperationAccepted:
     return OperationAccepted(operation_id=op_id, vm=VmPublic.model_validate(vm, from_attributes=True))
 
 
-async def _check_spec(p: Platform, body: VmCreate) -> None:
+async def _check_spec(p: Platform, body: VmCreate) -> Image:
+    """Raises InvalidRequest naming every problem at once; returns the image."""
     s = p.settings
     problems = []
     if body.vcpus > s.max_vcpus:
@@ -50,6 +60,7 @@ async def _check_spec(p: Platform, body: VmCreate) -> None:
         problems.append(f"memory_mib: at most {s.max_memory_mib}")
     if body.disk_gib > s.max_disk_gib:
         problems.append(f"disk_gib: at most {s.max_disk_gib}")
+    image = None
     try:
         image = await p.storage.image(body.image)
     except NotFound:
@@ -59,22 +70,40 @@ async def _check_spec(p: Platform, body: VmCreate) -> None:
             problems.append(f"memory_mib: image '{image.name}' needs at least {image.min_memory_mib}")
         if body.disk_gib < image.min_disk_gib:
             problems.append(f"disk_gib: image '{image.name}' needs at least {image.min_disk_gib}")
+    if body.placement_group_id is not None:
+        try:
+            await asyncio.to_thread(p.inventory.get_group, body.placement_group_id, s.default_tenant)
+        except NotFound:
+            problems.append(f"placement_group_id: unknown placement group '{body.placement_group_id}'")
     if problems:
         raise InvalidRequest("; ".join(problems))
+    return image
+
+
+async def _group_rule(p: Platform, group_id: str | None) -> GroupRule | None:
+    if group_id is None:
+        return None
+    group = await asyncio.to_thread(p.inventory.get_group, group_id, p.settings.default_tenant)
+    return GroupRule(group.id, group.policy, group.hard)
 
 
 @router.post("", status_code=202, response_model=OperationAccepted)
 async def create_vm(body: VmCreate, response: Response, p: Platform = Depends(get_platform)):
     """Provision a VM: 202 at once; follow the operation for its progress."""
-    await _check_spec(p, body)
+    image = await _check_spec(p, body)
     tenant = p.settings.default_tenant
     vm = await asyncio.to_thread(p.inventory.add, Vm(tenant=tenant, **body.model_dump()))
     op_id = provision_workflow_id(vm.id)
     try:
         await p.temporal.start_workflow(
             "ProvisionVm",
-            ProvisionInput(vm.id, vm.name, tenant, VmSpec(vm.vcpus, vm.memory_mib, vm.disk_gib, vm.image),
-                           boot_timeout_s=p.settings.boot_timeout_s),
+            ProvisionInput(
+                vm.id, vm.name, tenant, VmSpec(vm.vcpus, vm.memory_mib, vm.disk_gib, vm.image),
+                boot_timeout_s=p.settings.boot_timeout_s,
+                domain_types=image.domain_types,
+                required_labels=tuple(vm.required_labels),
+                group=await _group_rule(p, vm.placement_group_id),
+            ),
             id=op_id,
             task_queue=ORCHESTRATOR_QUEUE,
             id_reuse_policy=PROVISION_ID_REUSE,

@@ -1,0 +1,93 @@
+"""/v1/hosts: the fleet as the scheduler sees it, with allocations, and operators' enable/disable."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, Body, Depends
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.api.platform import Platform, get_platform
+from shared.models import HostAdmin, HostView
+
+router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
+
+
+class AllocationPublic(BaseModel):
+    vm_id: str
+    vm_name: str | None
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+    kind: str
+    placement_group_id: str | None
+
+
+class HostPublic(BaseModel):
+    id: str
+    state: str
+    disabled_reason: str
+    domain_type: str
+    cluster: str
+    labels: list[str]
+    capacity: dict[str, int]
+    used: dict[str, int]
+    domain_count: int
+    last_heartbeat: datetime
+    last_heartbeat_age_s: float
+    allocations: list[AllocationPublic] | None = None
+
+
+class DisableRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="", max_length=200, description="shown to other operators")
+
+
+def _public(h: HostView, names: dict[str, str] | None = None) -> HostPublic:
+    allocations = None
+    if names is not None:
+        allocations = [
+            AllocationPublic(vm_id=a.vm_id, vm_name=names.get(a.vm_id), vcpus=a.vcpus, memory_mib=a.memory_mib,
+                             disk_gib=a.disk_gib, kind=a.kind, placement_group_id=a.group)
+            for a in h.allocations
+        ]
+    return HostPublic(
+        id=h.host_id, state=h.state, disabled_reason=h.disabled_reason, domain_type=h.domain_type,
+        cluster=h.cluster, labels=list(h.labels),
+        capacity={"vcpus": h.vcpus_total, "memory_mib": h.memory_mib_total, "disk_gib": h.disk_gib_total},
+        used={"vcpus": h.vcpus_used, "memory_mib": h.memory_mib_used, "disk_gib": h.disk_gib_used},
+        domain_count=h.domain_count,
+        last_heartbeat=datetime.fromtimestamp(h.last_heartbeat_at_s, UTC),
+        last_heartbeat_age_s=round(h.last_heartbeat_age_s, 2),
+        allocations=allocations,
+    )
+
+
+async def _detailed(p: Platform, view: HostView) -> HostPublic:
+    vms = await asyncio.to_thread(p.inventory.on_host, view.host_id)
+    return _public(view, {vm.id: vm.name for vm in vms})
+
+
+@router.get("", response_model=list[HostPublic], response_model_exclude_none=True)
+async def list_hosts(p: Platform = Depends(get_platform)):
+    return [_public(h) for h in (await p.scheduler.hosts()).hosts]
+
+
+@router.get("/{host_id}", response_model=HostPublic)
+async def get_host(host_id: str, p: Platform = Depends(get_platform)):
+    """With every allocation on the host: domains it reports and claims placed on it."""
+    return await _detailed(p, await p.scheduler.host(host_id))
+
+
+@router.post("/{host_id}/disable", response_model=HostPublic)
+async def disable_host(host_id: str, body: DisableRequest = Body(default_factory=DisableRequest),
+                       p: Platform = Depends(get_platform)):
+    """No new VM is placed on a disabled host; VMs already there keep running."""
+    return await _detailed(p, await p.scheduler.set_host_admin(HostAdmin(host_id, False, body.reason)))
+
+
+@router.post("/{host_id}/enable", response_model=HostPublic)
+async def enable_host(host_id: str, p: Platform = Depends(get_platform)):
+    return await _detailed(p, await p.scheduler.set_host_admin(HostAdmin(host_id, True)))

@@ -1,0 +1,137 @@
+"""Placement on the real lab of three hosts: groups, labels, disabled hosts, and claims that
+never double-book a host, even under 100 concurrent requests."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import uuid
+
+import pytest
+
+from deploy.client import ApiError, VmflowClient
+from tests.integration.libvirt_probe import wait_until
+
+MARKER = "VMFLOW-GUEST-BOOTED"
+
+
+def name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def provision(api: VmflowClient, **fields) -> tuple[dict, dict]:
+    body = {"name": name("fleet"), "vcpus": 1, "memory_mib": 128, "disk_gib": 1, "image": "lab-guest",
+            **fields}
+    accepted = api.call("POST", "/v1/vms", json=body)
+    return accepted, api.wait_operation(accepted["operation_id"], timeout_s=300)
+
+
+def delete_all(api: VmflowClient, vm_ids) -> None:
+    ops = []
+    for vm_id in vm_ids:
+        try:
+            ops.append(api.call("DELETE", f"/v1/vms/{vm_id}")["operation_id"])
+        except ApiError:
+            pass
+    for op in ops:
+        assert api.wait_operation(op, timeout_s=120)["state"] == "succeeded"
+
+
+@pytest.fixture
+def cleanup(api):
+    vm_ids: list[str] = []
+    yield vm_ids
+    delete_all(api, vm_ids)
+
+
+def test_hard_anti_affinity_spreads_over_hosts_and_refuses_a_fourth(api, probe, cleanup):
+    group = api.call("POST", "/v1/placement-groups",
+                     json={"name": name("spread"), "policy": "anti-affinity", "hard": True})
+    hosts = set()
+    for _ in range(3):
+        accepted, op = provision(api, placement_group_id=group["id"])
+        cleanup.append(accepted["vm"]["id"])
+        assert op["state"] == "succeeded", op
+        vm = api.call("GET", f"/v1/vms/{accepted['vm']['id']}")
+        assert probe.where(vm["id"]) == [vm["host_id"]]
+        assert MARKER in probe.console_path(vm["host_id"], vm["id"]).read_text(errors="replace")
+        hosts.add(vm["host_id"])
+    assert hosts == set(probe.uris)  # one member on each of the three hosts
+
+    accepted, op = provision(api, placement_group_id=group["id"])
+    assert op["state"] == "failed"
+    assert op["error"]["code"] == "no_valid_host"
+    for host_id in probe.uris:
+        assert f"{host_id} (anti-affinity group {group['id']} already has a member here)" in op["error"]["message"]
+    with pytest.raises(ApiError, match="404"):
+        api.call("GET", f"/v1/vms/{accepted['vm']['id']}")
+
+    members = api.call("GET", f"/v1/placement-groups/{group['id']}")["members"]
+    assert sorted(m["host_id"] for m in members) == sorted(probe.uris)
+    with pytest.raises(ApiError, match="409 conflict: placement group .* still has members"):
+        api.call("DELETE", f"/v1/placement-groups/{group['id']}")
+
+
+def test_hard_affinity_keeps_members_together(api, probe, cleanup):
+    group = api.call("POST", "/v1/placement-groups", json={"name": name("together"), "policy": "affinity"})
+    host_ids = set()
+    for _ in range(2):
+        accepted, op = provision(api, placement_group_id=group["id"])
+        cleanup.append(accepted["vm"]["id"])
+        assert op["state"] == "succeeded", op
+        host_ids.add(api.call("GET", f"/v1/vms/{accepted['vm']['id']}")["host_id"])
+    assert len(host_ids) == 1
+
+
+def test_a_required_label_lands_on_the_only_host_that_has_it(api, probe, cleanup):
+    accepted, op = provision(api, required_labels=["gpu"])
+    cleanup.append(accepted["vm"]["id"])
+    assert op["state"] == "succeeded", op
+    assert probe.where(accepted["vm"]["id"]) == ["h3"]
+    accepted, op = provision(api, required_labels=["fpga"])
+    assert op["state"] == "failed" and "labels removed h1 (lacks label fpga)" in op["error"]["message"]
+
+
+def test_disabled_host_gets_no_new_vms(api, probe, cleanup):
+    host = api.call("POST", "/v1/hosts/h3/disable", json={"reason": "firmware update"})
+    try:
+        assert host["state"] == "disabled" and host["disabled_reason"] == "firmware update"
+        accepted, op = provision(api, required_labels=["gpu"])
+        assert op["state"] == "failed"
+        assert "host_enabled removed h3 (disabled: firmware update)" in op["error"]["message"]
+    finally:
+        assert api.call("POST", "/v1/hosts/h3/enable")["state"] == "up"
+    with pytest.raises(ApiError, match="404"):
+        api.call("POST", "/v1/hosts/h99/disable")
+
+
+def test_concurrent_requests_never_overbook_a_host(stack_cfg, api, probe, cleanup):
+    """100 requests at once, for more memory than the fleet has: the scheduler's claims let
+    exactly what fits through; the rest fail with 'no valid host' and its reason."""
+    memory_mib = 2048
+    # Earlier tests' deletes are done; the hosts' next heartbeats show it within seconds.
+    hosts = wait_until(lambda: (hs := api.call("GET", "/v1/hosts"))
+                       and all(h["used"]["memory_mib"] == 0 for h in hs) and hs,
+                       timeout_s=20, what="an empty fleet")
+    fits = sum(h["capacity"]["memory_mib"] // memory_mib for h in hosts)
+    assert fits < 100
+
+    def create(i: int) -> dict:
+        with VmflowClient(stack_cfg.api_url, timeout_s=120) as client:
+            return client.call("POST", "/v1/vms", json={
+                "name": f"burst-{i}", "vcpus": 1, "memory_mib": memory_mib, "disk_gib": 1, "image": "lab-guest"})
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=25) as pool:
+        accepted = list(pool.map(create, range(100)))
+    cleanup.extend(a["vm"]["id"] for a in accepted)
+    ops = [api.wait_operation(a["operation_id"], timeout_s=600, interval_s=1.0) for a in accepted]
+    succeeded = [op for op in ops if op["state"] == "succeeded"]
+    failed = [op for op in ops if op["state"] != "succeeded"]
+    assert len(succeeded) == fits
+    assert all(op["error"]["code"] == "no_valid_host" and "ram removed" in op["error"]["message"]
+               for op in failed)
+    # What libvirt itself runs on each host stays within what the host offers.
+    capacity = {h["id"]: h["capacity"]["memory_mib"] for h in hosts}
+    for host_id in probe.uris:
+        running = [vm for vm in probe.domain_uuids(host_id)]
+        assert len(running) * memory_mib <= capacity[host_id], host_id
+    assert sum(len(probe.domain_uuids(h)) for h in probe.uris) == fits
