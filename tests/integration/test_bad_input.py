@@ -80,12 +80,12 @@ def test_duplicate_name_is_a_conflict(api, world):
     name = f"dup-{uuid.uuid4().hex[:6]}"
     accepted = api.create_vm(name, 1, 128, 1, "lab-guest")
     try:
+        api.wait_operation(accepted["operation_id"], timeout_s=240)
         before = world()
         expect_error(api, "POST", "/v1/vms", 409, f"a VM named '{name}' already exists",
                      json={**GOOD, "name": name})
         assert world() == before
     finally:
-        api.wait_operation(accepted["operation_id"], timeout_s=240)
         api.wait_operation(api.call("DELETE", f"/v1/vms/{accepted['vm']['id']}")["operation_id"])
 
 
