@@ -144,11 +144,17 @@ def vm_reboot(vm_id: str, timeout_s: float = 30.0, force: bool = False, wait: bo
 def bench(what: str = typer.Argument("provision"), count: int = typer.Option(5, min=1, max=50),
           memory_mib: int = 128,
           run_dir: Path = typer.Option(DEFAULT_RUN_DIR, help="stack to measure (must be up)")) -> None:
-    """Provisioning latency through the platform vs the bare libvirt baseline, same run."""
+    """provision: provisioning latency through the platform vs the bare libvirt baseline, same
+    run. placement: the scheduler at 100 to 10,000 mock hosts vs a bare NATS echo (no stack)."""
     from deploy import bench as bench_module
 
+    if what == "placement":
+        from deploy import bench_placement
+
+        bench_placement.run_placement_bench(say=console.print)
+        return
     if what != "provision":
-        raise typer.BadParameter("only 'provision' is measured so far")
+        raise typer.BadParameter("'provision' or 'placement'")
     bench_module.run_provision_bench(run_dir.resolve(), count, memory_mib, console.print)
 
 

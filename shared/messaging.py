@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import nats
 import structlog
 from nats.aio.client import Client as NatsClient
-from nats.errors import NoRespondersError
+from nats.errors import MaxPayloadError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
@@ -118,17 +118,16 @@ def endpoint(
         try:
             argument = codec.decode(request_type, req.data) if request_type is not type(None) else None
             result = await handler(argument)  # type: ignore[arg-type]
+            await req.respond(codec.encode(result))
         except VmflowError as exc:
             await req.respond_error(exc.code, exc.message)
-            return
         except ValueError as exc:
             await req.respond_error("invalid_request", str(exc).splitlines()[0])
-            return
+        except MaxPayloadError:
+            await req.respond_error("internal", "the answer is larger than a NATS message may be")
         except Exception as exc:  # a bug: say so without leaking internals
             log.exception("endpoint failed", subject=req.subject)
             await req.respond_error("internal", f"internal error ({type(exc).__name__})")
-            return
-        await req.respond(codec.encode(result))
 
     return handle
 

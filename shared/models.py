@@ -238,8 +238,15 @@ class HostRef:
 
 
 @dataclass(frozen=True)
+class HostQuery:
+    offset: int = 0
+    limit: int = 500  # a page stays well under NATS' 1 MB message limit
+
+
+@dataclass(frozen=True)
 class HostList:
     hosts: tuple[HostView, ...]
+    total: int = 0
 
 
 @dataclass(frozen=True)

@@ -106,9 +106,14 @@ class Hypervisor:
             _ensure_event_loop()
             try:
                 conn = libvirt.open(self._uri)
-                conn.setKeepAlive(5, 3)
             except libvirt.libvirtError as exc:
                 raise HostUnavailable(f"cannot reach libvirt at {self._uri}: {exc.get_error_message()}") from exc
+            try:
+                conn.setKeepAlive(5, 3)  # notice a dead remote daemon within ~15 s
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:  # local drivers have none
+                    conn.close()
+                    raise HostUnavailable(f"libvirt at {self._uri}: {exc.get_error_message()}") from exc
             if self._on_lifecycle is not None:
                 conn.domainEventRegisterAny(
                     None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle_callback, None

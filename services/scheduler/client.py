@@ -7,7 +7,16 @@ from temporalio import activity
 
 from shared import subjects
 from shared.messaging import request
-from shared.models import ClaimRelease, HostAdmin, HostList, HostRef, HostView, Placement, PlacementRequest
+from shared.models import (
+    ClaimRelease,
+    HostAdmin,
+    HostList,
+    HostQuery,
+    HostRef,
+    HostView,
+    Placement,
+    PlacementRequest,
+)
 
 
 class SchedulerClient:
@@ -22,8 +31,10 @@ class SchedulerClient:
     async def release(self, vm_id: str) -> None:
         await request(self._nc, f"{subjects.SCHEDULER_PREFIX}.release", ClaimRelease(vm_id), dict, self._timeout_s)
 
-    async def hosts(self) -> HostList:
-        return await request(self._nc, f"{subjects.SCHEDULER_PREFIX}.hosts", None, HostList, self._timeout_s)
+    async def hosts(self, offset: int = 0, limit: int = 500) -> HostList:
+        """One page of hosts in id order; ``total`` says how many there are."""
+        return await request(self._nc, f"{subjects.SCHEDULER_PREFIX}.hosts", HostQuery(offset, limit),
+                             HostList, self._timeout_s)
 
     async def host(self, host_id: str) -> HostView:
         """With the host's allocations. Raises NotFound for an unknown host."""

@@ -7,7 +7,7 @@ Liveness is decided here, before placement runs, so no filter ever does I/O or r
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from shared.models import Allocation, HostAdmin, HostHeartbeat
 
@@ -79,13 +79,22 @@ def build_host_states(
             claims_by_host.setdefault(claim.host_id, []).append(claim)
     admin = admin or {}
     return [
-        _state(beat, claims_by_host.get(host_id, ()), admin.get(host_id), now_s, heartbeat_timeout_s)
+        host_state(beat, claims_by_host.get(host_id, ()), admin.get(host_id), now_s, heartbeat_timeout_s)
         for host_id, beat in sorted(heartbeats.items())
     ]
 
 
-def _state(beat: HostHeartbeat, claims: Iterable[Claim], admin: HostAdmin | None, now_s: float,
-           heartbeat_timeout_s: float) -> HostState:
+def with_liveness(state: HostState, beat: HostHeartbeat, now_s: float, heartbeat_timeout_s: float) -> HostState:
+    """The same state judged at ``now_s``: a host whose heartbeat is too old is not alive."""
+    age_s = max(0.0, now_s - beat.sent_at_s)
+    alive = age_s <= heartbeat_timeout_s
+    if alive == state.alive and (alive or age_s == state.last_heartbeat_age_s):
+        return state
+    return replace(state, alive=alive, last_heartbeat_age_s=age_s)
+
+
+def host_state(beat: HostHeartbeat, claims: Iterable[Claim], admin: HostAdmin | None, now_s: float,
+               heartbeat_timeout_s: float) -> HostState:
     allocations = host_allocations(beat, claims)
     groups: dict[str, int] = {}
     for a in allocations:

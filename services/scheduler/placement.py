@@ -90,8 +90,9 @@ def domain_type(host: HostState, req: PlacementRequest, _ctx: PlacementContext) 
 
 
 def labels(host: HostState, req: PlacementRequest, _ctx: PlacementContext) -> str | None:
-    missing = sorted(set(req.required_labels) - host.labels)
-    return f"lacks label {', '.join(missing)}" if missing else None
+    if not req.required_labels or host.labels.issuperset(req.required_labels):
+        return None
+    return f"lacks label {', '.join(sorted(set(req.required_labels) - host.labels))}"
 
 
 def cpu_capacity(host: HostState, req: PlacementRequest, ctx: PlacementContext) -> str | None:

@@ -8,6 +8,7 @@ one is weighed.
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable
 
@@ -17,7 +18,7 @@ from nats.micro import add_service
 from nats.micro.service import EndpointConfig, Service, ServiceConfig
 
 from services.scheduler.claims import ClaimBook
-from services.scheduler.host_state import HostState, build_host_states
+from services.scheduler.host_state import HostState, host_state, with_liveness
 from services.scheduler.placement import choose_host
 from services.scheduler.settings import SchedulerSettings
 from shared import codec, subjects
@@ -28,6 +29,7 @@ from shared.models import (
     HostAdmin,
     HostHeartbeat,
     HostList,
+    HostQuery,
     HostRef,
     HostView,
     Placement,
@@ -38,7 +40,11 @@ log = structlog.get_logger(__name__)
 
 
 class Scheduler:
-    """Placement state of one scheduler replica. Pure apart from the injected clock."""
+    """Placement state of one scheduler replica. Pure apart from the injected clock.
+
+    Host states are kept between decisions and rebuilt one host at a time, when that host's
+    heartbeat, claims or admin state change; a decision then only judges liveness and filters.
+    """
 
     def __init__(self, settings: SchedulerSettings, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
@@ -47,12 +53,29 @@ class Scheduler:
         self._claims = ClaimBook(settings.claim_ttl_s)
         self.heartbeats: dict[str, HostHeartbeat] = {}
         self.admin: dict[str, HostAdmin] = {}
+        self._states: dict[str, HostState] = {}
+        self._order: list[str] = []  # host ids, sorted
+
+    def _refresh(self, host_id: str) -> None:
+        beat = self.heartbeats.get(host_id)
+        if beat is None:
+            return
+        if host_id not in self._states:
+            bisect.insort(self._order, host_id)
+        self._states[host_id] = host_state(
+            beat, self._claims.on_host(host_id), self.admin.get(host_id), self._clock(),
+            self.settings.heartbeat_timeout_s,
+        )
+
+    def _judged(self, host_id: str, now_s: float) -> HostState:
+        return with_liveness(self._states[host_id], self.heartbeats[host_id], now_s,
+                             self.settings.heartbeat_timeout_s)
 
     def host_states(self) -> list[HostState]:
         now_s = self._clock()
-        return build_host_states(
-            self.heartbeats, self._claims.live(now_s), now_s, self.settings.heartbeat_timeout_s, self.admin
-        )
+        for host_id in self._claims.expire(now_s):
+            self._refresh(host_id)
+        return [self._judged(host_id, now_s) for host_id in self._order]
 
     def place(self, req: PlacementRequest) -> Placement:
         """Idempotent per VM: a VM that already holds a claim gets the same host back.
@@ -70,6 +93,7 @@ class Scheduler:
         host = decision.host
         self._claims.claim(req.vm_id, host.host_id, req.vcpus, req.memory_mib, req.disk_gib,
                            self._clock(), req.group.group_id if req.group else None)
+        self._refresh(host.host_id)
         log.info("placed", vm_id=req.vm_id, host_id=host.host_id, candidates=decision.candidates,
                  rejected=len(decision.rejections))
         return Placement(req.vm_id, host.host_id, host.domain_type)
@@ -77,18 +101,29 @@ class Scheduler:
     def observe(self, beat: HostHeartbeat) -> None:
         self.heartbeats[beat.host_id] = beat
         self._claims.settle(beat.host_id, {d.vm_id for d in beat.domains})
+        self._refresh(beat.host_id)
+
+    def set_admin(self, admin: HostAdmin) -> None:
+        self.admin[admin.host_id] = admin
+        self._refresh(admin.host_id)
 
     def release(self, req: ClaimRelease) -> None:
-        self._claims.release(req.vm_id)
+        claim = self._claims.release(req.vm_id)
+        if claim is not None:
+            self._refresh(claim.host_id)
 
-    def host_views(self, with_allocations: bool = False) -> HostList:
-        return HostList(tuple(self._view(s, with_allocations) for s in self.host_states()))
+    def host_views(self, query: HostQuery = HostQuery()) -> HostList:
+        """One page of hosts, in host id order, without allocations."""
+        now_s = self._clock()
+        page = self._order[query.offset: query.offset + query.limit]
+        views = tuple(self._view(self._judged(h, now_s), with_allocations=False) for h in page)
+        return HostList(views, total=len(self._order))
 
     def host_view(self, host_id: str) -> HostView:
-        for view in self.host_views(with_allocations=True).hosts:
-            if view.host_id == host_id:
-                return view
-        raise NotFound(f"no host '{host_id}'")
+        """One host with its allocations. Raises NotFound."""
+        if host_id not in self._states:
+            raise NotFound(f"no host '{host_id}'")
+        return self._view(self._judged(host_id, self._clock()), with_allocations=True)
 
     def _view(self, state: HostState, with_allocations: bool) -> HostView:
         status = "down" if not state.up else ("disabled" if not state.enabled else "up")
@@ -104,7 +139,7 @@ class Scheduler:
             disk_gib_used=state.disk_gib_used,
             domain_count=state.domain_count,
             last_heartbeat_at_s=self.heartbeats[state.host_id].sent_at_s,
-            last_heartbeat_age_s=state.last_heartbeat_age_s,
+            last_heartbeat_age_s=max(0.0, self._clock() - self.heartbeats[state.host_id].sent_at_s),
             labels=tuple(sorted(state.labels)),
             cluster=state.cluster,
             disabled_reason=state.disabled_reason,
@@ -131,8 +166,7 @@ async def follow_heartbeats(nc: NatsClient, settings: SchedulerSettings, schedul
 
 
 async def follow_host_admin(nc: NatsClient, settings: SchedulerSettings, scheduler: Scheduler) -> None:
-    await follow_bucket(nc, settings.host_admin_bucket, HostAdmin,
-                        lambda admin: scheduler.admin.__setitem__(admin.host_id, admin))
+    await follow_bucket(nc, settings.host_admin_bucket, HostAdmin, scheduler.set_admin)
 
 
 async def start_service(nc: NatsClient, scheduler: Scheduler) -> Service:
@@ -145,8 +179,8 @@ async def start_service(nc: NatsClient, scheduler: Scheduler) -> Service:
         scheduler.release(req)
         return {"released": True}
 
-    async def hosts(_: None) -> HostList:
-        return scheduler.host_views()
+    async def hosts(query: HostQuery) -> HostList:
+        return scheduler.host_views(query)
 
     async def host(ref: HostRef) -> HostView:
         return scheduler.host_view(ref.host_id)
@@ -156,7 +190,7 @@ async def start_service(nc: NatsClient, scheduler: Scheduler) -> Service:
         one) sees it; applied here at once so the answer already shows it."""
         scheduler.host_view(admin.host_id)  # NotFound for unknown hosts
         await admin_kv.put(admin.host_id, codec.encode(admin))
-        scheduler.admin[admin.host_id] = admin
+        scheduler.set_admin(admin)
         return scheduler.host_view(admin.host_id)
 
     service = await add_service(
@@ -168,7 +202,7 @@ async def start_service(nc: NatsClient, scheduler: Scheduler) -> Service:
     for name, request_type, handler in (
         ("place", PlacementRequest, place),
         ("release", ClaimRelease, release),
-        ("hosts", type(None), hosts),
+        ("hosts", HostQuery, hosts),
         ("host", HostRef, host),
         ("set_host_admin", HostAdmin, set_host_admin),
     ):

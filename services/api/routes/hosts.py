@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.api.platform import Platform, get_platform
@@ -71,8 +71,12 @@ async def _detailed(p: Platform, view: HostView) -> HostPublic:
 
 
 @router.get("", response_model=list[HostPublic], response_model_exclude_none=True)
-async def list_hosts(p: Platform = Depends(get_platform)):
-    return [_public(h) for h in (await p.scheduler.hosts()).hosts]
+async def list_hosts(response: Response, offset: int = Query(0, ge=0), limit: int = Query(500, ge=1, le=500),
+                     p: Platform = Depends(get_platform)):
+    """Hosts in id order, a page at a time; ``X-Total-Count`` says how many there are."""
+    page = await p.scheduler.hosts(offset, limit)
+    response.headers["X-Total-Count"] = str(page.total)
+    return [_public(h) for h in page.hosts]
 
 
 @router.get("/{host_id}", response_model=HostPublic)
