@@ -42,6 +42,9 @@ _RETRY = RetryPolicy(
 _QUICK = timedelta(seconds=30)
 # A host whose worker does not pick up work within this time is treated as unavailable.
 _HOST_PICKUP = timedelta(seconds=30)
+# Long host activities report at least this often; generous, because a host starting many
+# guests at once is slow to answer but not gone.
+_HOST_HEARTBEAT = timedelta(seconds=30)
 
 
 def host_queue(host_id: str) -> str:
@@ -112,14 +115,14 @@ async def undefine_domain(host_id: str, vm_id: str) -> None:
 async def stop_domain(host_id: str, req: StopRequest) -> DomainStatus:
     return await on_host(
         host_id, "host.stop_domain", req, DomainStatus,
-        timeout=timedelta(seconds=req.timeout_s + 30), heartbeat=timedelta(seconds=10),
+        timeout=timedelta(seconds=req.timeout_s + 30), heartbeat=_HOST_HEARTBEAT,
     )
 
 
 async def reboot_domain(host_id: str, req: StopRequest) -> DomainStatus:
     return await on_host(
         host_id, "host.reboot_domain", req, DomainStatus,
-        timeout=timedelta(seconds=req.timeout_s + 30), heartbeat=timedelta(seconds=10),
+        timeout=timedelta(seconds=req.timeout_s + 30), heartbeat=_HOST_HEARTBEAT,
     )
 
 
@@ -131,7 +134,7 @@ async def wait_booted(host_id: str, req: BootWaitRequest) -> DomainStatus:
     return await workflow.execute_activity(
         "host.wait_booted", req, task_queue=host_queue(host_id), result_type=DomainStatus,
         start_to_close_timeout=timedelta(seconds=req.timeout_s + 10),
-        schedule_to_start_timeout=_HOST_PICKUP, heartbeat_timeout=timedelta(seconds=10),
+        schedule_to_start_timeout=_HOST_PICKUP, heartbeat_timeout=_HOST_HEARTBEAT,
         retry_policy=RetryPolicy(maximum_attempts=1),  # a boot timeout is an answer, not a glitch
     )
 

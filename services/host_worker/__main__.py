@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 from temporalio.worker import Worker
@@ -30,6 +31,9 @@ def resolve_domain_type(setting: str) -> str:
 async def main(settings: HostWorkerSettings) -> None:
     structlog.contextvars.bind_contextvars(host_id=settings.host_id)
     loop = asyncio.get_running_loop()
+    # libvirt calls block (a domain start can take seconds on a loaded host); enough threads
+    # that status polls and heartbeats never queue behind them.
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=settings.libvirt_threads))
     lifecycle: asyncio.Queue[LifecycleEvent] = asyncio.Queue()
     hv = Hypervisor(settings.libvirt_uri, lambda e: loop.call_soon_threadsafe(lifecycle.put_nowait, e))
     await asyncio.to_thread(hv.connection)

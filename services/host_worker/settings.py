@@ -17,4 +17,5 @@ class HostWorkerSettings(CommonSettings):
     reserved_memory_mib: int = 512  # kept for the host itself, never offered to guests
     local_disk_dir: str = "/var/lib/libvirt/images"  # its free space is the host's disk capacity
     heartbeat_interval_s: float = 2.0
+    libvirt_threads: int = 32
     console_poll_interval_s: float = 0.05
