@@ -52,16 +52,19 @@ class Inventory:
         with Session(self._engine) as session:
             session.exec(text("SELECT 1"))
 
-    def add(self, vm: Vm) -> Vm:
-        """Raises Conflict if the tenant already has a VM of that name."""
+    def _insert(self, row, conflict: str):
         with Session(self._engine) as session:
-            session.add(vm)
+            session.add(row)
             try:
                 session.commit()
             except IntegrityError as exc:
-                raise Conflict(f"a VM named '{vm.name}' already exists") from exc
-            session.refresh(vm)
-            return vm
+                raise Conflict(conflict) from exc
+            session.refresh(row)
+            return row
+
+    def add(self, vm: Vm) -> Vm:
+        """Raises Conflict if the tenant already has a VM of that name."""
+        return self._insert(vm, f"a VM named '{vm.name}' already exists")
 
     def get(self, vm_id: str, tenant: str | None = None) -> Vm:
         with Session(self._engine) as session:
@@ -113,14 +116,7 @@ class Inventory:
 
     def add_group(self, group: PlacementGroup) -> PlacementGroup:
         """Raises Conflict if the tenant already has a group of that name."""
-        with Session(self._engine) as session:
-            session.add(group)
-            try:
-                session.commit()
-            except IntegrityError as exc:
-                raise Conflict(f"a placement group named '{group.name}' already exists") from exc
-            session.refresh(group)
-            return group
+        return self._insert(group, f"a placement group named '{group.name}' already exists")
 
     def get_group(self, group_id: str, tenant: str) -> PlacementGroup:
         with Session(self._engine) as session:
