@@ -148,8 +148,10 @@ def start_services(cfg: StackConfig, hosts: tuple[lab.LabHost, ...]) -> None:
     env = common_env(cfg)
     py = sys.executable
     start_process("scheduler", [py, "-m", "services.scheduler"], cfg.root, env, REPO_DIR)
+    local_pools = {h: str(cfg.root / "lab" / "hosts" / h / "pool") for h in cfg.host_ids()}
     start_process("storage", [py, "-m", "services.storage"], cfg.root,
-                  {**env, "VMFLOW_POOL_DIR": str(cfg.pool_dir)}, REPO_DIR)
+                  {**env, "VMFLOW_POOL_DIR": str(cfg.pool_dir), "VMFLOW_LOCAL_POOLS": json.dumps(local_pools)},
+                  REPO_DIR)
     start_process("orchestrator", [py, "-m", "workflows"], cfg.root, env, REPO_DIR)
     start_process("api", [py, "-m", "services.api"], cfg.root, {
         **env,

@@ -12,8 +12,9 @@ from workflows.delete import DeleteVm
 from workflows.power import VmPowerAction
 from workflows.provision import ProvisionVm
 from workflows.steps import ORCHESTRATOR_QUEUE
+from workflows.storage_ops import STORAGE_WORKFLOWS
 
-WORKFLOWS = [ProvisionVm, DeleteVm, VmPowerAction]
+WORKFLOWS = [ProvisionVm, DeleteVm, VmPowerAction, *STORAGE_WORKFLOWS]
 
 
 def orchestrator_worker(client: Client, scheduler: SchedulerActivities) -> Worker:

@@ -14,7 +14,9 @@ from services.api.db import Inventory, make_engine, migrate
 from services.api.errors import install_error_handlers
 from services.api.inventory_activities import InventoryActivities
 from services.api.platform import Platform
-from services.api.routes import catalog, events, health, hosts, operations, placement_groups, vms
+from services.api.routes import (
+    events, health, hosts, images, operations, placement_groups, pools, snapshots, vms, volumes,
+)
 from services.api.settings import ApiSettings
 from services.scheduler.client import SchedulerClient
 from services.storage.client import StorageClient
@@ -69,7 +71,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for router in (vms.router, placement_groups.router, hosts.router, operations.router, catalog.router,
-                   events.router, health.router):
+    for router in (vms.router, placement_groups.router, hosts.router, operations.router, images.router,
+                   pools.router, volumes.router, snapshots.router, events.router, health.router):
         app.include_router(router)
     return app

@@ -61,6 +61,8 @@ async def main(settings: HostWorkerSettings) -> None:
             host.undefine_domain,
             host.domain_status,
             host.wait_booted,
+            host.attach_disk,
+            host.detach_disk,
         ],
         interceptors=[ActivityContext()],
     )

@@ -19,6 +19,7 @@ from services.host_worker.hypervisor import Hypervisor
 from services.host_worker.settings import HostWorkerSettings
 from shared.errors import HypervisorError, Timeout
 from shared.models import BootWaitRequest, DomainRef, DomainSpec, DomainStatus, StopRequest
+from shared.storage_models import DiskAttachment
 
 log = structlog.get_logger(__name__)
 
@@ -105,3 +106,21 @@ class HostActivities:
                 raise Timeout(f"the guest did not boot within {req.timeout_s:g} s (domain {state})")
             activity.heartbeat(state)
             await asyncio.sleep(self._settings.console_poll_interval_s)
+
+    @activity.defn(name="host.attach_disk")
+    async def attach_disk(self, req: DiskAttachment) -> str:
+        """Attach a volume to the domain: live and persistent while it runs, persistent while it
+        is stopped. Already attached is fine. Returns the target (vdb, ...)."""
+        return await asyncio.to_thread(self._hv.attach_disk, req.vm_id, req.disk_path)
+
+    @activity.defn(name="host.detach_disk")
+    async def detach_disk(self, req: DiskAttachment) -> None:
+        """Detach a volume and, while the domain runs, wait up to ``timeout_s`` for the guest to
+        release it. Absent is fine. Raises Timeout when the guest keeps the disk."""
+        await asyncio.to_thread(self._hv.detach_disk, req.vm_id, req.disk_path)
+        deadline = time.monotonic() + req.timeout_s
+        while await asyncio.to_thread(self._hv.has_live_disk, req.vm_id, req.disk_path):
+            if time.monotonic() > deadline:
+                raise Timeout(f"the guest did not release {req.disk_path} within {req.timeout_s:g} s")
+            activity.heartbeat("waiting for the guest to release the disk")
+            await asyncio.sleep(0.2)

@@ -7,6 +7,7 @@ are translated here, once, into ``shared.errors`` types.
 from __future__ import annotations
 
 import threading
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ import libvirt
 import structlog
 
 from services.host_worker.domain_xml import METADATA_NS, domain_name, metadata_fields
-from shared.errors import HostUnavailable, HypervisorError, NotFound, VmflowError
+from shared.errors import Conflict, HostUnavailable, HypervisorError, NotFound, VmflowError
 from shared.models import DomainSummary
 
 log = structlog.get_logger(__name__)
@@ -264,3 +265,93 @@ class Hypervisor:
         if dom is None:
             raise NotFound(f"domain {domain_name(vm_id)} is not defined on this host")
         return dom
+
+    # -- data disks ---------------------------------------------------------------------------
+
+    def _disk_maps(self, dom: libvirt.virDomain) -> tuple[bool, dict[str, str], dict[str, str]]:
+        """(running, persistent target->file, live target->file)."""
+        running = bool(dom.isActive())
+        persistent = disk_sources(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        live = disk_sources(dom.XMLDesc(0)) if running else {}
+        return running, persistent, live
+
+    def attach_disk(self, vm_id: str, disk_path: str) -> str:
+        """Attach a qcow2 file as a virtio disk: to the running guest and to its definition, or
+        only to the definition while it is stopped. Already attached is fine. Returns the
+        target (vdb, vdc, ...). Raises NotFound, Conflict (no free target), HypervisorError."""
+        dom = self._require(vm_id)
+        try:
+            running, persistent, live = self._disk_maps(dom)
+            target = (_target_of(disk_path, persistent) or _target_of(disk_path, live)
+                      or free_disk_target(set(persistent) | set(live)))
+            flags = 0
+            if disk_path not in persistent.values():
+                flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            if running and disk_path not in live.values():
+                flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+            if flags:
+                dom.attachDeviceFlags(disk_device_xml(disk_path, target), flags)
+        except libvirt.libvirtError as exc:
+            raise translate(exc) from exc
+        log.info("disk attached", vm_id=vm_id, disk=disk_path, target=target, live=running)
+        return target
+
+    def detach_disk(self, vm_id: str, disk_path: str) -> None:
+        """Remove the disk from the definition and ask the running guest to release it (which
+        completes when the guest agrees: see ``has_live_disk``). Absent is fine."""
+        dom = self._lookup(vm_id)
+        if dom is None:
+            return
+        try:
+            running, persistent, live = self._disk_maps(dom)
+            if (target := _target_of(disk_path, persistent)) is not None:
+                dom.detachDeviceFlags(disk_device_xml(disk_path, target), libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+            if running and (target := _target_of(disk_path, live)) is not None:
+                dom.detachDeviceFlags(disk_device_xml(disk_path, target), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        except libvirt.libvirtError as exc:
+            raise translate(exc) from exc
+        log.info("disk detached", vm_id=vm_id, disk=disk_path, live=running)
+
+    def has_live_disk(self, vm_id: str, disk_path: str) -> bool:
+        """Whether the running guest still has the disk (an unplug waits for the guest)."""
+        dom = self._lookup(vm_id)
+        try:
+            return dom is not None and bool(dom.isActive()) and disk_path in disk_sources(dom.XMLDesc(0)).values()
+        except libvirt.libvirtError as exc:
+            raise translate(exc) from exc
+
+
+# -- data disk XML (pure) ---------------------------------------------------------------------
+
+DATA_DISK_TARGETS = tuple(f"vd{letter}" for letter in "bcdefghijklmnopqrstuvwxyz")
+
+
+def disk_sources(domain_xml: str) -> dict[str, str]:
+    """target dev -> source file of each file-backed disk of a domain definition."""
+    root = ET.fromstring(domain_xml)
+    sources = {}
+    for disk in root.findall("devices/disk"):
+        target, source = disk.find("target"), disk.find("source")
+        if target is not None and source is not None and source.get("file"):
+            sources[target.get("dev", "")] = source.get("file", "")
+    return sources
+
+
+def _target_of(disk_path: str, sources: dict[str, str]) -> str | None:
+    return next((target for target, path in sources.items() if path == disk_path), None)
+
+
+def free_disk_target(used: set[str]) -> str:
+    """The first virtio target no disk uses (vda is the root disk). Raises Conflict."""
+    for target in DATA_DISK_TARGETS:
+        if target not in used:
+            return target
+    raise Conflict(f"no free disk slot: {len(DATA_DISK_TARGETS)} data disks are attached already")
+
+
+def disk_device_xml(disk_path: str, target: str) -> str:
+    disk = ET.Element("disk", type="file", device="disk")
+    ET.SubElement(disk, "driver", name="qemu", type="qcow2")
+    ET.SubElement(disk, "source", file=disk_path)
+    ET.SubElement(disk, "target", dev=target, bus="virtio")
+    return ET.tostring(disk, encoding="unicode")

@@ -40,7 +40,13 @@ class ImageCatalog:
     def list(self) -> list[Image]:
         if not self._dir.is_dir():
             return []
-        return [load_image(p.parent) for p in sorted(self._dir.glob("*/image.json"))]
+        images = []
+        for meta in sorted(self._dir.glob("*/image.json")):
+            try:
+                images.append(load_image(meta.parent))
+            except FileNotFoundError:
+                continue  # deleted while we looked
+        return images
 
     def get(self, name: str) -> Image:
         for image in self.list():

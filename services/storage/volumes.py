@@ -9,6 +9,7 @@ import structlog
 
 from services.storage import qemu_img
 from services.storage.catalog import ImageCatalog
+from services.storage.locks import locked, name_lock
 from shared.models import Volume, VolumeRequest
 
 log = structlog.get_logger(__name__)
@@ -21,6 +22,7 @@ def root_volume_name(vm_id: str) -> str:
 class VolumePool:
     def __init__(self, name: str, pool_dir: Path, catalog: ImageCatalog) -> None:
         self.name = name
+        self._pool_dir = pool_dir
         self._volumes_dir = pool_dir / "volumes"
         self._catalog = catalog
 
@@ -39,10 +41,13 @@ class VolumePool:
             return volume, False
         self._volumes_dir.mkdir(parents=True, exist_ok=True)
         # Build under a temporary name and rename, so a crash never leaves a half-made volume
-        # that a retry would then mistake for a finished one.
+        # that a retry would then mistake for a finished one. The image's lock, shared with
+        # other clones, keeps the image from being deleted meanwhile.
         partial = path.with_suffix(".partial")
-        await qemu_img.create_overlay(str(partial), image.disk_path, size_gib)
-        os.replace(partial, path)
+        async with locked(name_lock(self._pool_dir, "image", image.name), exclusive=False):
+            self._catalog.get(req.image)
+            await qemu_img.create_overlay(str(partial), image.disk_path, size_gib)
+            os.replace(partial, path)
         log.info("volume created", volume=name, size_gib=size_gib, image=image.name)
         return volume, True
 

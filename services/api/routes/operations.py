@@ -17,7 +17,10 @@ from shared.models import OperationProgress
 
 router = APIRouter(prefix="/v1/operations", tags=["operations"])
 
-OPERATION_ID = re.compile(r"^vm-[0-9a-f-]{36}-[a-z]+(-[0-9a-f]{8})?$")
+# vm-<id>-<action>[-<8 hex>], and the storage operations on images and volumes by name.
+OPERATION_ID = re.compile(
+    r"^(vm-[0-9a-f-]{36}|volume-[A-Za-z0-9-]{1,63}|image-[A-Za-z0-9._-]{1,63})-[a-z]+(-[0-9a-f]{8})?$"
+)
 _STATES = {
     WorkflowExecutionStatus.RUNNING: "running",
     WorkflowExecutionStatus.COMPLETED: "succeeded",
@@ -85,7 +88,7 @@ async def get_operation(op_id: str, p: Platform = Depends(get_platform)):
         done=state != "running",
         step=progress.step if progress else None,
         steps_done=list(progress.steps_done) if progress else [],
-        vm_id=progress.vm_id if progress else None,
+        vm_id=(progress.vm_id or None) if progress else None,
         host_id=progress.host_id if progress else None,
         result=str(result) if result is not None else None,
         error=error,
