@@ -167,6 +167,7 @@ def start_services(cfg: StackConfig, hosts: tuple[lab.LabHost, ...]) -> None:
             "VMFLOW_CONSOLE_DIR": str(cfg.console_dir),
             "VMFLOW_LOCAL_DISK_DIR": str(cfg.pool_dir),
             "VMFLOW_LABELS": json.dumps(cfg.labels_of(host.host_id)),
+            "VMFLOW_MIGRATION_URI": host.tcp_uri,
         }, REPO_DIR)
 
 

@@ -57,6 +57,8 @@ class PlacementRequest:
     domain_types: tuple[str, ...] = ("kvm", "qemu")
     required_labels: tuple[str, ...] = ()
     group: GroupRule | None = None
+    exclude_hosts: tuple[str, ...] = ()  # e.g. the source of a migration
+    only_host: str | None = None  # an operator's explicit choice, still checked by every filter
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Placement:
     vm_id: str
     host_id: str
     domain_type: str
+    migration_uri: str = ""
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,7 @@ class HostHeartbeat:
     disk_gib: int = 0
     labels: tuple[str, ...] = ()
     cluster: str = "default"
+    migration_uri: str = ""  # how other hosts' libvirtd reach this one for migration
 
 
 @dataclass(frozen=True)

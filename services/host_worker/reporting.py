@@ -53,6 +53,7 @@ async def heartbeat_loop(
             disk_gib=disk_capacity_gib(settings.local_disk_dir),
             labels=tuple(settings.labels),
             cluster=settings.cluster,
+            migration_uri=settings.migration_uri,
         )
         await kv.put(settings.host_id, codec.encode(beat))
         if ok != last_ok:

@@ -14,6 +14,7 @@ class HostWorkerSettings(CommonSettings):
     console_dir: str = "/var/lib/vmflow/consoles"
     labels: list[str] = []  # what VMs may require of the host, e.g. ["ssd", "zone=a"]
     cluster: str = "default"
+    migration_uri: str = ""  # how other hosts reach this one's libvirtd, e.g. qemu+tcp://10.0.0.5/system
     reserved_memory_mib: int = 512  # kept for the host itself, never offered to guests
     local_disk_dir: str = "/var/lib/libvirt/images"  # its free space is the host's disk capacity
     heartbeat_interval_s: float = 2.0

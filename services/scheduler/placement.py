@@ -77,6 +77,14 @@ def host_up(host: HostState, _req: PlacementRequest, _ctx: PlacementContext) -> 
     return None
 
 
+def requested_host(host: HostState, req: PlacementRequest, _ctx: PlacementContext) -> str | None:
+    if host.host_id in req.exclude_hosts:
+        return "excluded (the VM is there already)"
+    if req.only_host is not None and host.host_id != req.only_host:
+        return f"not the requested host {req.only_host}"
+    return None
+
+
 def host_enabled(host: HostState, _req: PlacementRequest, _ctx: PlacementContext) -> str | None:
     if host.enabled:
         return None
@@ -130,6 +138,7 @@ def group_rule(host: HostState, req: PlacementRequest, ctx: PlacementContext) ->
 
 
 DEFAULT_FILTERS: tuple[tuple[str, Filter], ...] = (
+    ("requested_host", requested_host),
     ("host_up", host_up),
     ("host_enabled", host_enabled),
     ("domain_type", domain_type),

@@ -82,7 +82,7 @@ class Scheduler:
         Raises NoValidHost with the rejection trail."""
         existing = self._claims.get(req.vm_id)
         if existing is not None and existing.expires_at_s > self._clock():
-            return Placement(req.vm_id, existing.host_id, self.heartbeats[existing.host_id].domain_type)
+            return self._placement(req.vm_id, existing.host_id)
         decision = choose_host(self.host_states(), req, self._policy)
         if decision.host is None:
             log.info("no valid host", vm_id=req.vm_id, trail=decision.explain())
@@ -96,7 +96,11 @@ class Scheduler:
         self._refresh(host.host_id)
         log.info("placed", vm_id=req.vm_id, host_id=host.host_id, candidates=decision.candidates,
                  rejected=len(decision.rejections))
-        return Placement(req.vm_id, host.host_id, host.domain_type)
+        return self._placement(req.vm_id, host.host_id)
+
+    def _placement(self, vm_id: str, host_id: str) -> Placement:
+        beat = self.heartbeats[host_id]
+        return Placement(vm_id, host_id, beat.domain_type, beat.migration_uri)
 
     def observe(self, beat: HostHeartbeat) -> None:
         self.heartbeats[beat.host_id] = beat

@@ -144,3 +144,15 @@ def test_disabled_hosts_say_why_and_disk_is_checked():
     trail = choose_host(hosts, req(), PlacementPolicy()).explain()
     assert "host_enabled removed h1 (disabled: firmware update)" in trail
     assert "disk removed h2 (needs 1 GiB, 0 of 10 GiB free)" in trail
+
+
+def test_migration_targets_exclude_the_source_and_honour_a_requested_host():
+    hosts = [host("h1"), host("h2", mem_used=4000), host("h3")]
+    away = PlacementRequest("vm-1", 1, 512, 1, exclude_hosts=("h1",))
+    assert choose_host(hosts, away, PlacementPolicy()).host.host_id == "h3"
+    to_h2 = PlacementRequest("vm-1", 1, 512, 1, exclude_hosts=("h1",), only_host="h2")
+    assert choose_host(hosts, to_h2, PlacementPolicy()).host.host_id == "h2"
+    to_h1 = PlacementRequest("vm-1", 1, 512, 1, exclude_hosts=("h1",), only_host="h1")
+    decision = choose_host(hosts, to_h1, PlacementPolicy())
+    assert decision.host is None
+    assert "requested_host removed h1 (excluded (the VM is there already)), h2 (not the requested host h1)" in decision.explain()
