@@ -23,7 +23,7 @@ DEFAULT_RUN_DIR = Path(os.environ.get("VMFLOW_RUN_DIR", stack.REPO_DIR / "run"))
 API_URL = os.environ.get("VMFLOW_API_URL", "http://127.0.0.1:8000")
 
 # Steps a VM operation goes through, to draw a progress bar.
-_STEPS = {"ProvisionVm": 7, "DeleteVm": 6, "VmPowerAction": 4}
+_STEPS = {"ProvisionVm": 7, "DeleteVm": 6, "VmPowerAction": 4, "LiveMigrate": 5, "HostMaintenance": 4}
 
 
 @app.command()
@@ -71,12 +71,21 @@ def _follow(client: VmflowClient, accepted: dict, wait: bool) -> None:
         task = bar.add_task("queued", total=None)
 
         def show(op: dict) -> None:
+            moving = op.get("activity_progress") or {}
+            if "data_remaining_mib" in moving:  # a live migration: show libvirt's own progress
+                sent, left = moving["data_processed_mib"], moving["data_remaining_mib"]
+                bar.update(task, total=max(1, sent + left), completed=sent, description=(
+                    f"migrate: pass {moving['iteration']}, {left} MiB left, "
+                    f"downtime limit {moving['downtime_limit_ms']} ms"))
+                return
             total = _STEPS.get(op["kind"], 5)
             bar.update(task, description=op["step"] or op["state"], total=total,
                        completed=min(len(op["steps_done"]), total))
 
         op = client.wait_operation(op_id, on_progress=show)
         bar.update(task, completed=bar.tasks[0].total or 1)
+    for line in op.get("details", []):
+        console.print(f"  {line}")
     if op["state"] != "succeeded":
         console.print(f"[red]{op['state']}[/]: {op['error']['message'] if op['error'] else ''}")
         raise typer.Exit(1)
@@ -120,24 +129,50 @@ def vm_delete(vm_id: str, wait: bool = True) -> None:
     _follow(client, _api(lambda: client.call("DELETE", f"/v1/vms/{vm_id}")), wait)
 
 
-def _power(vm_id: str, action: str, wait: bool, body: dict | None = None) -> None:
+def _post_action(vm_id: str, action: str, wait: bool, body: dict | None = None) -> None:
     client = _client()
     _follow(client, _api(lambda: client.call("POST", f"/v1/vms/{vm_id}/{action}", json=body)), wait)
 
 
 @vm_app.command("start")
 def vm_start(vm_id: str, wait: bool = True) -> None:
-    _power(vm_id, "start", wait)
+    _post_action(vm_id, "start", wait)
 
 
 @vm_app.command("stop")
 def vm_stop(vm_id: str, timeout_s: float = 30.0, force: bool = False, wait: bool = True) -> None:
-    _power(vm_id, "stop", wait, {"timeout_s": timeout_s, "force": force})
+    _post_action(vm_id, "stop", wait, {"timeout_s": timeout_s, "force": force})
 
 
 @vm_app.command("reboot")
 def vm_reboot(vm_id: str, timeout_s: float = 30.0, force: bool = False, wait: bool = True) -> None:
-    _power(vm_id, "reboot", wait, {"timeout_s": timeout_s, "force": force})
+    _post_action(vm_id, "reboot", wait, {"timeout_s": timeout_s, "force": force})
+
+
+@vm_app.command("migrate")
+def vm_migrate(vm_id: str, to: str = typer.Option(None, help="target host; default: the scheduler picks"),
+               completion_timeout_s: float = 120.0, post_copy: bool = False, wait: bool = True) -> None:
+    """Live-migrate a running VM (or move a stopped one) to another host."""
+    body = {"target_host_id": to, "completion_timeout_s": completion_timeout_s, "post_copy": post_copy}
+    _post_action(vm_id, "migrate", wait, body)
+
+
+host_app = typer.Typer(no_args_is_help=True, help="Operate the fleet's hosts.")
+app.add_typer(host_app, name="host")
+
+
+@host_app.command("maintenance")
+def host_maintenance(host_id: str, wait: bool = True) -> None:
+    """Stop placing VMs on the host and move every VM off it."""
+    client = _client()
+    _follow(client, _api(lambda: client.call("POST", f"/v1/hosts/{host_id}/maintenance")), wait)
+
+
+@host_app.command("activate")
+def host_activate(host_id: str) -> None:
+    """Return a host from maintenance (or disabled) to service."""
+    host = _api(lambda: _client().call("DELETE", f"/v1/hosts/{host_id}/maintenance"))
+    console.print(f"{host['id']}: {host['state']}")
 
 
 @app.command("bench")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from shared.models import VmSummary
+
 
 @dataclass(frozen=True)
 class ConvergencePolicy:
@@ -99,6 +101,23 @@ def observe(previous: MigrationProgress, current: MigrationProgress, best_remain
 def after_escalation(progress: MigrationProgress) -> MigrationProgress:
     """A new downtime limit deserves a fresh chance to converge."""
     return replace(progress, stalled_iterations=0)
+
+
+@dataclass(frozen=True)
+class MigrateInput:
+    """What the LiveMigrate workflow needs: the VM as the inventory knows it."""
+
+    vm: VmSummary
+    target_host_id: str | None = None  # None: the scheduler picks, never the source
+    policy: ConvergencePolicy = ConvergencePolicy()
+    claimed: bool = False  # the caller already marked the VM busy with this operation
+
+
+@dataclass(frozen=True)
+class MaintenanceInput:
+    host_id: str
+    concurrency: int = 2
+    policy: ConvergencePolicy = ConvergencePolicy()
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ class VmState(StrEnum):
     STOPPING = "stopping"
     STARTING = "starting"
     REBOOTING = "rebooting"
+    MIGRATING = "migrating"
     DELETING = "deleting"
     ERROR = "error"
 
@@ -195,6 +196,13 @@ class HostHeartbeat:
     migration_uri: str = ""  # how other hosts' libvirtd reach this one for migration
 
 
+class HostMode(StrEnum):
+    ACTIVE = "active"
+    DISABLED = "disabled"  # no new VMs; those there stay
+    MAINTENANCE = "maintenance"  # disabled, and its VMs are being (or were) moved away
+    MAINTENANCE_FAILED = "maintenance_failed"  # some VM could not move; the reason says which
+
+
 @dataclass(frozen=True)
 class HostAdmin:
     """An operator's say over a host, kept apart from what the host reports."""
@@ -202,6 +210,7 @@ class HostAdmin:
     host_id: str
     enabled: bool
     reason: str = ""
+    mode: HostMode | None = None  # None: ACTIVE when enabled, else DISABLED
 
 
 @dataclass(frozen=True)
@@ -312,3 +321,33 @@ class OperationProgress:
     step: str
     steps_done: tuple[str, ...] = field(default_factory=tuple)
     host_id: str | None = None
+    details: tuple[str, ...] = ()  # readable lines, e.g. each VM's fate during host maintenance
+
+
+@dataclass(frozen=True)
+class BeginOperation:
+    """Mark a VM busy with ``op_id`` if it is in one of ``allowed``; idempotent for that op."""
+
+    vm_id: str
+    op_id: str
+    allowed: tuple[VmState, ...]
+    new_state: VmState
+
+
+@dataclass(frozen=True)
+class VmSummary:
+    vm_id: str
+    tenant: str
+    name: str
+    state: VmState
+    host_id: str | None
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+    required_labels: tuple[str, ...] = ()
+    group: GroupRule | None = None
+
+
+@dataclass(frozen=True)
+class VmList:
+    vms: tuple[VmSummary, ...]

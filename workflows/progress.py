@@ -23,4 +23,8 @@ class ProgressTracker:
         """Move to ``step``; the step left behind joins ``steps_done``."""
         v = self.value
         done = v.steps_done if v.step in ("queued", step) else (*v.steps_done, v.step)
-        self.value = OperationProgress(v.kind, v.vm_id, step, done, host_id or v.host_id)
+        self.value = OperationProgress(v.kind, v.vm_id, step, done, host_id or v.host_id, v.details)
+
+    def note(self, line: str) -> None:
+        v = self.value
+        self.value = OperationProgress(v.kind, v.vm_id, v.step, v.steps_done, v.host_id, (*v.details, line))

@@ -10,19 +10,26 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.workflow import ActivityCancellationType
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
+    from shared.migration import MigrateRequest, MigrateResult
     from shared.models import (
+        BeginOperation,
         BootWaitRequest,
         ClaimRelease,
         DomainRef,
         DomainSpec,
         DomainStatus,
+        HostAdmin,
+        HostRef,
+        HostView,
         Placement,
         PlacementRequest,
         StopRequest,
         VmRecordUpdate,
+        VmList,
         VmRef,
         Volume,
         VolumeRef,
@@ -52,9 +59,9 @@ def host_queue(host_id: str) -> str:
 
 
 def failure_message(exc: BaseException) -> tuple[str, str]:
-    """(code, message) of the innermost application error behind an activity failure."""
+    """(code, message) of the innermost application error behind an activity or child failure."""
     cause: BaseException | None = exc
-    while isinstance(cause, ActivityError) and cause.cause is not None:
+    while isinstance(cause, (ActivityError, ChildWorkflowError)) and cause.cause is not None:
         cause = cause.cause
     if isinstance(cause, ApplicationError):
         return cause.type or "internal", cause.message
@@ -150,4 +157,37 @@ async def forget_record(ref: VmRef) -> None:
     await workflow.execute_activity(
         "inventory.forget_vm", ref, task_queue=INVENTORY_QUEUE,
         start_to_close_timeout=_QUICK, retry_policy=_RETRY,
+    )
+
+
+async def begin_operation(req: BeginOperation) -> None:
+    await workflow.execute_activity(
+        "inventory.begin_operation", req, task_queue=INVENTORY_QUEUE,
+        start_to_close_timeout=_QUICK, retry_policy=_RETRY,
+    )
+
+
+async def vms_on_host(host_id: str) -> VmList:
+    return await workflow.execute_activity(
+        "inventory.vms_on_host", HostRef(host_id), task_queue=INVENTORY_QUEUE, result_type=VmList,
+        start_to_close_timeout=_QUICK, retry_policy=_RETRY,
+    )
+
+
+async def set_host_admin(admin: HostAdmin) -> HostView:
+    return await workflow.execute_activity(
+        "scheduler.set_host_admin", admin, task_queue=ORCHESTRATOR_QUEUE, result_type=HostView,
+        start_to_close_timeout=_QUICK, retry_policy=_RETRY,
+    )
+
+
+async def migrate_domain(source_host_id: str, req: MigrateRequest) -> MigrateResult:
+    """Runs on the source host. Never retried: a failed migration leaves the VM on the source,
+    and the workflow decides what comes next. Cancelling waits until libvirt's job is aborted."""
+    return await workflow.execute_activity(
+        "host.migrate_domain", req, task_queue=host_queue(source_host_id), result_type=MigrateResult,
+        start_to_close_timeout=timedelta(seconds=req.policy.completion_timeout_s + 60),
+        schedule_to_start_timeout=_HOST_PICKUP, heartbeat_timeout=_HOST_HEARTBEAT,
+        retry_policy=RetryPolicy(maximum_attempts=1),
+        cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
     )

@@ -9,12 +9,14 @@ from temporalio.worker import Worker
 from services.scheduler.client import SchedulerActivities
 from shared.temporal import ActivityContext
 from workflows.delete import DeleteVm
+from workflows.maintenance import HostMaintenance
+from workflows.migrate import LiveMigrate
 from workflows.power import VmPowerAction
 from workflows.provision import ProvisionVm
 from workflows.steps import ORCHESTRATOR_QUEUE
 from workflows.storage_ops import STORAGE_WORKFLOWS
 
-WORKFLOWS = [ProvisionVm, DeleteVm, VmPowerAction, *STORAGE_WORKFLOWS]
+WORKFLOWS = [ProvisionVm, DeleteVm, VmPowerAction, LiveMigrate, HostMaintenance, *STORAGE_WORKFLOWS]
 
 
 def orchestrator_worker(client: Client, scheduler: SchedulerActivities) -> Worker:
@@ -22,6 +24,6 @@ def orchestrator_worker(client: Client, scheduler: SchedulerActivities) -> Worke
         client,
         task_queue=ORCHESTRATOR_QUEUE,
         workflows=WORKFLOWS,
-        activities=[scheduler.place, scheduler.release],
+        activities=[scheduler.place, scheduler.release, scheduler.set_host_admin],
         interceptors=[ActivityContext()],
     )

@@ -51,7 +51,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
         worker = Worker(
             temporal,
             task_queue=INVENTORY_QUEUE,
-            activities=[activities.update_vm, activities.forget_vm],
+            activities=[activities.update_vm, activities.forget_vm, activities.begin_operation,
+                        activities.vms_on_host],
             interceptors=[ActivityContext()],
         )
         run = asyncio.create_task(worker.run())

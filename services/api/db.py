@@ -147,3 +147,14 @@ class Inventory:
     def on_host(self, host_id: str) -> list[Vm]:
         with Session(self._engine) as session:
             return list(session.exec(select(Vm).where(Vm.host_id == host_id).order_by(Vm.created_at)))
+
+    # -- operations ---------------------------------------------------------------------------------
+
+    def begin_operation(self, vm_id: str, op_id: str, allowed: Iterable[VmState], new_state: VmState) -> bool:
+        """Mark the VM busy with ``op_id`` if it is in an ``allowed`` state. True as well when it
+        is busy with this very operation already, so a workflow may repeat what the API did."""
+        if self.transition(vm_id, allowed, new_state, op_id):
+            return True
+        with Session(self._engine) as session:
+            vm = session.get(Vm, vm_id)
+            return vm is not None and vm.state == new_state and vm.last_operation_id == op_id

@@ -10,7 +10,9 @@ from temporalio import activity
 from services.api.db import Inventory
 from shared import subjects
 from shared.messaging import EventPublisher
-from shared.models import VmRecordUpdate, VmRef
+from shared.errors import Conflict
+from services.api.models import vm_summary
+from shared.models import BeginOperation, GroupRule, HostRef, VmList, VmRecordUpdate, VmRef
 
 
 class InventoryActivities:
@@ -60,3 +62,21 @@ class InventoryActivities:
             {"operation_id": ref.op_id, "vm_id": vm.id, "error": ref.error},
             event_id=f"{ref.op_id}-{outcome}",
         )
+
+    @activity.defn(name="inventory.begin_operation")
+    async def begin_operation(self, req: BeginOperation) -> None:
+        """Raises Conflict (not retried) when the VM is busy with another operation."""
+        if not await asyncio.to_thread(
+            self._inventory.begin_operation, req.vm_id, req.op_id, req.allowed, req.new_state
+        ):
+            raise Conflict(f"VM {req.vm_id} is busy with another operation or not in a state that allows it")
+
+    @activity.defn(name="inventory.vms_on_host")
+    async def vms_on_host(self, ref: HostRef) -> VmList:
+        vms = await asyncio.to_thread(self._inventory.on_host, ref.host_id)
+        groups = {}
+        for vm in vms:
+            if vm.placement_group_id and vm.placement_group_id not in groups:
+                group = await asyncio.to_thread(self._inventory.get_group, vm.placement_group_id, vm.tenant)
+                groups[group.id] = GroupRule(group.id, group.policy, group.hard)
+        return VmList(tuple(vm_summary(vm, groups.get(vm.placement_group_id or "")) for vm in vms))

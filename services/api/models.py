@@ -11,7 +11,7 @@ from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field as SqlField
 from sqlmodel import SQLModel
 
-from shared.models import GroupPolicy, VmState
+from shared.models import GroupPolicy, GroupRule, VmState, VmSummary
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 IMAGE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -151,3 +151,18 @@ class PlacementGroupPublic(BaseModel):
     hard: bool
     created_at: datetime
     members: list[GroupMember] = []
+
+
+def vm_summary(vm: Vm, group: GroupRule | None) -> VmSummary:
+    """The VM as workflows get it: what placement and the hosts need, nothing more."""
+    return VmSummary(vm.id, vm.tenant, vm.name, vm.state, vm.host_id, vm.vcpus, vm.memory_mib, vm.disk_gib,
+                     tuple(vm.required_labels), group)
+
+
+class MigrateOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target_host_id: str | None = Field(default=None, description="default: the scheduler picks a host")
+    completion_timeout_s: float = Field(default=120.0, gt=0, le=3600,
+                                        description="abort (the VM stays where it is) if not done by then")
+    post_copy: bool = Field(default=False, description="switch to post-copy when pre-copy stalls")

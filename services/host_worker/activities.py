@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import structlog
@@ -22,6 +23,24 @@ from shared.models import BootWaitRequest, DomainRef, DomainSpec, DomainStatus, 
 from shared.storage_models import DiskAttachment
 
 log = structlog.get_logger(__name__)
+HEARTBEAT_INTERVAL_S = 2.0
+
+
+@asynccontextmanager
+async def heartbeating(interval_s: float = HEARTBEAT_INTERVAL_S):
+    """Heartbeat the current activity from a task of its own, so a libvirt call that takes long
+    on a busy host does not look like a dead worker; the activity's own deadline still bounds it."""
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(interval_s)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
 
 
 class HostActivities:
@@ -55,12 +74,12 @@ class HostActivities:
         if not req.force:
             await asyncio.to_thread(self._hv.request_shutdown, req.vm_id)
             deadline = time.monotonic() + req.timeout_s
-            while time.monotonic() < deadline:
-                state = await asyncio.to_thread(self._hv.state, req.vm_id)
-                if state in ("shutoff", "absent"):
-                    return DomainStatus(req.vm_id, state)
-                activity.heartbeat(state)
-                await asyncio.sleep(0.5)
+            async with heartbeating():
+                while time.monotonic() < deadline:
+                    state = await asyncio.to_thread(self._hv.state, req.vm_id)
+                    if state in ("shutoff", "absent"):
+                        return DomainStatus(req.vm_id, state)
+                    await asyncio.sleep(0.5)
             log.info("graceful shutdown timed out, destroying", vm_id=req.vm_id, timeout_s=req.timeout_s)
         await asyncio.to_thread(self._hv.destroy, req.vm_id)
         return DomainStatus(req.vm_id, await asyncio.to_thread(self._hv.state, req.vm_id))
@@ -95,17 +114,17 @@ class HostActivities:
         Raises Timeout, or HypervisorError if the domain stops while booting."""
         deadline = time.monotonic() + req.timeout_s
         console = self._console(req.vm_id)
-        while True:
-            state = await asyncio.to_thread(self._hv.state, req.vm_id)
-            markers = count_marker(console, req.boot_marker) if req.boot_marker else 0
-            if state == "running" and (req.boot_marker is None or markers >= req.min_marker_count):
-                return DomainStatus(req.vm_id, state, markers)
-            if state in ("shutoff", "crashed", "absent"):
-                raise HypervisorError(f"the guest stopped while booting (domain {state})")
-            if time.monotonic() > deadline:
-                raise Timeout(f"the guest did not boot within {req.timeout_s:g} s (domain {state})")
-            activity.heartbeat(state)
-            await asyncio.sleep(self._settings.console_poll_interval_s)
+        async with heartbeating():
+            while True:
+                state = await asyncio.to_thread(self._hv.state, req.vm_id)
+                markers = count_marker(console, req.boot_marker) if req.boot_marker else 0
+                if state == "running" and (req.boot_marker is None or markers >= req.min_marker_count):
+                    return DomainStatus(req.vm_id, state, markers)
+                if state in ("shutoff", "crashed", "absent"):
+                    raise HypervisorError(f"the guest stopped while booting (domain {state})")
+                if time.monotonic() > deadline:
+                    raise Timeout(f"the guest did not boot within {req.timeout_s:g} s (domain {state})")
+                await asyncio.sleep(self._settings.console_poll_interval_s)
 
     @activity.defn(name="host.attach_disk")
     async def attach_disk(self, req: DiskAttachment) -> str:

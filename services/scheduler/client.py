@@ -59,3 +59,7 @@ class SchedulerActivities:
     @activity.defn(name="scheduler.release")
     async def release(self, req: ClaimRelease) -> None:
         await self._client.release(req.vm_id)
+
+    @activity.defn(name="scheduler.set_host_admin")
+    async def set_host_admin(self, admin: HostAdmin) -> HostView:
+        return await self._client.set_host_admin(admin)

@@ -29,6 +29,7 @@ from shared.models import (
     HostAdmin,
     HostHeartbeat,
     HostList,
+    HostMode,
     HostQuery,
     HostRef,
     HostView,
@@ -130,7 +131,13 @@ class Scheduler:
         return self._view(self._judged(host_id, self._clock()), with_allocations=True)
 
     def _view(self, state: HostState, with_allocations: bool) -> HostView:
-        status = "down" if not state.up else ("disabled" if not state.enabled else "up")
+        admin = self.admin.get(state.host_id)
+        if not state.up:
+            status = "down"
+        elif state.enabled:
+            status = "up"
+        else:
+            status = (admin.mode if admin and admin.mode else HostMode.DISABLED).value
         return HostView(
             host_id=state.host_id,
             state=status,

@@ -6,10 +6,18 @@ import asyncio
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Body, Depends, Query, Response
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.api.platform import Platform, get_platform
+from shared.errors import Conflict
+from shared.migration import MaintenanceInput
 from shared.models import HostAdmin, HostView
+from workflows.maintenance import maintenance_workflow_id
+from workflows.steps import ORCHESTRATOR_QUEUE
 
 router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
 
@@ -94,4 +102,40 @@ async def disable_host(host_id: str, body: DisableRequest = Body(default_factory
 
 @router.post("/{host_id}/enable", response_model=HostPublic)
 async def enable_host(host_id: str, p: Platform = Depends(get_platform)):
+    return await _detailed(p, await p.scheduler.set_host_admin(HostAdmin(host_id, True)))
+
+
+class MaintenanceAccepted(BaseModel):
+    operation_id: str
+    host: HostPublic
+
+
+@router.post("/{host_id}/maintenance", status_code=202, response_model=MaintenanceAccepted)
+async def enter_maintenance(host_id: str, response: Response, p: Platform = Depends(get_platform)):
+    """Stop placing VMs on the host and live-migrate every VM off it. The operation reports
+    each VM's fate; a VM that cannot move leaves the host in ``maintenance_failed``."""
+    await p.scheduler.host(host_id)  # NotFound for unknown hosts
+    op_id = maintenance_workflow_id(host_id)
+    try:
+        await p.temporal.start_workflow(
+            "HostMaintenance", MaintenanceInput(host_id), id=op_id, task_queue=ORCHESTRATOR_QUEUE,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        )
+    except WorkflowAlreadyStartedError:
+        raise Conflict(f"host {host_id} is entering maintenance already ({op_id})") from None
+    response.headers["Location"] = f"/v1/operations/{op_id}"
+    return MaintenanceAccepted(operation_id=op_id, host=await _detailed(p, await p.scheduler.host(host_id)))
+
+
+@router.delete("/{host_id}/maintenance", response_model=HostPublic)
+async def leave_maintenance(host_id: str, p: Platform = Depends(get_platform)):
+    """Return the host to service; an evacuation still running is cancelled first."""
+    await p.scheduler.host(host_id)
+    handle = p.temporal.get_workflow_handle(maintenance_workflow_id(host_id))
+    try:
+        if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+            await handle.cancel()
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
     return await _detailed(p, await p.scheduler.set_host_admin(HostAdmin(host_id, True)))

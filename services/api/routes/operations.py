@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from typing import Any
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
@@ -12,14 +13,16 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from services.api.platform import Platform, get_platform
-from shared.errors import NotFound
+from shared.errors import Conflict, NotFound
 from shared.models import OperationProgress
 
 router = APIRouter(prefix="/v1/operations", tags=["operations"])
 
-# vm-<id>-<action>[-<8 hex>], and the storage operations on images and volumes by name.
+# vm-<id>-<action>[-<8 hex>], the storage operations on images and volumes by name, and host
+# operations (host-<id>-maintenance).
 OPERATION_ID = re.compile(
-    r"^(vm-[0-9a-f-]{36}|volume-[A-Za-z0-9-]{1,63}|image-[A-Za-z0-9._-]{1,63})-[a-z]+(-[0-9a-f]{8})?$"
+    r"^(vm-[0-9a-f-]{36}|volume-[A-Za-z0-9-]{1,63}|image-[A-Za-z0-9._-]{1,63}|host-[A-Za-z0-9-]{1,63})"
+    r"-[a-z]+(-[0-9a-f]{8})?$"
 )
 _STATES = {
     WorkflowExecutionStatus.RUNNING: "running",
@@ -48,21 +51,48 @@ class Operation(BaseModel):
     host_id: str | None
     result: str | None
     error: OperationError | None
+    details: list[str] = []
+    activity_progress: dict[str, Any] | None = None  # e.g. a live migration's job stats
     started_at: datetime | None
     closed_at: datetime | None
 
 
-@router.get("/{op_id}", response_model=Operation)
-async def get_operation(op_id: str, p: Platform = Depends(get_platform)):
+async def _describe(p: Platform, op_id: str):
     if not OPERATION_ID.fullmatch(op_id):
         raise NotFound(f"no operation with id '{op_id}'")
     handle = p.temporal.get_workflow_handle(op_id)
     try:
-        desc = await handle.describe()
+        return handle, await handle.describe()
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             raise NotFound(f"no operation with id '{op_id}'") from exc
         raise
+
+
+async def _activity_progress(p: Platform, desc) -> dict[str, Any] | None:
+    """The latest heartbeat of the operation's running activity, if it reports one."""
+    for pending in desc.raw_description.pending_activities:
+        if pending.heartbeat_details.payloads:
+            values = await p.temporal.data_converter.decode(pending.heartbeat_details.payloads)
+            if values and isinstance(values[0], dict):
+                return {"activity": pending.activity_type.name, **values[0]}
+    return None
+
+
+@router.post("/{op_id}/cancel", status_code=202, response_model=Operation)
+async def cancel_operation(op_id: str, p: Platform = Depends(get_platform)):
+    """Ask a running operation to stop. A migration aborts libvirt's job and leaves the VM where
+    it was. 409 when the operation has finished already."""
+    handle, desc = await _describe(p, op_id)
+    if desc.status != WorkflowExecutionStatus.RUNNING:
+        raise Conflict(f"operation {op_id} is {_STATES.get(desc.status, 'finished')}; nothing to cancel")
+    await handle.cancel()
+    return await get_operation(op_id, p)
+
+
+@router.get("/{op_id}", response_model=Operation)
+async def get_operation(op_id: str, p: Platform = Depends(get_platform)):
+    handle, desc = await _describe(p, op_id)
     state = _STATES.get(desc.status, "unknown") if desc.status else "unknown"
     progress: OperationProgress | None = None
     try:
@@ -72,6 +102,8 @@ async def get_operation(op_id: str, p: Platform = Depends(get_platform)):
     result, error = None, None
     if desc.status == WorkflowExecutionStatus.COMPLETED:
         result = await handle.result()
+    elif desc.status == WorkflowExecutionStatus.CANCELED:
+        error = OperationError(code="cancelled", message="cancelled by request")
     elif desc.status == WorkflowExecutionStatus.FAILED:
         try:
             await handle.result()
@@ -92,6 +124,8 @@ async def get_operation(op_id: str, p: Platform = Depends(get_platform)):
         host_id=progress.host_id if progress else None,
         result=str(result) if result is not None else None,
         error=error,
+        details=list(progress.details) if progress else [],
+        activity_progress=await _activity_progress(p, desc) if state == "running" else None,
         started_at=desc.start_time,
         closed_at=desc.close_time,
     )

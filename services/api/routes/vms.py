@@ -10,7 +10,15 @@ from fastapi import APIRouter, Body, Depends, Response
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from services.api.models import OperationAccepted, PowerOptions, Vm, VmCreate, VmPublic
+from services.api.models import (
+    MigrateOptions,
+    OperationAccepted,
+    PowerOptions,
+    Vm,
+    VmCreate,
+    VmPublic,
+    vm_summary,
+)
 from services.api.platform import Platform, get_platform
 from shared.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from shared.models import (
@@ -24,7 +32,9 @@ from shared.models import (
     VmState,
 )
 from shared import subjects
+from shared.migration import ConvergencePolicy, MigrateInput
 from workflows.delete import delete_workflow_id
+from workflows.migrate import migrate_workflow_id
 from workflows.power import power_workflow_id
 from workflows.provision import PROVISION_ID_REUSE, provision_workflow_id
 from workflows.steps import ORCHESTRATOR_QUEUE
@@ -182,3 +192,34 @@ async def reboot_vm(vm_id: str, response: Response, options: PowerOptions = Body
                     p: Platform = Depends(get_platform)):
     """Stop (graceful, then forced after ``timeout_s``) and start again."""
     return await _power(p, vm_id, PowerAction.REBOOT, options, response)
+
+
+@router.post("/{vm_id}/migrate", status_code=202, response_model=OperationAccepted)
+async def migrate_vm(vm_id: str, response: Response,
+                     options: MigrateOptions = Body(default_factory=MigrateOptions),
+                     p: Platform = Depends(get_platform)):
+    """Live-migrate a running VM, or move a stopped VM's definition, to another host (the
+    scheduler's pick unless ``target_host_id`` is given). One move per VM at a time: 409."""
+    vm = await asyncio.to_thread(p.inventory.get, vm_id, p.settings.default_tenant)
+    if options.target_host_id is not None:
+        if options.target_host_id == vm.host_id:
+            raise InvalidRequest(f"VM '{vm.name}' already runs on {vm.host_id}")
+        try:
+            await p.scheduler.host(options.target_host_id)
+        except NotFound:
+            raise InvalidRequest(f"target_host_id: unknown host '{options.target_host_id}'") from None
+    before = vm_summary(vm, await _group_rule(p, vm.placement_group_id))
+    op_id = migrate_workflow_id(vm.id, uuid.uuid4().hex[:8])
+    movable = (VmState.RUNNING, VmState.STOPPED)
+    if not await asyncio.to_thread(p.inventory.begin_operation, vm.id, op_id, movable, VmState.MIGRATING):
+        raise Conflict(f"cannot migrate VM '{vm.name}' while it is {vm.state.value} (needs: running or stopped)")
+    policy = ConvergencePolicy(completion_timeout_s=options.completion_timeout_s, post_copy=options.post_copy)
+    try:
+        await p.temporal.start_workflow(
+            "LiveMigrate", MigrateInput(before, options.target_host_id, policy, claimed=True),
+            id=op_id, task_queue=ORCHESTRATOR_QUEUE,
+        )
+    except Exception as exc:
+        await asyncio.to_thread(p.inventory.update, vm.id, state=vm.state)
+        raise ServiceUnavailable(f"could not start the migration: {exc}") from exc
+    return _accepted(response, op_id, await asyncio.to_thread(p.inventory.get, vm.id))

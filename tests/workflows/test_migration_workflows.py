@@ -1,0 +1,179 @@
+"""LiveMigrate and HostMaintenance against the real Temporal dev server, with recording
+activities standing in for hosts, scheduler and inventory."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from contextlib import AsyncExitStack
+from datetime import timedelta
+
+import pytest
+from temporalio import activity
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from deploy.stack import temporal_binary
+from shared.migration import MaintenanceInput, MigrateInput, MigrateRequest, MigrateResult
+from shared.models import (
+    BeginOperation,
+    BootWaitRequest,
+    ClaimRelease,
+    DomainStatus,
+    HostAdmin,
+    HostRef,
+    HostView,
+    Placement,
+    PlacementRequest,
+    VmList,
+    VmRecordUpdate,
+    VmState,
+    VmSummary,
+)
+from workflows.maintenance import HostMaintenance
+from workflows.migrate import LiveMigrate
+from workflows.steps import INVENTORY_QUEUE, ORCHESTRATOR_QUEUE, host_queue
+
+HOSTS = ("h1", "h2")
+
+
+@pytest.fixture(scope="module")
+async def env():
+    environment = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(), dev_server_startup_timeout=timedelta(seconds=60))
+    yield environment
+    await environment.shutdown()
+
+
+class Fleet:
+    """Where each VM runs, and a log of what was asked."""
+
+    def __init__(self, where: dict[str, str], refuse: set[str] = frozenset(), slow_s: float = 0.0) -> None:
+        self.where = dict(where)
+        self.refuse = refuse  # VMs whose migration fails
+        self.slow_s = slow_s
+        self.calls: list[str] = []
+        self.records: list[VmRecordUpdate] = []
+        self.admin: list[HostAdmin] = []
+
+    def host_activities(self, host_id: str):
+        @activity.defn(name="host.domain_status")
+        async def domain_status(req: BootWaitRequest) -> DomainStatus:
+            return DomainStatus(req.vm_id, "running" if self.where.get(req.vm_id) == host_id else "absent")
+
+        @activity.defn(name="host.migrate_domain")
+        async def migrate(req: MigrateRequest) -> MigrateResult:
+            self.calls.append(f"migrate {req.vm_id[:4]} {host_id}->{req.dest_host_id}")
+            try:
+                for _ in range(int(self.slow_s * 10)):  # cancellation arrives with heartbeats
+                    activity.heartbeat()
+                    await asyncio.sleep(0.1)
+            except asyncio.CancelledError:
+                self.calls.append("aborted")
+                raise
+            if req.vm_id in self.refuse:
+                raise ApplicationError("the destination refused", type="hypervisor_error", non_retryable=True)
+            self.where[req.vm_id] = req.dest_host_id
+            return MigrateResult(req.vm_id, req.dest_host_id, 600, 40, 128, 100)
+
+        return [domain_status, migrate]
+
+    def control_activities(self):
+        @activity.defn(name="scheduler.place")
+        async def place(req: PlacementRequest) -> Placement:
+            target = req.only_host or next(h for h in HOSTS if h not in req.exclude_hosts)
+            return Placement(req.vm_id, target, "qemu", f"qemu+tcp://{target}/system")
+
+        @activity.defn(name="scheduler.release")
+        async def release(req: ClaimRelease) -> None:
+            self.calls.append(f"release {req.vm_id[:4]}")
+
+        @activity.defn(name="scheduler.set_host_admin")
+        async def set_admin(admin: HostAdmin) -> HostView:
+            self.admin.append(admin)
+            return HostView(admin.host_id, "disabled", "qemu", 1, 1, 1, 0, 0, 0, 0, 0.0, 0.0)
+
+        return [place, release, set_admin]
+
+    def inventory_activities(self, vms: list[VmSummary]):
+        @activity.defn(name="inventory.begin_operation")
+        async def begin(req: BeginOperation) -> None:
+            self.calls.append(f"begin {req.vm_id[:4]}")
+
+        @activity.defn(name="inventory.update_vm")
+        async def update(update: VmRecordUpdate) -> None:
+            self.records.append(update)
+
+        @activity.defn(name="inventory.vms_on_host")
+        async def on_host(ref: HostRef) -> VmList:
+            return VmList(tuple(vm for vm in vms if self.where.get(vm.vm_id) == ref.host_id))
+
+        return [begin, update, on_host]
+
+
+def vm(name: str, host: str = "h1") -> VmSummary:
+    return VmSummary(str(uuid.uuid4()), "default", name, VmState.RUNNING, host, 1, 128, 1)
+
+
+async def run(env, fleet: Fleet, vms: list[VmSummary], workflow_run, arg, workflow_id: str, cancel_after_s=None):
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(Worker(env.client, task_queue=ORCHESTRATOR_QUEUE,
+                                               workflows=[LiveMigrate, HostMaintenance],
+                                               activities=fleet.control_activities()))
+        await stack.enter_async_context(Worker(env.client, task_queue=INVENTORY_QUEUE,
+                                               activities=fleet.inventory_activities(vms)))
+        for host in HOSTS:
+            await stack.enter_async_context(Worker(env.client, task_queue=host_queue(host),
+                                                   activities=fleet.host_activities(host)))
+        handle = await env.client.start_workflow(workflow_run, arg, id=workflow_id, task_queue=ORCHESTRATOR_QUEUE)
+        if cancel_after_s is not None:
+            await asyncio.sleep(cancel_after_s)
+            await handle.cancel()
+        return await handle.result()
+
+
+async def test_live_migration_records_the_new_host(env):
+    web = vm("web")
+    fleet = Fleet({web.vm_id: "h1"})
+    assert await run(env, fleet, [web], LiveMigrate.run, MigrateInput(web), f"vm-{web.vm_id}-migrate-1") == "h2"
+    assert fleet.where[web.vm_id] == "h2"
+    assert (fleet.records[-1].host_id, fleet.records[-1].state, fleet.records[-1].step) == ("h2", VmState.RUNNING, "succeeded")
+
+
+async def test_failed_migration_leaves_the_vm_recorded_on_its_source(env):
+    web = vm("web")
+    fleet = Fleet({web.vm_id: "h1"}, refuse={web.vm_id})
+    with pytest.raises(WorkflowFailureError) as caught:
+        await run(env, fleet, [web], LiveMigrate.run, MigrateInput(web), f"vm-{web.vm_id}-migrate-2")
+    assert "the destination refused; the VM is on h1" in caught.value.cause.message
+    assert f"release {web.vm_id[:4]}" in fleet.calls
+    last = fleet.records[-1]
+    assert (last.host_id, last.state, last.step) == ("h1", VmState.RUNNING, "failed")
+
+
+async def test_cancelled_migration_aborts_and_stays_on_the_source(env):
+    web = vm("web")
+    fleet = Fleet({web.vm_id: "h1"}, slow_s=30)
+    with pytest.raises(WorkflowFailureError):  # the workflow ends cancelled
+        await run(env, fleet, [web], LiveMigrate.run, MigrateInput(web), f"vm-{web.vm_id}-migrate-3",
+                  cancel_after_s=2.0)
+    assert "aborted" in fleet.calls and fleet.where[web.vm_id] == "h1"
+    assert (fleet.records[-1].host_id, fleet.records[-1].step) == ("h1", "failed")
+
+
+async def test_maintenance_empties_the_host_or_says_which_vm_stayed(env):
+    vms = [vm("a"), vm("b"), vm("c")]
+    fleet = Fleet({v.vm_id: "h1" for v in vms})
+    summary = await run(env, fleet, vms, HostMaintenance.run, MaintenanceInput("h1"), "host-h1-maintenance-t1")
+    assert summary == "3 VM(s) moved off h1"
+    assert set(fleet.where.values()) == {"h2"}
+    assert [a.mode for a in fleet.admin] == ["maintenance", "maintenance"]
+
+    stuck = [vm("d"), vm("e")]
+    fleet = Fleet({v.vm_id: "h1" for v in stuck}, refuse={stuck[1].vm_id})
+    with pytest.raises(WorkflowFailureError) as caught:
+        await run(env, fleet, stuck, HostMaintenance.run, MaintenanceInput("h1"), "host-h1-maintenance-t2")
+    assert "maintenance failed: e: " in caught.value.cause.message
+    assert fleet.admin[-1].mode == "maintenance_failed" and "e: " in fleet.admin[-1].reason
