@@ -166,3 +166,4 @@ class MigrateOptions(BaseModel):
     completion_timeout_s: float = Field(default=120.0, gt=0, le=3600,
                                         description="abort (the VM stays where it is) if not done by then")
     post_copy: bool = Field(default=False, description="switch to post-copy when pre-copy stalls")
+    bandwidth_mib_s: int = Field(default=0, ge=0, le=100_000, description="cap on the copy rate; 0: none")

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.api.platform import Platform, get_platform
 from shared.errors import Conflict
 from shared.migration import MaintenanceInput
-from shared.models import HostAdmin, HostView
+from shared.models import HostAdmin, HostMode, HostView
 from workflows.maintenance import maintenance_workflow_id
 from workflows.steps import ORCHESTRATOR_QUEUE
 
@@ -116,6 +116,8 @@ async def enter_maintenance(host_id: str, response: Response, p: Platform = Depe
     each VM's fate; a VM that cannot move leaves the host in ``maintenance_failed``."""
     await p.scheduler.host(host_id)  # NotFound for unknown hosts
     op_id = maintenance_workflow_id(host_id)
+    # Placement stops at once, before the answer; the workflow then moves the VMs off.
+    await p.scheduler.set_host_admin(HostAdmin(host_id, False, "entering maintenance", HostMode.MAINTENANCE))
     try:
         await p.temporal.start_workflow(
             "HostMaintenance", MaintenanceInput(host_id), id=op_id, task_queue=ORCHESTRATOR_QUEUE,

@@ -213,7 +213,8 @@ async def migrate_vm(vm_id: str, response: Response,
     movable = (VmState.RUNNING, VmState.STOPPED)
     if not await asyncio.to_thread(p.inventory.begin_operation, vm.id, op_id, movable, VmState.MIGRATING):
         raise Conflict(f"cannot migrate VM '{vm.name}' while it is {vm.state.value} (needs: running or stopped)")
-    policy = ConvergencePolicy(completion_timeout_s=options.completion_timeout_s, post_copy=options.post_copy)
+    policy = ConvergencePolicy(completion_timeout_s=options.completion_timeout_s, post_copy=options.post_copy,
+                               bandwidth_mib_s=options.bandwidth_mib_s)
     try:
         await p.temporal.start_workflow(
             "LiveMigrate", MigrateInput(before, options.target_host_id, policy, claimed=True),
