@@ -188,8 +188,13 @@ def bench(what: str = typer.Argument("provision"), count: int = typer.Option(5, 
 
         bench_placement.run_placement_bench(say=console.print)
         return
+    if what == "migration":
+        from deploy import bench_migration
+
+        bench_migration.run_migration_bench(run_dir.resolve(), count, console.print)
+        return
     if what != "provision":
-        raise typer.BadParameter("'provision' or 'placement'")
+        raise typer.BadParameter("'provision', 'placement' or 'migration'")
     bench_module.run_provision_bench(run_dir.resolve(), count, memory_mib, console.print)
 
 

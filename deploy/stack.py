@@ -28,6 +28,7 @@ from deploy.processes import (
 REPO_DIR = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(os.environ.get("VMFLOW_CACHE_DIR", Path.home() / ".cache" / "vmflow"))
 GUEST_IMAGE = "lab-guest"
+DIRTY_GUEST_IMAGE = "lab-guest-dirty"  # the same guest rewriting memory fast, for migration tests
 SERVICES = ("scheduler", "storage", "orchestrator", "api")
 STACK_FILE = "stack.json"
 
@@ -106,15 +107,19 @@ def common_env(cfg: StackConfig) -> dict[str, str]:
 
 
 def ensure_guest_image(cfg: StackConfig) -> None:
-    """Build the lab guest once per machine (cached), then hard-link it into the stack's pool."""
-    built = CACHE_DIR / "images" / GUEST_IMAGE
-    if not (built / "image.json").exists():
-        subprocess.run(["bash", str(REPO_DIR / "deploy" / "guest" / "build-image.sh"), str(built)], check=True)
-    target = cfg.pool_dir / "images" / GUEST_IMAGE
-    if (target / "image.json").exists():
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(built, target, copy_function=_link_or_copy)
+    """Build the lab guest images once per machine (cached), then hard-link them into the
+    stack's pool. One build makes both: lab-guest and its lab-guest-dirty variant beside it."""
+    built = CACHE_DIR / "images"
+    names = (GUEST_IMAGE, DIRTY_GUEST_IMAGE)
+    if not all((built / name / "image.json").exists() for name in names):
+        subprocess.run(["bash", str(REPO_DIR / "deploy" / "guest" / "build-image.sh"), str(built / GUEST_IMAGE)],
+                       check=True)
+    for name in names:
+        target = cfg.pool_dir / "images" / name
+        if (target / "image.json").exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(built / name, target, copy_function=_link_or_copy)
 
 
 def _link_or_copy(src: str, dst: str) -> None:

@@ -2,12 +2,16 @@
 # Build the tiny lab guest image: a Debian cloud kernel, a busybox initramfs whose /init prints a
 # boot marker and then a counter every second on the serial console, and an empty qcow2 base disk.
 # The counter is what tests watch to prove a guest kept running (e.g. across a live migration).
+# Beside it, the variant lab-guest-dirty: the same files (hard links), booted with vmflow.dirty=1,
+# which makes /init keep rewriting a memory buffer (a guest a live migration has to chase).
 #
-# Usage: build-image.sh [OUTPUT_DIR]     (default: $HOME/.cache/vmflow/images/lab-guest)
+# Usage: build-image.sh [OUTPUT_DIR]     (default: $HOME/.cache/vmflow/images/lab-guest;
+#                                          the variant goes to OUTPUT_DIR/../lab-guest-dirty)
 #
-# Idempotent: when OUTPUT_DIR already holds an image built from the kernel package apt resolves
-# today, it prints "lab-guest image up to date" and exits 0. A build happens in a staging directory
-# next to OUTPUT_DIR and is renamed into place, so an interrupted build never leaves a half image.
+# Idempotent: when OUTPUT_DIR and the variant already hold images built from the kernel package apt
+# resolves today, it prints "lab-guest image up to date" and exits 0. A build happens in staging
+# directories next to OUTPUT_DIR, renamed into place, so an interrupted build never leaves a half
+# image.
 # Needs: apt (the kernel is downloaded, not installed), busybox-static, cpio, qemu-utils.
 set -euo pipefail
 export LC_ALL=C # apt-cache output is parsed below
@@ -16,6 +20,9 @@ readonly IMAGE_NAME=lab-guest
 readonly KERNEL_META_PACKAGE=linux-image-cloud-amd64
 readonly BOOT_MARKER=VMFLOW-GUEST-BOOTED
 readonly KERNEL_CMDLINE='console=ttyS0 panic=-1 quiet'
+readonly DIRTY_IMAGE_NAME=lab-guest-dirty
+readonly DIRTY_CMDLINE="$KERNEL_CMDLINE vmflow.dirty=1" # /init reads it from /proc/cmdline
+readonly DIRTY_MIN_MEMORY_MIB=160 # the kernel's floor plus the 48 MiB buffer /init rewrites
 readonly DISK_SIZE_GIB=1
 readonly MIN_MEMORY_MIB=96 # this kernel does not boot in 64 MiB; ~72 MiB is the floor
 # Load order matters: insmod resolves no dependencies, so each module follows the ones it needs.
@@ -185,6 +192,51 @@ if [ -b /dev/vda ]; then
     say "vmflow-disk vda present"
 fi
 
+# vmflow.dirty=1 on the kernel command line (the lab-guest-dirty image): keep rewriting a buffer
+# of vmflow.dirty_mib MiB in a tmpfs, so that a live migration has to chase dirty pages. Filled
+# with text, not zeros: QEMU sends zero pages almost for free. About once a second it prints how
+# much it has rewritten so far, which tells how fast it dirties memory.
+dirty_memory() {
+    mib=$1
+    mkdir -p /dev/shm
+    mount -t tmpfs -o size=$((mib + 2))m tmpfs /dev/shm
+    echo "vmflow dirty page filler, not zeros" >/dev/shm/block
+    while [ "$(stat -c %s /dev/shm/block)" -lt 1048576 ]; do
+        cat /dev/shm/block /dev/shm/block >/dev/shm/next && mv /dev/shm/next /dev/shm/block
+    done
+    i=0
+    while [ "$i" -lt "$mib" ]; do
+        head -c 1048576 /dev/shm/block
+        i=$((i + 1))
+    done >/dev/shm/buffer
+    rm -f /dev/shm/block
+    say "vmflow-dirty $mib MiB"
+    passes=0
+    last=$(date +%s)
+    while true; do
+        # Read each block and write it back in place: every page of the buffer is written again.
+        dd if=/dev/shm/buffer of=/dev/shm/buffer bs=1M conv=notrunc 2>/dev/null
+        passes=$((passes + 1))
+        now=$(date +%s)
+        if [ "$now" != "$last" ]; then
+            say "vmflow-dirtied-mib $((passes * mib))"
+            last=$now
+        fi
+    done
+}
+
+dirty=0
+dirty_mib=48
+for arg in $(cat /proc/cmdline); do
+    case $arg in
+        vmflow.dirty=1) dirty=1 ;;
+        vmflow.dirty_mib=*) dirty_mib=${arg#vmflow.dirty_mib=} ;;
+    esac
+done
+if [ "$dirty" = 1 ]; then
+    dirty_memory "$dirty_mib" &
+fi
+
 say "@BOOT_MARKER@"
 n=0
 while true; do
@@ -210,18 +262,20 @@ build_initrd() {
         gzip -9 -n >"$dest"
 }
 
+# write_image_json DEST KERNEL_PACKAGE [NAME DESCRIPTION_SUFFIX CMDLINE MIN_MEMORY_MIB]
 write_image_json() {
-    local dest=$1 kernel_package=$2
+    local dest=$1 kernel_package=$2 name=${3:-$IMAGE_NAME} suffix=${4:-} cmdline=${5:-$KERNEL_CMDLINE}
+    local min_memory_mib=${6:-$MIN_MEMORY_MIB}
     cat >"$dest" <<EOF
 {
-  "name": "$IMAGE_NAME",
-  "description": "Tiny lab guest: Debian cloud kernel and a busybox initramfs that prints $BOOT_MARKER, then a counter every second, on ttyS0; empty ${DISK_SIZE_GIB} GiB disk",
+  "name": "$name",
+  "description": "Tiny lab guest: Debian cloud kernel and a busybox initramfs that prints $BOOT_MARKER, then a counter every second, on ttyS0; empty ${DISK_SIZE_GIB} GiB disk$suffix",
   "os_type": "linux",
   "kernel": "vmlinuz",
   "initrd": "initrd.gz",
-  "cmdline": "$KERNEL_CMDLINE",
+  "cmdline": "$cmdline",
   "disk": "disk.qcow2",
-  "min_memory_mib": $MIN_MEMORY_MIB,
+  "min_memory_mib": $min_memory_mib,
   "min_disk_gib": $DISK_SIZE_GIB,
   "boot_marker": "$BOOT_MARKER",
   "kernel_package": "$kernel_package"
@@ -239,16 +293,27 @@ build_image() {
     write_image_json "$staging/image.json" "$kernel_package"
 }
 
-# Replacing $out removes it, so refuse anything that is not empty or a lab-guest image.
+# The dirty variant: hard links to the files of the image in $1, its own image.json.
+build_dirty_variant() {
+    local image=$1 staging=$2 kernel_package=$3 file
+    for file in vmlinuz initrd.gz disk.qcow2 "$RECIPE_FILE"; do
+        ln "$image/$file" "$staging/$file"
+    done
+    write_image_json "$staging/image.json" "$kernel_package" "$DIRTY_IMAGE_NAME" \
+        "; its /init also keeps rewriting a 48 MiB memory buffer (vmflow.dirty=1)" \
+        "$DIRTY_CMDLINE" "$DIRTY_MIN_MEMORY_MIB"
+}
+
+# Replacing $out removes it, so refuse anything that is not empty or an image named $2.
 ensure_replaceable() {
-    local out=$1
+    local out=$1 name=$2
     [[ -e $out ]] || return 0
     [[ -d $out ]] || die "$out exists and is not a directory"
     if [[ -z $(ls -A "$out") ]]; then
         return 0
     fi
-    [[ -f $out/image.json && $(json_string_field "$out/image.json" name) == "$IMAGE_NAME" ]] ||
-        die "$out is neither empty nor a $IMAGE_NAME image; refusing to replace it"
+    [[ -f $out/image.json && $(json_string_field "$out/image.json" name) == "$name" ]] ||
+        die "$out is neither empty nor a $name image; refusing to replace it"
 }
 
 # Swaps the finished staging directory in. Running guests keep their open files; a reader sees the
@@ -275,43 +340,56 @@ print_summary() {
     local out=$1 kernel_package=$2 elapsed_s=$3
     echo "$IMAGE_NAME image built in ${elapsed_s} s at $out:" \
         "vmlinuz $(file_size "$out/vmlinuz"), initrd.gz $(file_size "$out/initrd.gz")," \
-        "disk.qcow2 $(file_size "$out/disk.qcow2") (${DISK_SIZE_GIB} GiB virtual), kernel $kernel_package"
+        "disk.qcow2 $(file_size "$out/disk.qcow2") (${DISK_SIZE_GIB} GiB virtual), kernel $kernel_package;" \
+        "$DIRTY_IMAGE_NAME beside it"
+}
+
+images_are_current() {
+    local out=$1 dirty_out=$2 kernel_package=$3
+    image_is_current "$out" "$kernel_package" && image_is_current "$dirty_out" "$kernel_package"
 }
 
 main() {
     local out=${1:-$HOME/.cache/vmflow/images/$IMAGE_NAME}
-    local started_ns kernel_package parent base staging work
+    local started_ns kernel_package parent base dirty_out staging dirty_staging work
     started_ns=$(date +%s%N)
     require_tools
     kernel_package=$(resolve_kernel_package)
-    if image_is_current "$out" "$kernel_package"; then
+    out=$(realpath -m "$out")
+    parent=$(dirname "$out")
+    base=$(basename "$out")
+    dirty_out="$parent/$DIRTY_IMAGE_NAME"
+    if images_are_current "$out" "$dirty_out" "$kernel_package"; then
         echo "$IMAGE_NAME image up to date"
         return 0
     fi
 
-    out=$(realpath -m "$out")
-    parent=$(dirname "$out")
-    base=$(basename "$out")
     mkdir -p "$parent"
     # Serialise concurrent builders (parallel test workers); the loser finds the image current.
     exec 9>"$parent/.$base.lock"
     flock 9
-    if image_is_current "$out" "$kernel_package"; then
+    if images_are_current "$out" "$dirty_out" "$kernel_package"; then
         echo "$IMAGE_NAME image up to date"
         return 0
     fi
-    ensure_replaceable "$out"
+    ensure_replaceable "$out" "$IMAGE_NAME"
+    ensure_replaceable "$dirty_out" "$DIRTY_IMAGE_NAME"
     # Under the lock, any staging or old directory left here is from a killed build.
     rm -rf "$parent/.$base.staging."* "$parent/.$base.old."*
+    rm -rf "$parent/.$DIRTY_IMAGE_NAME.staging."* "$parent/.$DIRTY_IMAGE_NAME.old."*
 
     staging=$(mktemp -d "$parent/.$base.staging.XXXXXX")
     remove_on_exit "$staging"
-    chmod 755 "$staging" # mktemp makes it 0700; the image is meant to be readable
+    dirty_staging=$(mktemp -d "$parent/.$DIRTY_IMAGE_NAME.staging.XXXXXX")
+    remove_on_exit "$dirty_staging"
+    chmod 755 "$staging" "$dirty_staging" # mktemp makes them 0700; images are meant to be readable
     work=$(mktemp -d -t vmflow-lab-guest.XXXXXX)
     remove_on_exit "$work"
-    log "building $IMAGE_NAME into $out"
+    log "building $IMAGE_NAME into $out and $DIRTY_IMAGE_NAME into $dirty_out"
     build_image "$staging" "$work" "$kernel_package"
+    build_dirty_variant "$staging" "$dirty_staging" "$kernel_package"
     install_image "$staging" "$out"
+    install_image "$dirty_staging" "$dirty_out"
     print_summary "$out" "$kernel_package" "$(seconds_since "$started_ns")"
 }
 

@@ -64,6 +64,7 @@ async def main(settings: HostWorkerSettings) -> None:
             host.wait_booted,
             host.attach_disk,
             host.detach_disk,
+            host.migrate_domain,
         ],
         interceptors=[ActivityContext()],
         # Send heartbeats at least every 5 s rather than at 80% of the timeout, so a host busy

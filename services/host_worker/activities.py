@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import structlog
@@ -17,8 +18,10 @@ from temporalio import activity
 from services.host_worker.console import count_marker
 from services.host_worker.domain_xml import build_domain_xml, console_path
 from services.host_worker.hypervisor import Hypervisor
+from services.host_worker.migration import LiveMigration
 from services.host_worker.settings import HostWorkerSettings
-from shared.errors import HypervisorError, Timeout
+from shared.errors import Conflict, HypervisorError, InvalidRequest, NotFound, Timeout
+from shared.migration import MigrateRequest, MigrateResult, MigrationProgress
 from shared.models import BootWaitRequest, DomainRef, DomainSpec, DomainStatus, StopRequest
 from shared.storage_models import DiskAttachment
 
@@ -143,3 +146,60 @@ class HostActivities:
                 raise Timeout(f"the guest did not release {req.disk_path} within {req.timeout_s:g} s")
             activity.heartbeat("waiting for the guest to release the disk")
             await asyncio.sleep(0.2)
+
+    @activity.defn(name="host.migrate_domain")
+    async def migrate_domain(self, req: MigrateRequest) -> MigrateResult:
+        """Move the VM to ``req.dest_host_id``: live while it runs (driven by ``req.policy``,
+        heartbeating its progress), as libvirt's offline migration of its definition while it is
+        stopped. On success the VM is defined on the destination only.
+
+        Raises NotFound when the VM is not on this host (an earlier attempt may have moved it:
+        the caller checks the destination), Conflict when its state does not fit (live needs it
+        running, cold needs it stopped), InvalidRequest for a bad destination, Timeout when the
+        policy gave up (the VM still runs here), the hypervisor's errors otherwise (the message
+        says where the VM is). Cancelling aborts libvirt's job before the activity ends."""
+        host_id, vm_id = self._settings.host_id, req.vm_id
+        if req.dest_host_id == host_id:
+            raise InvalidRequest(f"VM {vm_id} is on {host_id} already: migrate it to another host")
+        if not req.dest_uri:
+            raise InvalidRequest(f"host {req.dest_host_id} publishes no migration URI")
+        state = await asyncio.to_thread(self._hv.state, vm_id)
+        if state == "absent":
+            raise NotFound(f"VM {vm_id} is not on host {host_id}: nothing to migrate (an earlier "
+                           f"attempt may have moved it to {req.dest_host_id})")
+        # Lifecycle events after the move (stopped, undefined) still name the right tenant.
+        if vm_id not in self.tenants:
+            self.tenants[vm_id] = await asyncio.to_thread(self._hv.tenant_of, vm_id) or "unknown"
+        wanted = "running" if req.live else "shutoff"
+        if state != wanted:
+            kind = "live" if req.live else "cold"
+            raise Conflict(f"VM {vm_id} is {state} on {host_id}: a {kind} migration needs it {wanted}")
+        if not req.live:
+            return await self._migrate_cold(req)
+        return await self._migrate_live(req)
+
+    async def _migrate_cold(self, req: MigrateRequest) -> MigrateResult:
+        started_s = time.monotonic()
+        async with heartbeating():
+            await asyncio.to_thread(self._hv.migrate_offline, req.vm_id, req.dest_uri,
+                                    shared_storage=req.shared_storage)
+        return MigrateResult(req.vm_id, req.dest_host_id, int((time.monotonic() - started_s) * 1000),
+                             downtime_ms=None, data_transferred_mib=0, final_downtime_limit_ms=0)
+
+    async def _migrate_live(self, req: MigrateRequest) -> MigrateResult:
+        latest: dict = {}
+
+        def report(progress: MigrationProgress) -> None:
+            latest.update(asdict(progress), percent=progress.percent)
+            activity.heartbeat(dict(latest))
+
+        async def keep_beating() -> None:  # a slow libvirt call between two looks is no dead worker
+            while True:
+                await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+                activity.heartbeat(dict(latest))
+
+        beating = asyncio.create_task(keep_beating())
+        try:
+            return await LiveMigration(self._hv, req, self._settings.host_id, report).run()
+        finally:
+            beating.cancel()

@@ -15,7 +15,9 @@ import libvirt
 import structlog
 
 from services.host_worker.domain_xml import METADATA_NS, domain_name, metadata_fields
-from shared.errors import Conflict, HostUnavailable, HypervisorError, NotFound, VmflowError
+from services.host_worker.migration import CompletedMigration
+from shared.errors import Conflict, HostUnavailable, HypervisorError, InvalidRequest, NotFound, VmflowError
+from shared.migration import MigrationProgress
 from shared.models import DomainSummary
 
 log = structlog.get_logger(__name__)
@@ -160,21 +162,26 @@ class Hypervisor:
         """Every domain that is defined or runs, with its size and state."""
         try:
             domains = self.connection().listAllDomains()
-            result = []
-            for dom in domains:
-                state, _max_kib, mem_kib, vcpus, _cpu_time = dom.info()
-                meta = self._metadata(dom)
-                result.append(DomainSummary(
-                    vm_id=dom.UUIDString(),
-                    state=_STATE_NAMES.get(state, "unknown"),
-                    vcpus=vcpus,
-                    memory_mib=mem_kib // 1024,
-                    disk_gib=int(meta.get("disk_gib") or 0),
-                    group=meta.get("group") or None,
-                ))
-            return result
         except libvirt.libvirtError as exc:
             raise translate(exc) from exc
+        result = []
+        for dom in domains:
+            try:
+                state, _max_kib, mem_kib, vcpus, _cpu_time = dom.info()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue  # gone since the listing (undefined, or migrated away)
+                raise translate(exc) from exc
+            meta = self._metadata(dom)
+            result.append(DomainSummary(
+                vm_id=dom.UUIDString(),
+                state=_STATE_NAMES.get(state, "unknown"),
+                vcpus=vcpus,
+                memory_mib=mem_kib // 1024,
+                disk_gib=int(meta.get("disk_gib") or 0),
+                group=meta.get("group") or None,
+            ))
+        return result
 
     def _metadata(self, dom: libvirt.virDomain) -> dict[str, str]:
         """Our metadata of a domain ({} for domains vmflow did not define). Cached: it never
@@ -320,6 +327,140 @@ class Hypervisor:
         except libvirt.libvirtError as exc:
             raise translate(exc) from exc
 
+    # -- migration ------------------------------------------------------------------------------
+
+    def migrate_live(self, vm_id: str, dest_uri: str, *, shared_storage: bool = True,
+                     auto_converge: bool = False, post_copy: bool = False, bandwidth_mib_s: int = 0,
+                     initial_downtime_ms: int | None = None) -> CompletedMigration | None:
+        """Live-migrate the running domain to ``dest_uri`` (reached by this host's libvirtd, peer to
+        peer) and block until libvirt is done: on return the domain runs and is defined on the
+        destination only. Returns the completed job's figures as the source saw them, None when
+        libvirt did not report them in time. On any error the domain still runs here (outside
+        post-copy). Raises NotFound, HostUnavailable, HypervisorError (also when aborted)."""
+        self._require(vm_id)
+        finished = threading.Event()
+        final: dict[str, int] = {}
+
+        def on_job_completed(_conn, _dom, params: dict[str, int], _opaque) -> None:
+            final.update(params)  # runs on libvirt's event thread: no libvirt calls here
+            finished.set()
+
+        params = {libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: bandwidth_mib_s} if bandwidth_mib_s else {}
+        flags = migration_flags(live=True, shared_storage=shared_storage, auto_converge=auto_converge,
+                                post_copy=post_copy)
+        # A connection of its own: while one thread blocked in migrateToURI3, other calls on the
+        # same connection (job stats, heartbeats) were seen stalling for the keepalive interval (5 s).
+        conn = self._open_connection()
+        try:
+            dom = conn.lookupByUUIDString(vm_id)
+            conn.domainEventRegisterAny(dom, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, on_job_completed, None)
+            if initial_downtime_ms is not None:
+                dom.migrateSetMaxDowntime(initial_downtime_ms)  # QEMU keeps it for the coming job
+            log.info("live migration starting", vm_id=vm_id, dest_uri=dest_uri, flags=flags)
+            dom.migrateToURI3(dest_uri, params, flags)
+            finished.wait(_COMPLETED_EVENT_WAIT_S)
+        except libvirt.libvirtError as exc:
+            raise _migration_error(exc, vm_id, dest_uri) from exc
+        finally:
+            try:
+                conn.close()  # drops the event callback with it
+            except libvirt.libvirtError:
+                pass
+        return completed_from_job_stats(final) if final else None
+
+    def _open_connection(self) -> libvirt.virConnect:
+        """A new connection to this host besides the shared one, with the same keepalive; the
+        caller closes it. Raises HostUnavailable."""
+        _ensure_event_loop()
+        try:
+            conn = libvirt.open(self._uri)
+        except libvirt.libvirtError as exc:
+            raise HostUnavailable(f"cannot reach libvirt at {self._uri}: {exc.get_error_message()}") from exc
+        try:
+            conn.setKeepAlive(5, 3)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                conn.close()
+                raise HostUnavailable(f"libvirt at {self._uri}: {exc.get_error_message()}") from exc
+        return conn
+
+    def migrate_offline(self, vm_id: str, dest_uri: str, *, shared_storage: bool = True) -> None:
+        """Move the definition of a stopped domain to ``dest_uri`` (peer to peer): on return it is
+        defined there and no longer here. Disks are not copied (InvalidRequest without shared
+        storage). Raises NotFound, HostUnavailable, HypervisorError (e.g. the domain runs)."""
+        flags = migration_flags(live=False, shared_storage=shared_storage)
+        dom = self._require(vm_id)
+        try:
+            dom.migrateToURI3(dest_uri, {}, flags)
+        except libvirt.libvirtError as exc:
+            raise _migration_error(exc, vm_id, dest_uri) from exc
+        log.info("offline migration done", vm_id=vm_id, dest_uri=dest_uri)
+
+    def job_stats(self, vm_id: str) -> MigrationProgress | None:
+        """The running outgoing migration of the domain, None when there is none (no job, another
+        kind of job, the domain stopped or gone)."""
+        dom = self._lookup(vm_id)
+        if dom is None:
+            return None
+        try:
+            stats = dom.jobStats()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in _NO_JOB_CODES:
+                return None
+            raise translate(exc) from exc
+        if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
+            return None
+        if stats.get(libvirt.VIR_DOMAIN_JOB_OPERATION) != libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT:
+            return None
+        return progress_from_job_stats(stats)
+
+    def completed_job_stats(self, vm_id: str) -> CompletedMigration | None:
+        """The figures of the domain's last completed job as this host saw it (e.g. an incoming
+        migration, read on the destination), kept for later readers; None when there are none."""
+        dom = self._lookup(vm_id)
+        if dom is None:
+            return None
+        try:
+            stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED
+                                 | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in _NO_JOB_CODES:
+                return None
+            raise translate(exc) from exc
+        if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
+            return None
+        return completed_from_job_stats(stats)
+
+    def set_max_downtime(self, vm_id: str, downtime_ms: int) -> None:
+        """Let the running (or next) migration pause the guest up to ``downtime_ms`` at its end."""
+        dom = self._require(vm_id)
+        try:
+            dom.migrateSetMaxDowntime(downtime_ms)
+        except libvirt.libvirtError as exc:
+            raise translate(exc) from exc
+
+    def start_post_copy(self, vm_id: str) -> None:
+        """Switch the running migration (started with post_copy=True) to post-copy: the guest runs
+        on the destination from now on, fetching the pages it misses from here."""
+        dom = self._require(vm_id)
+        try:
+            dom.migrateStartPostCopy(0)
+        except libvirt.libvirtError as exc:
+            raise translate(exc) from exc
+
+    def abort_job(self, vm_id: str) -> None:
+        """Abort the domain's running job (a pre-copy migration: the guest keeps running here).
+        No job, or no domain, is fine."""
+        dom = self._lookup(vm_id)
+        if dom is None:
+            return
+        try:
+            dom.abortJob()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() not in _NO_JOB_CODES:
+                raise translate(exc) from exc
+        log.info("job aborted", vm_id=vm_id)
+
 
 # -- data disk XML (pure) ---------------------------------------------------------------------
 
@@ -355,3 +496,64 @@ def disk_device_xml(disk_path: str, target: str) -> str:
     ET.SubElement(disk, "source", file=disk_path)
     ET.SubElement(disk, "target", dev=target, bus="virtio")
     return ET.tostring(disk, encoding="unicode")
+
+
+# -- migration (pure) ---------------------------------------------------------------------------
+
+_MIB = 1024 * 1024
+# The source's job-completed event carries the final stats (downtime); after UNDEFINE_SOURCE the
+# source domain is gone, so it is the only place the source side can read them. It normally
+# arrives within milliseconds of migrateToURI3 returning.
+_COMPLETED_EVENT_WAIT_S = 2.0
+_NO_JOB_CODES = {libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID}
+
+
+def migration_flags(*, live: bool, shared_storage: bool, auto_converge: bool = False,
+                    post_copy: bool = False) -> int:
+    """libvirt flags of a peer-to-peer migration that leaves the domain defined on the
+    destination only. A plain shared directory needs UNSAFE (libvirt trusts only network
+    filesystems as shared); without shared storage live migration copies the disks along, while
+    an offline one cannot (InvalidRequest)."""
+    flags = libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
+    flags |= libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+    if not live:
+        if not shared_storage:
+            raise InvalidRequest("a cold migration copies no disks: it needs the VM's disks on "
+                                 "shared storage")
+        return flags | libvirt.VIR_MIGRATE_OFFLINE
+    flags |= libvirt.VIR_MIGRATE_LIVE
+    flags |= libvirt.VIR_MIGRATE_UNSAFE if shared_storage else libvirt.VIR_MIGRATE_NON_SHARED_DISK
+    if auto_converge:
+        flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
+    if post_copy:
+        flags |= libvirt.VIR_MIGRATE_POSTCOPY
+    return flags
+
+
+def progress_from_job_stats(stats: dict[str, int]) -> MigrationProgress:
+    """A look at a running migration from ``virDomainGetJobStats`` (bytes, pages/s)."""
+    page_size = stats.get(libvirt.VIR_DOMAIN_JOB_MEMORY_PAGE_SIZE) or 4096
+    return MigrationProgress(
+        elapsed_ms=stats.get(libvirt.VIR_DOMAIN_JOB_TIME_ELAPSED, 0),
+        iteration=stats.get(libvirt.VIR_DOMAIN_JOB_MEMORY_ITERATION, 0),
+        data_total_mib=stats.get(libvirt.VIR_DOMAIN_JOB_DATA_TOTAL, 0) // _MIB,
+        data_processed_mib=stats.get(libvirt.VIR_DOMAIN_JOB_DATA_PROCESSED, 0) // _MIB,
+        data_remaining_mib=stats.get(libvirt.VIR_DOMAIN_JOB_DATA_REMAINING, 0) // _MIB,
+        dirty_rate_mib_s=stats.get(libvirt.VIR_DOMAIN_JOB_MEMORY_DIRTY_RATE, 0) * page_size / _MIB,
+    )
+
+
+def completed_from_job_stats(stats: dict[str, int]) -> CompletedMigration:
+    """The final figures of a finished migration (completed job stats or the completion event)."""
+    return CompletedMigration(
+        elapsed_ms=stats.get(libvirt.VIR_DOMAIN_JOB_TIME_ELAPSED, 0),
+        downtime_ms=stats.get(libvirt.VIR_DOMAIN_JOB_DOWNTIME),
+        data_processed_mib=stats.get(libvirt.VIR_DOMAIN_JOB_DATA_PROCESSED, 0) // _MIB,
+        iterations=stats.get(libvirt.VIR_DOMAIN_JOB_MEMORY_ITERATION, 0),
+        post_copy_requests=stats.get(libvirt.VIR_DOMAIN_JOB_MEMORY_POSTCOPY_REQS, 0),
+    )
+
+
+def _migration_error(exc: libvirt.libvirtError, vm_id: str, dest_uri: str) -> VmflowError:
+    translated = translate(exc)
+    return type(translated)(f"migrating {domain_name(vm_id)} to {dest_uri}: {translated.message}")

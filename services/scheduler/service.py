@@ -82,7 +82,7 @@ class Scheduler:
         """Idempotent per VM: a VM that already holds a claim gets the same host back.
         Raises NoValidHost with the rejection trail."""
         existing = self._claims.get(req.vm_id)
-        if existing is not None and existing.expires_at_s > self._clock():
+        if existing is not None and existing.expires_at_s > self._clock() and _allowed(existing.host_id, req):
             return self._placement(req.vm_id, existing.host_id)
         decision = choose_host(self.host_states(), req, self._policy)
         if decision.host is None:
@@ -95,6 +95,8 @@ class Scheduler:
         self._claims.claim(req.vm_id, host.host_id, req.vcpus, req.memory_mib, req.disk_gib,
                            self._clock(), req.group.group_id if req.group else None)
         self._refresh(host.host_id)
+        if existing is not None and existing.host_id != host.host_id:
+            self._refresh(existing.host_id)  # the VM's earlier claim there is gone
         log.info("placed", vm_id=req.vm_id, host_id=host.host_id, candidates=decision.candidates,
                  rejected=len(decision.rejections))
         return self._placement(req.vm_id, host.host_id)
@@ -156,6 +158,12 @@ class Scheduler:
             disabled_reason=state.disabled_reason,
             allocations=state.allocations if with_allocations else (),
         )
+
+
+def _allowed(host_id: str, req: PlacementRequest) -> bool:
+    """Whether an earlier claim still answers this request (a later move of the same VM may
+    exclude the host it was claimed on)."""
+    return host_id not in req.exclude_hosts and req.only_host in (None, host_id)
 
 
 async def follow_bucket(nc: NatsClient, bucket: str, cls: type, apply: Callable) -> None:

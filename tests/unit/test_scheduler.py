@@ -52,3 +52,10 @@ def test_host_views_report_down_hosts(scheduler: Scheduler):
     scheduler.observe(HostHeartbeat("h3", 0.0, True, "qemu", 2, 1024, disk_gib=100))
     states = {v.host_id: v.state for v in scheduler.host_views().hosts}
     assert states == {"h1": "up", "h2": "up", "h3": "down"}
+
+
+def test_a_claim_on_an_excluded_host_is_not_reused(scheduler: Scheduler):
+    first = scheduler.place(PlacementRequest("vm1", 1, 512, 1))
+    moved = scheduler.place(PlacementRequest("vm1", 1, 512, 1, exclude_hosts=(first.host_id,)))
+    assert moved.host_id != first.host_id
+    assert sum(v.memory_mib_used for v in scheduler.host_views().hosts) == 512  # one claim, not two

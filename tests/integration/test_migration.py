@@ -1,0 +1,166 @@
+"""Moving VMs through the API on the real lab: live migration keeps the guest running, cancel
+and failure leave it where it was, maintenance empties a host, and the inventory always matches
+what libvirt says on every host."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import pytest
+
+from deploy.client import ApiError, VmflowClient
+from tests.integration.libvirt_probe import LibvirtProbe, wait_until
+
+COUNTER = re.compile(r"vmflow-counter (\d+)")
+MARKER = "VMFLOW-GUEST-BOOTED"
+
+
+def counters(text: str) -> list[int]:
+    return [int(n) for n in COUNTER.findall(text)]
+
+
+def provision(api: VmflowClient, image: str = "lab-guest", **fields) -> dict:
+    body = {"name": f"mig-{uuid.uuid4().hex[:6]}", "vcpus": 1, "memory_mib": 128, "disk_gib": 1,
+            "image": image, **fields}
+    accepted = api.call("POST", "/v1/vms", json=body)
+    op = api.wait_operation(accepted["operation_id"], timeout_s=300)
+    assert op["state"] == "succeeded", op
+    return api.call("GET", f"/v1/vms/{accepted['vm']['id']}")
+
+
+def agree(api: VmflowClient, probe: LibvirtProbe, vm_id: str) -> str:
+    """The inventory names exactly the host libvirt runs the VM on; returns it."""
+    vm = api.call("GET", f"/v1/vms/{vm_id}")
+    assert probe.where(vm_id) == [vm["host_id"]], (vm, probe.where(vm_id))
+    return vm["host_id"]
+
+
+def migrate(api: VmflowClient, vm_id: str, **body) -> dict:
+    accepted = api.call("POST", f"/v1/vms/{vm_id}/migrate", json=body)
+    return api.wait_operation(accepted["operation_id"], timeout_s=300)
+
+
+@pytest.fixture
+def cleanup(api):
+    vm_ids: list[str] = []
+    yield vm_ids
+    for vm_id in vm_ids:
+        try:
+            api.wait_operation(api.call("DELETE", f"/v1/vms/{vm_id}")["operation_id"], timeout_s=120)
+        except ApiError:
+            pass
+
+
+def test_a_running_guest_moves_h1_h2_h3_without_a_reboot(api, probe, cleanup):
+    vm = provision(api)
+    cleanup.append(vm["id"])
+    console = probe.console_path(vm["host_id"], vm["id"])
+    route = [h for h in ("h1", "h2", "h3") if h != vm["host_id"]] + [vm["host_id"]]
+    for target in route:
+        before = counters(console.read_text(errors="replace"))
+        op = migrate(api, vm["id"], target_host_id=target)
+        assert op["state"] == "succeeded", op
+        assert agree(api, probe, vm["id"]) == target
+        assert api.call("GET", f"/v1/vms/{vm['id']}")["state"] == "running"
+        # The guest kept counting on the new host: later numbers, no second boot.
+        wait_until(lambda: counters(console.read_text(errors="replace"))[-1] > before[-1] + 1, 20,
+                   what="the counter to go on after the move")
+    text = console.read_text(errors="replace")
+    assert text.count(MARKER) == 1
+    numbers = counters(text)
+    assert numbers == sorted(numbers) and numbers[-1] - numbers[0] + 1 >= len(numbers)
+
+
+def test_a_second_migration_of_the_same_vm_is_refused(api, probe, cleanup):
+    vm = provision(api)
+    cleanup.append(vm["id"])
+    first = api.call("POST", f"/v1/vms/{vm['id']}/migrate", json={})
+    with pytest.raises(ApiError, match="409 conflict: cannot migrate VM .* while it is migrating"):
+        api.call("POST", f"/v1/vms/{vm['id']}/migrate", json={})
+    assert api.wait_operation(first["operation_id"], timeout_s=300)["state"] == "succeeded"
+    agree(api, probe, vm["id"])
+
+
+def test_bad_migration_requests(api, cleanup):
+    vm = provision(api)
+    cleanup.append(vm["id"])
+    with pytest.raises(ApiError, match="422 invalid_request: target_host_id: unknown host 'h9'"):
+        api.call("POST", f"/v1/vms/{vm['id']}/migrate", json={"target_host_id": "h9"})
+    with pytest.raises(ApiError, match="already runs on"):
+        api.call("POST", f"/v1/vms/{vm['id']}/migrate", json={"target_host_id": vm["host_id"]})
+    with pytest.raises(ApiError, match="404"):
+        api.call("POST", f"/v1/vms/{uuid.uuid4()}/migrate", json={})
+
+
+def test_cancel_in_flight_leaves_the_vm_running_on_its_source(api, probe, cleanup):
+    vm = provision(api, memory_mib=256)
+    cleanup.append(vm["id"])
+    source = vm["host_id"]
+    # Capped at 1 MiB/s, copying the guest's memory takes minutes: plenty of time to cancel.
+    accepted = api.call("POST", f"/v1/vms/{vm['id']}/migrate",
+                        json={"completion_timeout_s": 600, "bandwidth_mib_s": 1})
+    op_id = accepted["operation_id"]
+    wait_until(lambda: (api.call("GET", f"/v1/operations/{op_id}").get("activity_progress") or {})
+               .get("iteration", 0) >= 1, 60, what="the migration to be under way")
+    api.call("POST", f"/v1/operations/{op_id}/cancel")
+    op = api.wait_operation(op_id, timeout_s=120)
+    assert op["state"] == "cancelled" and op["error"]["code"] == "cancelled"
+    assert agree(api, probe, vm["id"]) == source
+    assert probe.state(source, vm["id"]) == "running"
+    with pytest.raises(ApiError, match="409"):
+        api.call("POST", f"/v1/operations/{op_id}/cancel")
+
+
+def test_a_fast_dirtying_guest_ends_on_exactly_one_host(api, probe, cleanup):
+    vm = provision(api, image="lab-guest-dirty", memory_mib=256)
+    cleanup.append(vm["id"])
+    started = time.monotonic()
+    op = migrate(api, vm["id"], completion_timeout_s=8)
+    elapsed_s = time.monotonic() - started
+    # Converged through the policy, or aborted at the completion timeout: either way it runs on
+    # one host and the inventory says which.
+    host = agree(api, probe, vm["id"])
+    assert probe.state(host, vm["id"]) == "running"
+    if op["state"] != "succeeded":
+        assert host == vm["host_id"] and "did not complete within 8 s" in op["error"]["message"]
+        assert elapsed_s < 60
+
+
+def test_maintenance_empties_a_host_and_it_comes_back(api, probe, cleanup):
+    for other in ("h2", "h3"):  # so that all three VMs start on h1
+        api.call("POST", f"/v1/hosts/{other}/disable", json={"reason": "test setup"})
+    try:
+        vms = [provision(api) for _ in range(3)]
+    finally:
+        for other in ("h2", "h3"):
+            api.call("POST", f"/v1/hosts/{other}/enable")
+    cleanup.extend(vm["id"] for vm in vms)
+    assert {vm["host_id"] for vm in vms} == {"h1"}
+
+    accepted = api.call("POST", "/v1/hosts/h1/maintenance")
+    assert accepted["host"]["state"] == "maintenance"
+    op = api.wait_operation(accepted["operation_id"], timeout_s=600)
+    assert op["state"] == "succeeded", op
+    assert len([line for line in op["details"] if " moved to " in line]) == 3
+    assert probe.domain_uuids("h1") == set()
+    for vm in vms:
+        assert agree(api, probe, vm["id"]) in ("h2", "h3")
+    assert api.call("GET", "/v1/hosts/h1")["state"] == "maintenance"
+    # Nothing is placed on a host in maintenance.
+    extra = provision(api)
+    cleanup.append(extra["id"])
+    assert extra["host_id"] != "h1"
+    assert api.call("DELETE", "/v1/hosts/h1/maintenance")["state"] == "up"
+
+
+def test_maintenance_that_cannot_move_a_vm_says_so(api, probe, cleanup):
+    vm = provision(api, required_labels=["gpu"])  # only h3 has gpu: it cannot go anywhere else
+    cleanup.append(vm["id"])
+    op = api.wait_operation(api.call("POST", "/v1/hosts/h3/maintenance")["operation_id"], timeout_s=300)
+    assert op["state"] == "failed" and "labels removed" in op["error"]["message"]
+    host = api.call("GET", "/v1/hosts/h3")
+    assert host["state"] == "maintenance_failed" and vm["name"] in host["disabled_reason"]
+    assert agree(api, probe, vm["id"]) == "h3"
+    assert api.call("DELETE", "/v1/hosts/h3/maintenance")["state"] == "up"
