@@ -27,7 +27,8 @@ def stack_cfg():
         yield cfg
     finally:
         stack.down(run_dir, say=lambda _msg: None)
-        shutil.rmtree(run_dir, ignore_errors=True)
+        if not os.environ.get("VMFLOW_KEEP_TEST_RUN"):  # keep logs to look into a failure
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
