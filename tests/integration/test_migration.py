@@ -164,3 +164,18 @@ def test_maintenance_that_cannot_move_a_vm_says_so(api, probe, cleanup):
     assert host["state"] == "maintenance_failed" and vm["name"] in host["disabled_reason"]
     assert agree(api, probe, vm["id"]) == "h3"
     assert api.call("DELETE", "/v1/hosts/h3/maintenance")["state"] == "up"
+
+
+def test_a_stopped_vm_moves_its_definition(api, probe, cleanup):
+    vm = provision(api)
+    cleanup.append(vm["id"])
+    stop = api.call("POST", f"/v1/vms/{vm['id']}/stop", json={"force": True})
+    assert api.wait_operation(stop["operation_id"])["state"] == "succeeded"
+    op = migrate(api, vm["id"])
+    assert op["state"] == "succeeded", op
+    target = agree(api, probe, vm["id"])
+    assert target != vm["host_id"] and probe.state(target, vm["id"]) == "shut off"
+    assert api.call("GET", f"/v1/vms/{vm['id']}")["state"] == "stopped"
+    start = api.call("POST", f"/v1/vms/{vm['id']}/start")
+    assert api.wait_operation(start["operation_id"], timeout_s=240)["state"] == "succeeded"
+    assert probe.state(target, vm["id"]) == "running"

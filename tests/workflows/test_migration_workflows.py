@@ -125,8 +125,10 @@ async def run(env, fleet: Fleet, vms: list[VmSummary], workflow_run, arg, workfl
         await stack.enter_async_context(Worker(env.client, task_queue=INVENTORY_QUEUE,
                                                activities=fleet.inventory_activities(vms)))
         for host in HOSTS:
+            # As the host-worker does: heartbeats (and so cancellations) travel within seconds.
             await stack.enter_async_context(Worker(env.client, task_queue=host_queue(host),
-                                                   activities=fleet.host_activities(host)))
+                                                   activities=fleet.host_activities(host),
+                                                   max_heartbeat_throttle_interval=timedelta(seconds=1)))
         handle = await env.client.start_workflow(workflow_run, arg, id=workflow_id, task_queue=ORCHESTRATOR_QUEUE)
         if cancel_after_s is not None:
             await asyncio.sleep(cancel_after_s)
