@@ -39,13 +39,13 @@ async def main(settings: HostWorkerSettings) -> None:
     hv = Hypervisor(settings.libvirt_uri, lambda e: loop.call_soon_threadsafe(lifecycle.put_nowait, e))
     await asyncio.to_thread(hv.connection)
     domain_type = resolve_domain_type(settings.domain_type)
-    host = HostActivities(settings, hv, domain_type)
 
     nc = await connect(settings, f"vmflow-host-worker-{settings.host_id}")
     js = nc.jetstream()
     await ensure_event_stream(js, settings.event_stream)
     kv = await heartbeat_bucket(js, settings.heartbeat_bucket)
     events = EventPublisher(js, f"host-worker/{settings.host_id}")
+    host = HostActivities(settings, hv, domain_type, events)
     await events.publish(subjects.host_event(settings.host_id, "registered"),
                          {"host_id": settings.host_id, "domain_type": domain_type})
 

@@ -20,7 +20,9 @@ from services.host_worker.domain_xml import build_domain_xml, console_path
 from services.host_worker.hypervisor import Hypervisor
 from services.host_worker.migration import LiveMigration
 from services.host_worker.settings import HostWorkerSettings
+from shared import subjects
 from shared.errors import Conflict, HypervisorError, InvalidRequest, NotFound, Timeout
+from shared.messaging import EventPublisher
 from shared.migration import MigrateRequest, MigrateResult, MigrationProgress
 from shared.models import BootWaitRequest, DomainRef, DomainSpec, DomainStatus, StopRequest
 from shared.storage_models import DiskAttachment
@@ -47,10 +49,12 @@ async def heartbeating(interval_s: float = HEARTBEAT_INTERVAL_S):
 
 
 class HostActivities:
-    def __init__(self, settings: HostWorkerSettings, hypervisor: Hypervisor, domain_type: str) -> None:
+    def __init__(self, settings: HostWorkerSettings, hypervisor: Hypervisor, domain_type: str,
+                 events: EventPublisher | None = None) -> None:
         self._settings = settings
         self._hv = hypervisor
         self.domain_type = domain_type
+        self._events = events
         self.tenants: dict[str, str] = {}  # vm_id -> tenant, for events after undefine
 
     def _console(self, vm_id: str) -> Path:
@@ -178,6 +182,16 @@ class HostActivities:
             return await self._migrate_cold(req)
         return await self._migrate_live(req)
 
+    async def _publish_progress(self, vm_id: str, progress: dict) -> None:
+        """The migration's progress as an event of its operation, every couple of seconds."""
+        if self._events is None or not progress:
+            return
+        subject = subjects.op_event(self.tenants.get(vm_id, "unknown"), activity.info().workflow_id, "progress")
+        try:
+            await self._events.publish(subject, {"vm_id": vm_id, "step": "migrate", "migration": progress})
+        except Exception as exc:  # NATS away: the heartbeat still carries the progress
+            log.warning("migration progress not published", error=str(exc), vm_id=vm_id)
+
     async def _migrate_cold(self, req: MigrateRequest) -> MigrateResult:
         started_s = time.monotonic()
         async with heartbeating():
@@ -197,6 +211,7 @@ class HostActivities:
             while True:
                 await asyncio.sleep(HEARTBEAT_INTERVAL_S)
                 activity.heartbeat(dict(latest))
+                await self._publish_progress(req.vm_id, dict(latest))
 
         beating = asyncio.create_task(keep_beating())
         try:

@@ -11,6 +11,7 @@ import uuid
 import pytest
 
 from deploy.client import ApiError, VmflowClient
+from tests.integration.event_tap import EventTap
 from tests.integration.libvirt_probe import LibvirtProbe, wait_until
 
 COUNTER = re.compile(r"vmflow-counter (\d+)")
@@ -94,16 +95,22 @@ def test_bad_migration_requests(api, cleanup):
         api.call("POST", f"/v1/vms/{uuid.uuid4()}/migrate", json={})
 
 
-def test_cancel_in_flight_leaves_the_vm_running_on_its_source(api, probe, cleanup):
+def test_cancel_in_flight_leaves_the_vm_running_on_its_source(stack_cfg, api, probe, cleanup):
     vm = provision(api, memory_mib=256)
     cleanup.append(vm["id"])
     source = vm["host_id"]
+    tap = EventTap(stack_cfg.api_url)
     # Capped at 1 MiB/s, copying the guest's memory takes minutes: plenty of time to cancel.
     accepted = api.call("POST", f"/v1/vms/{vm['id']}/migrate",
                         json={"completion_timeout_s": 600, "bandwidth_mib_s": 1})
     op_id = accepted["operation_id"]
     wait_until(lambda: (api.call("GET", f"/v1/operations/{op_id}").get("activity_progress") or {})
                .get("iteration", 0) >= 1, 60, what="the migration to be under way")
+    # The migration's progress is published on NATS too, as events of its operation.
+    wait_until(lambda: [e for e in tap.events if e["subject"].endswith(f"{op_id}.progress")
+                        and "data_remaining_mib" in e["data"].get("migration", {})], 15,
+               what="a migration progress event")
+    tap.close()
     api.call("POST", f"/v1/operations/{op_id}/cancel")
     op = api.wait_operation(op_id, timeout_s=120)
     assert op["state"] == "cancelled" and op["error"]["code"] == "cancelled"
