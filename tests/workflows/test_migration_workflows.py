@@ -12,10 +12,8 @@ import pytest
 from temporalio import activity
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from deploy.stack import temporal_binary
 from shared.migration import MaintenanceInput, MigrateInput, MigrateRequest, MigrateResult
 from shared.models import (
     BeginOperation,
@@ -37,14 +35,6 @@ from workflows.migrate import LiveMigrate
 from workflows.steps import INVENTORY_QUEUE, ORCHESTRATOR_QUEUE, host_queue
 
 HOSTS = ("h1", "h2")
-
-
-@pytest.fixture(scope="module")
-async def env():
-    environment = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(), dev_server_startup_timeout=timedelta(seconds=60))
-    yield environment
-    await environment.shutdown()
 
 
 class Fleet:

@@ -13,7 +13,6 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from deploy.stack import temporal_binary
 from shared.models import (
     BootWaitRequest,
     ClaimRelease,
@@ -41,16 +40,6 @@ from workflows.provision import PROVISION_ID_REUSE, ProvisionVm
 from workflows.steps import INVENTORY_QUEUE, ORCHESTRATOR_QUEUE, STORAGE_QUEUE, host_queue
 
 IMAGE = Image("img", "", "/img.qcow2", 1, 96, 1, None, "BOOTED")
-
-
-@pytest.fixture(scope="module")
-async def env():
-    environment = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(),
-        dev_server_startup_timeout=timedelta(seconds=60),
-    )
-    yield environment
-    await environment.shutdown()
 
 
 class World:

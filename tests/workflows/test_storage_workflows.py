@@ -11,10 +11,8 @@ import pytest
 from temporalio import activity
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from deploy.stack import temporal_binary
 from shared.storage_models import (
     AttachmentClaim,
     AttachmentInput,
@@ -31,16 +29,6 @@ from workflows.storage_ops import STORAGE_WORKFLOWS, AttachVolume, DetachVolume,
 
 VM_ID = str(uuid.uuid4())
 VOLUME = VolumeView("d1", "shared", "/pool/volumes/d1.qcow2", VolumeKind.DATA, 1.0, 0)
-
-
-@pytest.fixture(scope="module")
-async def env():
-    environment = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(),
-        dev_server_startup_timeout=timedelta(seconds=60),
-    )
-    yield environment
-    await environment.shutdown()
 
 
 class World:

@@ -1,0 +1,20 @@
+"""One real Temporal dev server for all workflow tests (each test uses its own workflow ids)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from deploy.stack import temporal_binary
+
+
+@pytest.fixture(scope="session")
+async def env():
+    environment = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(),
+        dev_server_startup_timeout=timedelta(seconds=60),
+    )
+    yield environment
+    await environment.shutdown()
