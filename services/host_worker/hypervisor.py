@@ -225,22 +225,19 @@ class Hypervisor:
 
     def request_shutdown(self, vm_id: str) -> None:
         """Ask the guest to power off (ACPI). Returns at once; absent or stopped is fine."""
-        dom = self._lookup(vm_id)
-        try:
-            if dom is not None and dom.isActive():
-                dom.shutdown()
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:  # stopped meanwhile
-                raise translate(exc) from exc
+        self._if_running(vm_id, lambda dom: dom.shutdown())
 
     def destroy(self, vm_id: str) -> None:
         """Power off at once; absent or stopped is fine."""
+        self._if_running(vm_id, lambda dom: dom.destroy())
+
+    def _if_running(self, vm_id: str, action: Callable[[libvirt.virDomain], object]) -> None:
         dom = self._lookup(vm_id)
         try:
             if dom is not None and dom.isActive():
-                dom.destroy()
+                action(dom)
         except libvirt.libvirtError as exc:
-            if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+            if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:  # stopped meanwhile
                 raise translate(exc) from exc
 
     def undefine(self, vm_id: str) -> None:
