@@ -73,7 +73,7 @@ def run_migration_bench(run_dir: Path, count: int, say: Callable[[str], None]) -
             there = HOSTS[1] if where == HOSTS[0] else HOSTS[0]
             source = Hypervisor(hosts[where].unix_uri)
             started = time.monotonic()
-            done = source.migrate_live(vm_id, hosts[there].tcp_uri, shared_storage=True)
+            done = source.migrate_live(vm_id, hosts[there].tcp_uri)
             base_s.append(time.monotonic() - started)
             if done and done.downtime_ms is not None:
                 base_down.append(done.downtime_ms)

@@ -102,19 +102,20 @@ def _api(fn):
 
 @vm_app.command("create")
 def vm_create(name: str, vcpus: int = 1, memory_mib: int = 128, disk_gib: int = 1,
-              image: str = stack.GUEST_IMAGE, wait: bool = True) -> None:
+              image: str = stack.GUEST_IMAGE, storage: str = "shared", wait: bool = True) -> None:
+    """storage: 'shared' (the pool every host sees) or 'local' (the host's own pool)."""
     client = _client()
-    accepted = _api(lambda: client.create_vm(name, vcpus, memory_mib, disk_gib, image))
+    accepted = _api(lambda: client.create_vm(name, vcpus, memory_mib, disk_gib, image, storage))
     console.print(f"vm {accepted['vm']['id']}")
     _follow(client, accepted, wait)
 
 
 @vm_app.command("list")
 def vm_list() -> None:
-    table = Table("id", "name", "state", "host", "vcpus", "memory_mib", "disk_gib", "image")
+    table = Table("id", "name", "state", "host", "vcpus", "memory_mib", "disk_gib", "image", "storage")
     for vm in _api(lambda: _client().call("GET", "/v1/vms")):
         table.add_row(vm["id"], vm["name"], vm["state"], vm["host_id"] or "-", str(vm["vcpus"]),
-                      str(vm["memory_mib"]), str(vm["disk_gib"]), vm["image"])
+                      str(vm["memory_mib"]), str(vm["disk_gib"]), vm["image"], vm["storage"])
     console.print(table)
 
 

@@ -38,9 +38,11 @@ class VmflowClient:
                 raise ApiError(response.status_code, "http_error", response.text) from None
         return response.json() if response.content else None
 
-    def create_vm(self, name: str, vcpus: int, memory_mib: int, disk_gib: int, image: str) -> dict:
+    def create_vm(self, name: str, vcpus: int, memory_mib: int, disk_gib: int, image: str,
+                  storage: str = "shared") -> dict:
         return self.call("POST", "/v1/vms", json={
             "name": name, "vcpus": vcpus, "memory_mib": memory_mib, "disk_gib": disk_gib, "image": image,
+            "storage": storage,
         })
 
     def wait_operation(self, op_id: str, timeout_s: float = 300.0,

@@ -89,15 +89,22 @@ def _reap(pid: int) -> None:
 _PORT_RANGE = (20000, 32000)
 
 
+_handed_out: set[int] = set()  # free now, but maybe not bound yet by the one that asked for it
+
+
 def free_port() -> int:
+    """A port nothing listens on, never the same twice in one process."""
     for _ in range(100):
         port = random.randint(*_PORT_RANGE)
+        if port in _handed_out:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
+        _handed_out.add(port)
+        return port
     raise RuntimeError("no free port found")
 
 

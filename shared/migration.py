@@ -121,6 +121,14 @@ class MaintenanceInput:
 
 
 @dataclass(frozen=True)
+class DiskMove:
+    """A disk on the source host's own storage and the path its copy has on the destination."""
+
+    source_path: str
+    dest_path: str
+
+
+@dataclass(frozen=True)
 class MigrateRequest:
     """Run on the source host's queue: move ``vm_id`` to the host behind ``dest_uri``."""
 
@@ -128,7 +136,9 @@ class MigrateRequest:
     dest_host_id: str
     dest_uri: str  # libvirt URI the source daemon reaches the destination by (peer to peer)
     live: bool = True
-    shared_storage: bool = True  # disks on a pool every host sees; else copy them along
+    # Disks on the source's own storage: a live migration copies them into these (pre-made)
+    # files, a cold one finds them copied there already. Every other disk is on shared storage.
+    disk_moves: tuple[DiskMove, ...] = ()
     policy: ConvergencePolicy = ConvergencePolicy()
 
 

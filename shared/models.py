@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from shared.storage_models import PoolKind
+
 
 class VmState(StrEnum):
     PROVISIONING = "provisioning"
@@ -33,6 +35,7 @@ class VmSpec:
     memory_mib: int
     disk_gib: int
     image: str
+    storage: PoolKind = PoolKind.SHARED  # where the root disk lives: the shared pool or the host's own
 
 
 class GroupPolicy(StrEnum):
@@ -112,6 +115,7 @@ class VolumeRequest:
     vm_id: str
     image: str
     disk_gib: int
+    pool: str | None = None  # None: the shared pool
 
 
 @dataclass(frozen=True)
@@ -120,11 +124,31 @@ class Volume:
     path: str
     size_gib: int
     image: Image
+    pool: str = ""
 
 
 @dataclass(frozen=True)
 class VolumeRef:
     vm_id: str
+
+
+@dataclass(frozen=True)
+class RootDisk:
+    """Where a VM's root volume is: a pool, and the host whose local pool it is (None: shared)."""
+
+    vm_id: str
+    pool: str
+    path: str
+    host_id: str | None
+    snapshot_count: int = 0
+
+
+@dataclass(frozen=True)
+class RootDiskRef:
+    """A VM's root volume in one pool (a copy being made, or one left behind)."""
+
+    vm_id: str
+    pool: str
 
 
 @dataclass(frozen=True)
@@ -346,6 +370,7 @@ class VmSummary:
     disk_gib: int
     required_labels: tuple[str, ...] = ()
     group: GroupRule | None = None
+    storage: PoolKind = PoolKind.SHARED
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,10 @@ class PoolKind(StrEnum):
     LOCAL = "local"  # one host's own disk
 
 
+def local_pool_name(host_id: str) -> str:
+    return f"local-{host_id}"
+
+
 class ImageFormat(StrEnum):
     QCOW2 = "qcow2"
     RAW = "raw"

@@ -1,7 +1,10 @@
 """LiveMigrate: move a VM to another host, live when it runs, its definition when it is stopped.
 
-Whatever happens, the operation ends in a known state: the VM runs (or is defined) on exactly one
-host, the inventory names that host, and the target's capacity claim is released on failure.
+A root disk on the source's own pool moves along: copied whole before a cold move, into an
+empty overlay by libvirt during a live one. Whatever happens, the operation ends in a known
+state: the VM runs (or is defined) on exactly one host, the inventory names that host, only
+the copy of the disk that host uses remains, and the target's capacity claim is released on
+failure.
 """
 
 from __future__ import annotations
@@ -12,15 +15,17 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from shared.migration import MigrateInput, MigrateRequest
+    from shared.migration import DiskMove, MigrateInput, MigrateRequest
     from shared.models import (
         BeginOperation,
         BootWaitRequest,
         OperationProgress,
         PlacementRequest,
+        RootDiskRef,
         VmRecordUpdate,
         VmState,
     )
+    from shared.storage_models import local_pool_name
 
 from workflows import steps
 from workflows.progress import ProgressTracker
@@ -34,6 +39,7 @@ def migrate_workflow_id(vm_id: str, op_suffix: str) -> str:
 class LiveMigrate:
     def __init__(self) -> None:
         self._progress = ProgressTracker("migrate")
+        self._disk_pools: tuple[str, str] | None = None  # (source pool, target pool) of a moving disk
 
     @workflow.query(name="progress")
     def progress(self) -> OperationProgress:
@@ -59,21 +65,37 @@ class LiveMigrate:
             if status.state != expected:
                 raise ApplicationError(f"the VM is {status.state} on {source}, expected {expected}",
                                        type="conflict", non_retryable=True)
+            root = await steps.locate_root(vm.vm_id)
+            if root.host_id not in (None, source):
+                raise ApplicationError(f"the VM runs on {source} but its root disk is in {root.pool}",
+                                       type="conflict", non_retryable=True)
             self._progress.advance("place")
             placement = await steps.place(PlacementRequest(
                 vm.vm_id, vm.vcpus, vm.memory_mib, vm.disk_gib, required_labels=vm.required_labels,
                 group=vm.group, exclude_hosts=(source,), only_host=target,
             ))
             target = placement.host_id
+            moves: tuple[DiskMove, ...] = ()
+            if root.host_id is not None:
+                self._disk_pools = (root.pool, local_pool_name(target))
+                copy_ref = RootDiskRef(vm.vm_id, self._disk_pools[1])
+                # Live: libvirt fills an empty overlay as it goes. Cold: nothing runs to copy it.
+                self._progress.advance("prepare_disk" if live else "copy_disk", target)
+                copy = await (steps.prepare_root(copy_ref) if live else steps.copy_root(copy_ref))
+                moves = (DiskMove(root.path, copy.path),)
             self._progress.advance("migrate", target)
-            self._progress.note(f"{'live' if live else 'cold'} migration {source} -> {target}")
+            self._progress.note(f"{'live' if live else 'cold'} migration {source} -> {target}"
+                                + (f", root disk {root.pool} -> {self._disk_pools[1]}" if moves else ""))
             result = await steps.migrate_domain(source, MigrateRequest(
-                vm.vm_id, target, placement.migration_uri, live=live, policy=inp.policy,
+                vm.vm_id, target, placement.migration_uri, live=live, policy=inp.policy, disk_moves=moves,
             ))
             if result.downtime_ms is not None:
                 self._progress.note(f"took {result.elapsed_ms} ms, downtime {result.downtime_ms} ms")
             self._progress.advance("record")
             await steps.update_record(VmRecordUpdate(vm.vm_id, op_id, "succeeded", state=settled, host_id=target))
+            if self._disk_pools:
+                self._progress.advance("drop_source_disk")
+                await steps.drop_root(RootDiskRef(vm.vm_id, self._disk_pools[0]))
             self._progress.advance("done")
             return target
         except BaseException as exc:
@@ -100,5 +122,8 @@ class LiveMigrate:
                 where = target
         await steps.update_record(VmRecordUpdate(vm_id, op_id, "failed", state=settled, host_id=where,
                                                  error=error))
+        if self._disk_pools:  # keep the copy of the disk the VM uses where it is
+            source_pool, target_pool = self._disk_pools
+            await steps.drop_root(RootDiskRef(vm_id, target_pool if where == source else source_pool))
         return where
 

@@ -18,6 +18,7 @@ with workflow.unsafe.imports_passed_through():
         VmState,
         VolumeRequest,
     )
+    from shared.storage_models import PoolKind, local_pool_name
 
 from workflows import steps
 from workflows.progress import ProgressTracker
@@ -61,7 +62,8 @@ class ProvisionVm:
             self._progress.advance("create_volume", host_id)
             await steps.update_record(VmRecordUpdate(inp.vm_id, op_id, "create_volume", host_id=host_id))
             saga.on_failure("delete volume", lambda: steps.delete_volume(inp.vm_id))
-            volume = await steps.create_volume(VolumeRequest(inp.vm_id, inp.spec.image, inp.spec.disk_gib))
+            pool = local_pool_name(host_id) if inp.spec.storage is PoolKind.LOCAL else None
+            volume = await steps.create_volume(VolumeRequest(inp.vm_id, inp.spec.image, inp.spec.disk_gib, pool))
 
             self._progress.advance("define")
             saga.on_failure("undefine domain", lambda: steps.undefine_domain(host_id, inp.vm_id))

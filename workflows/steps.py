@@ -27,6 +27,8 @@ with workflow.unsafe.imports_passed_through():
         HostView,
         Placement,
         PlacementRequest,
+        RootDisk,
+        RootDiskRef,
         StopRequest,
         VmRecordUpdate,
         VmList,
@@ -93,6 +95,35 @@ async def create_volume(req: VolumeRequest) -> Volume:
 async def delete_volume(vm_id: str) -> None:
     await workflow.execute_activity(
         "storage.delete_volume", VolumeRef(vm_id), task_queue=STORAGE_QUEUE,
+        start_to_close_timeout=timedelta(minutes=2), retry_policy=_RETRY,
+    )
+
+
+async def locate_root(vm_id: str) -> RootDisk:
+    return await workflow.execute_activity(
+        "storage.locate_root", VolumeRef(vm_id), task_queue=STORAGE_QUEUE, result_type=RootDisk,
+        start_to_close_timeout=_QUICK, retry_policy=_RETRY,
+    )
+
+
+async def copy_root(ref: RootDiskRef) -> RootDisk:
+    """A whole copy of a stopped VM's root volume: as long as the disk is big; it heartbeats."""
+    return await workflow.execute_activity(
+        "storage.copy_root", ref, task_queue=STORAGE_QUEUE, result_type=RootDisk,
+        start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=_HOST_HEARTBEAT, retry_policy=_RETRY,
+    )
+
+
+async def prepare_root(ref: RootDiskRef) -> RootDisk:
+    return await workflow.execute_activity(
+        "storage.prepare_root", ref, task_queue=STORAGE_QUEUE, result_type=RootDisk,
+        start_to_close_timeout=_QUICK, retry_policy=_RETRY,
+    )
+
+
+async def drop_root(ref: RootDiskRef) -> None:
+    await workflow.execute_activity(
+        "storage.drop_root", ref, task_queue=STORAGE_QUEUE,
         start_to_close_timeout=timedelta(minutes=2), retry_policy=_RETRY,
     )
 

@@ -12,6 +12,7 @@ from sqlmodel import Field as SqlField
 from sqlmodel import SQLModel
 
 from shared.models import GroupPolicy, GroupRule, VmState, VmSummary
+from shared.storage_models import PoolKind
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 IMAGE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -35,6 +36,7 @@ class VmBase(SQLModel):
     memory_mib: int
     disk_gib: int
     image: str = SqlField(max_length=63)
+    storage: PoolKind = PoolKind.SHARED
 
 
 class Vm(VmBase, table=True):
@@ -65,6 +67,9 @@ class VmCreate(BaseModel):
     image: str = Field(description="name of an image from GET /v1/images")
     placement_group_id: str | None = Field(default=None, description="a group from /v1/placement-groups")
     required_labels: list[str] = Field(default=[], max_length=16, description="host labels the VM needs")
+    storage: PoolKind = Field(default=PoolKind.SHARED, description=(
+        "where the root disk lives: 'shared' (every host sees it) or 'local' (the host's own pool; "
+        "a migration copies it along)"))
 
     @field_validator("name")
     @classmethod
@@ -156,7 +161,7 @@ class PlacementGroupPublic(BaseModel):
 def vm_summary(vm: Vm, group: GroupRule | None) -> VmSummary:
     """The VM as workflows get it: what placement and the hosts need, nothing more."""
     return VmSummary(vm.id, vm.tenant, vm.name, vm.state, vm.host_id, vm.vcpus, vm.memory_mib, vm.disk_gib,
-                     tuple(vm.required_labels), group)
+                     tuple(vm.required_labels), group, vm.storage)
 
 
 class MigrateOptions(BaseModel):

@@ -326,14 +326,17 @@ class Hypervisor:
 
     # -- migration ------------------------------------------------------------------------------
 
-    def migrate_live(self, vm_id: str, dest_uri: str, *, shared_storage: bool = True,
+    def migrate_live(self, vm_id: str, dest_uri: str, *, disk_moves: dict[str, str] | None = None,
                      auto_converge: bool = False, post_copy: bool = False, bandwidth_mib_s: int = 0,
                      initial_downtime_ms: int | None = None) -> CompletedMigration | None:
         """Live-migrate the running domain to ``dest_uri`` (reached by this host's libvirtd, peer to
         peer) and block until libvirt is done: on return the domain runs and is defined on the
-        destination only. Returns the completed job's figures as the source saw them, None when
-        libvirt did not report them in time. On any error the domain still runs here (outside
-        post-copy). Raises NotFound, HostUnavailable, HypervisorError (also when aborted)."""
+        destination only. ``disk_moves`` (source path -> destination path) names the disks on
+        this host's own storage: their top layer is copied along into the destination's files,
+        which exist already on the same image. Returns the completed job's figures as the source
+        saw them, None when libvirt did not report them in time. On any error the domain still
+        runs here (outside post-copy). Raises NotFound, HostUnavailable, HypervisorError (also
+        when aborted)."""
         self._require(vm_id)
         finished = threading.Event()
         final: dict[str, int] = {}
@@ -342,8 +345,8 @@ class Hypervisor:
             final.update(params)  # runs on libvirt's event thread: no libvirt calls here
             finished.set()
 
-        params = {libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: bandwidth_mib_s} if bandwidth_mib_s else {}
-        flags = migration_flags(live=True, shared_storage=shared_storage, auto_converge=auto_converge,
+        params: dict = {libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: bandwidth_mib_s} if bandwidth_mib_s else {}
+        flags = migration_flags(live=True, copy_disks=bool(disk_moves), auto_converge=auto_converge,
                                 post_copy=post_copy)
         # A connection of its own: while one thread blocked in migrateToURI3, other calls on the
         # same connection (job stats, heartbeats) were seen stalling for the keepalive interval (5 s).
@@ -353,6 +356,11 @@ class Hypervisor:
             conn.domainEventRegisterAny(dom, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, on_job_completed, None)
             if initial_downtime_ms is not None:
                 dom.migrateSetMaxDowntime(initial_downtime_ms)  # QEMU keeps it for the coming job
+            if disk_moves:
+                running = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE | libvirt.VIR_DOMAIN_XML_MIGRATABLE)
+                persistent = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE | libvirt.VIR_DOMAIN_XML_INACTIVE
+                                         | libvirt.VIR_DOMAIN_XML_MIGRATABLE)
+                params.update(disk_move_params(running, persistent, disk_moves))
             log.info("live migration starting", vm_id=vm_id, dest_uri=dest_uri, flags=flags)
             dom.migrateToURI3(dest_uri, params, flags)
             finished.wait(_COMPLETED_EVENT_WAIT_S)
@@ -381,14 +389,20 @@ class Hypervisor:
                 raise HostUnavailable(f"libvirt at {self._uri}: {exc.get_error_message()}") from exc
         return conn
 
-    def migrate_offline(self, vm_id: str, dest_uri: str, *, shared_storage: bool = True) -> None:
+    def migrate_offline(self, vm_id: str, dest_uri: str, *, disk_moves: dict[str, str] | None = None) -> None:
         """Move the definition of a stopped domain to ``dest_uri`` (peer to peer): on return it is
-        defined there and no longer here. Disks are not copied (InvalidRequest without shared
-        storage). Raises NotFound, HostUnavailable, HypervisorError (e.g. the domain runs)."""
-        flags = migration_flags(live=False, shared_storage=shared_storage)
+        defined there and no longer here. Disks are not copied: ``disk_moves`` (source path ->
+        destination path) points the destination's definition at copies made beforehand.
+        Raises NotFound, HostUnavailable, HypervisorError (e.g. the domain runs)."""
+        flags = migration_flags(live=False, copy_disks=False)
         dom = self._require(vm_id)
         try:
-            dom.migrateToURI3(dest_uri, {}, flags)
+            params = {}
+            if disk_moves:
+                xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE | libvirt.VIR_DOMAIN_XML_INACTIVE
+                                  | libvirt.VIR_DOMAIN_XML_MIGRATABLE)
+                params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = with_disk_sources(xml, disk_moves)
+            dom.migrateToURI3(dest_uri, params, flags)
         except libvirt.libvirtError as exc:
             raise _migration_error(exc, vm_id, dest_uri) from exc
         log.info("offline migration done", vm_id=vm_id, dest_uri=dest_uri)
@@ -487,6 +501,32 @@ def free_disk_target(used: set[str]) -> str:
     raise Conflict(f"no free disk slot: {len(DATA_DISK_TARGETS)} data disks are attached already")
 
 
+def with_disk_sources(domain_xml: str, moves: dict[str, str]) -> str:
+    """The definition with each disk whose source file is a key of ``moves`` pointed at its value.
+    Raises InvalidRequest when a move names no disk of the domain."""
+    root = ET.fromstring(domain_xml)
+    missing = set(moves)
+    for source in root.findall("devices/disk/source"):
+        path = source.get("file")
+        if path in moves:
+            source.set("file", moves[path])
+            missing.discard(path)
+    if missing:
+        raise InvalidRequest(f"the domain has no disk at {', '.join(sorted(missing))}")
+    return ET.tostring(root, encoding="unicode")
+
+
+def disk_move_params(running_xml: str, persistent_xml: str, moves: dict[str, str]) -> dict:
+    """Migration parameters that copy the moved disks (and only those) into their new paths, in
+    the running domain and in the definition the destination keeps for the next boot."""
+    targets = [target for target, path in disk_sources(running_xml).items() if path in moves]
+    return {
+        libvirt.VIR_MIGRATE_PARAM_DEST_XML: with_disk_sources(running_xml, moves),
+        libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: with_disk_sources(persistent_xml, moves),
+        libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS: targets,
+    }
+
+
 def disk_device_xml(disk_path: str, target: str) -> str:
     disk = ET.Element("disk", type="file", device="disk")
     ET.SubElement(disk, "driver", name="qemu", type="qcow2")
@@ -505,21 +545,21 @@ _COMPLETED_EVENT_WAIT_S = 2.0
 _NO_JOB_CODES = {libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID}
 
 
-def migration_flags(*, live: bool, shared_storage: bool, auto_converge: bool = False,
+def migration_flags(*, live: bool, copy_disks: bool = False, auto_converge: bool = False,
                     post_copy: bool = False) -> int:
     """libvirt flags of a peer-to-peer migration that leaves the domain defined on the
     destination only. A plain shared directory needs UNSAFE (libvirt trusts only network
-    filesystems as shared); without shared storage live migration copies the disks along, while
-    an offline one cannot (InvalidRequest)."""
+    filesystems as shared). ``copy_disks``: a live migration copies the top layer of the disks
+    it is told of (their images are shared); an offline one never copies (InvalidRequest)."""
     flags = libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
     flags |= libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
     if not live:
-        if not shared_storage:
-            raise InvalidRequest("a cold migration copies no disks: it needs the VM's disks on "
-                                 "shared storage")
+        if copy_disks:
+            raise InvalidRequest("an offline migration copies no disks: copy them first")
         return flags | libvirt.VIR_MIGRATE_OFFLINE
-    flags |= libvirt.VIR_MIGRATE_LIVE
-    flags |= libvirt.VIR_MIGRATE_UNSAFE if shared_storage else libvirt.VIR_MIGRATE_NON_SHARED_DISK
+    flags |= libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_UNSAFE
+    if copy_disks:
+        flags |= libvirt.VIR_MIGRATE_NON_SHARED_INC
     if auto_converge:
         flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
     if post_copy:

@@ -43,10 +43,15 @@ class CompletedMigration:
     post_copy_requests: int = 0
 
 
+def disk_moves(request: MigrateRequest) -> dict[str, str]:
+    """source path -> destination path of each disk the migration carries along."""
+    return {move.source_path: move.dest_path for move in request.disk_moves}
+
+
 class MigrationHypervisor(Protocol):
     """What the loop needs of ``Hypervisor`` (blocking calls, run in threads)."""
 
-    def migrate_live(self, vm_id: str, dest_uri: str, *, shared_storage: bool, auto_converge: bool,
+    def migrate_live(self, vm_id: str, dest_uri: str, *, disk_moves: dict[str, str], auto_converge: bool,
                      post_copy: bool, bandwidth_mib_s: int, initial_downtime_ms: int | None
                      ) -> CompletedMigration | None: ...
     def job_stats(self, vm_id: str) -> MigrationProgress | None: ...
@@ -90,7 +95,7 @@ class LiveMigration:
         policy = self._policy
         migration = asyncio.ensure_future(self._call(
             self._hv.migrate_live, vm_id, self._req.dest_uri,
-            shared_storage=self._req.shared_storage, auto_converge=policy.auto_converge,
+            disk_moves=disk_moves(self._req), auto_converge=policy.auto_converge,
             post_copy=policy.post_copy, bandwidth_mib_s=policy.bandwidth_mib_s,
             initial_downtime_ms=self._progress.downtime_limit_ms or None,
         ))

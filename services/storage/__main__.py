@@ -21,7 +21,7 @@ from services.storage.pools import PoolRegistry
 from services.storage.settings import StorageSettings
 from services.storage.snapshots import VmSnapshots
 from services.storage.volume_activities import VolumeActivities
-from services.storage.volumes import VolumePool, root_volume_name
+from services.storage.volumes import RootVolumes
 from shared import subjects
 from shared.lifecycle import run_until_signalled
 from shared.logging import configure_logging
@@ -36,10 +36,8 @@ async def main(settings: StorageSettings) -> None:
     pools.ensure_dirs()
     shared = pools.shared
     catalog = ImageCatalog(shared.images_dir)
-    root_pool = VolumePool(shared.name, shared.path, catalog)
-
-    def root_disk_of(vm_id: str) -> Path:
-        return root_pool.path_of(root_volume_name(vm_id))
+    roots = RootVolumes(pools, catalog)
+    root_disk_of = roots.disk_of
 
     import_dirs = [Path(d) for d in settings.import_dirs] or [shared.path / "incoming"]
     for directory in import_dirs:
@@ -53,7 +51,7 @@ async def main(settings: StorageSettings) -> None:
     js = nc.jetstream()
     await ensure_event_stream(js, settings.event_stream)
     events = EventPublisher(js, "storage")
-    root_activities = StorageActivities(root_pool, events)
+    root_activities = StorageActivities(roots, events)
     image_activities = ImageActivities(shared.name, images, volumes, root_disk_of, events)
     volume_activities = VolumeActivities(volumes, snapshots, events)
 
@@ -69,6 +67,10 @@ async def main(settings: StorageSettings) -> None:
         activities=[
             root_activities.create_volume,
             root_activities.delete_volume,
+            root_activities.locate_root,
+            root_activities.copy_root,
+            root_activities.prepare_root,
+            root_activities.drop_root,
             image_activities.import_image,
             image_activities.create_template,
             image_activities.delete_image,

@@ -1,38 +1,70 @@
-"""Temporal activities of the storage service, on the task queue ``storage``."""
+"""Temporal activities on VMs' root volumes, on the task queue ``storage``."""
 
 from __future__ import annotations
 
 from temporalio import activity
 
-from services.storage.volumes import VolumePool, root_volume_name
+from services.storage.image_activities import operation_key
+from services.storage.volumes import RootVolumes, root_volume_name
 from shared import codec, subjects
 from shared.messaging import EventPublisher
-from shared.models import Volume, VolumeRef, VolumeRequest
+from shared.models import RootDisk, RootDiskRef, Volume, VolumeRef, VolumeRequest
 
 
 class StorageActivities:
-    def __init__(self, pool: VolumePool, events: EventPublisher) -> None:
-        self._pool = pool
+    def __init__(self, roots: RootVolumes, events: EventPublisher) -> None:
+        self._roots = roots
         self._events = events
+
+    async def _publish(self, pool: str, vm_id: str, event_type: str, body: dict) -> None:
+        volume_name = root_volume_name(vm_id)
+        await self._events.publish(
+            subjects.volume_event(pool, volume_name, event_type),
+            {"vm_id": vm_id, "volume": volume_name, "pool": pool, **body},
+            event_id=f"{operation_key()}-{pool}-{volume_name}-{event_type}",
+        )
 
     @activity.defn(name="storage.create_volume")
     async def create_volume(self, req: VolumeRequest) -> Volume:
-        """Idempotent. Raises NotFound for an unknown image, StorageError if qemu-img fails."""
-        volume, created = await self._pool.create_root(req)
+        """Idempotent. Raises InvalidRequest for an unknown pool, NotFound for an unknown image,
+        StorageError if qemu-img fails."""
+        volume, created = await self._roots.create(req)
         if created:
-            await self._events.publish(
-                subjects.volume_event(self._pool.name, volume.name, "created"),
-                {"vm_id": req.vm_id, **codec.to_jsonable(volume)},
-                event_id=f"{volume.name}-created",
-            )
+            await self._publish(volume.pool, req.vm_id, "created", codec.to_jsonable(volume))
         return volume
 
     @activity.defn(name="storage.delete_volume")
     async def delete_volume(self, ref: VolumeRef) -> None:
-        """Idempotent: a volume that is already gone is fine."""
-        if await self._pool.delete_root(ref.vm_id):
-            volume_name = root_volume_name(ref.vm_id)
-            await self._events.publish(
-                subjects.volume_event(self._pool.name, volume_name, "deleted"),
-                {"vm_id": ref.vm_id, "volume": volume_name},
-            )
+        """Remove the VM's root volume from every pool. Idempotent: one already gone is fine."""
+        for pool in await self._roots.delete(ref.vm_id):
+            await self._publish(pool, ref.vm_id, "deleted", {})
+
+    @activity.defn(name="storage.locate_root")
+    async def locate_root(self, ref: VolumeRef) -> RootDisk:
+        """Raises NotFound when no pool holds the VM's root volume."""
+        return self._roots.describe(ref.vm_id)
+
+    @activity.defn(name="storage.copy_root")
+    async def copy_root(self, ref: RootDiskRef) -> RootDisk:
+        """Copy the stopped VM's root volume into ``ref.pool`` (a cold migration to a host with
+        its own disks), heartbeating the bytes copied. Idempotent."""
+        copy, created = await self._roots.copy_to(ref.vm_id, ref.pool, lambda copied: activity.heartbeat(copied))
+        if created:
+            await self._publish(copy.pool, ref.vm_id, "created", {"path": copy.path, "copied": True})
+        return copy
+
+    @activity.defn(name="storage.prepare_root")
+    async def prepare_root(self, ref: RootDiskRef) -> RootDisk:
+        """An empty overlay in ``ref.pool`` for a live migration to fill. Idempotent. Raises
+        Conflict when the root volume has snapshots."""
+        copy, created = await self._roots.prepare_in(ref.vm_id, ref.pool)
+        if created:
+            await self._publish(copy.pool, ref.vm_id, "created", {"path": copy.path, "copied": False})
+        return copy
+
+    @activity.defn(name="storage.drop_root")
+    async def drop_root(self, ref: RootDiskRef) -> None:
+        """Remove the VM's root volume from ``ref.pool`` only (the copy a move left behind, or
+        one it abandoned). Absent is fine."""
+        for pool in await self._roots.delete(ref.vm_id, ref.pool):
+            await self._publish(pool, ref.vm_id, "deleted", {})

@@ -174,7 +174,7 @@ class VolumeStore:
         if image is None:
             await qemu_img.create_empty(str(partial), req.size_gib)
         elif req.clone is CloneMode.THIN:
-            await qemu_img.create_overlay(str(partial), image.disk_path, req.size_gib)
+            await qemu_img.create_overlay(str(partial), image.disk_path, req.size_gib * GIB)
         else:
             await qemu_img.convert(image.disk_path, "qcow2", str(partial), on_wait=on_wait)
             await qemu_img.resize(str(partial), req.size_gib)

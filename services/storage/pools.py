@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.errors import InvalidRequest
-from shared.storage_models import PoolKind, PoolView, check_name
+from shared.storage_models import PoolKind, PoolView, check_name, local_pool_name
 
 
 @dataclass(frozen=True)
@@ -29,10 +29,6 @@ class Pool:
 
     def reachable_from(self, host_id: str | None) -> bool:
         return self.kind is PoolKind.SHARED or self.host_id == host_id
-
-
-def local_pool_name(host_id: str) -> str:
-    return f"local-{host_id}"
 
 
 class PoolRegistry:

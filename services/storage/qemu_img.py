@@ -64,9 +64,9 @@ async def info(path: str, *, shared: bool = True, untrusted: bool = False, timeo
     return json.loads(await run(*args, timeout_s=timeout_s, untrusted=untrusted))
 
 
-async def create_overlay(path: str, backing_path: str, size_gib: int) -> None:
-    """A qcow2 thin clone of ``backing_path`` with virtual size ``size_gib``."""
-    await run("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing_path, path, f"{size_gib}G")
+async def create_overlay(path: str, backing_path: str, size_bytes: int) -> None:
+    """A qcow2 thin clone of ``backing_path`` with virtual size ``size_bytes``."""
+    await run("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing_path, path, str(size_bytes))
 
 
 async def create_empty(path: str, size_gib: int) -> None:

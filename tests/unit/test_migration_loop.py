@@ -11,7 +11,14 @@ from collections.abc import Callable
 import libvirt
 import pytest
 
-from services.host_worker.hypervisor import completed_from_job_stats, migration_flags, progress_from_job_stats
+from services.host_worker.hypervisor import (
+    completed_from_job_stats,
+    disk_move_params,
+    disk_sources,
+    migration_flags,
+    progress_from_job_stats,
+    with_disk_sources,
+)
 from services.host_worker.migration import CompletedMigration, LiveMigration
 from shared.errors import HostUnavailable, HypervisorError, InvalidRequest, Timeout
 from shared.migration import ConvergencePolicy, MigrateRequest, MigrationProgress
@@ -44,10 +51,10 @@ class FakeHypervisor:
 
     # -- what the loop calls ---------------------------------------------------------------------
 
-    def migrate_live(self, vm_id, dest_uri, *, shared_storage, auto_converge, post_copy, bandwidth_mib_s,
+    def migrate_live(self, vm_id, dest_uri, *, disk_moves, auto_converge, post_copy, bandwidth_mib_s,
                      initial_downtime_ms):
         self.migrate_calls += 1
-        self.flags = dict(shared_storage=shared_storage, auto_converge=auto_converge, post_copy=post_copy,
+        self.flags = dict(disk_moves=disk_moves, auto_converge=auto_converge, post_copy=post_copy,
                           bandwidth_mib_s=bandwidth_mib_s)
         self.initial_downtime_ms = initial_downtime_ms
         if self.fail_with is not None:
@@ -109,7 +116,7 @@ async def test_a_converging_migration_completes_without_escalation_and_reports_p
     assert (result.vm_id, result.dest_host_id, result.downtime_ms, result.elapsed_ms) == (VM, "h2", 42, 1234)
     assert result.data_transferred_mib == 150 and result.final_downtime_limit_ms == 100
     assert fake.initial_downtime_ms == 100 and fake.downtimes == [] and fake.aborts == 0
-    assert fake.flags == dict(shared_storage=True, auto_converge=True, post_copy=False, bandwidth_mib_s=0)
+    assert fake.flags == dict(disk_moves={}, auto_converge=True, post_copy=False, bandwidth_mib_s=0)
     assert reports and reports[-1].data_remaining_mib < reports[0].data_remaining_mib
     assert all(r.downtime_limit_ms == 100 for r in reports)
 
@@ -196,10 +203,25 @@ def test_job_stats_become_progress_in_mib_and_mib_per_second():
 def test_migration_flags_follow_storage_and_policy():
     base = libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
     base |= libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
-    live = base | libvirt.VIR_MIGRATE_LIVE
-    assert migration_flags(live=True, shared_storage=True) == live | libvirt.VIR_MIGRATE_UNSAFE
-    assert migration_flags(live=True, shared_storage=False, auto_converge=True, post_copy=True) == (
-        live | libvirt.VIR_MIGRATE_NON_SHARED_DISK | libvirt.VIR_MIGRATE_AUTO_CONVERGE | libvirt.VIR_MIGRATE_POSTCOPY)
-    assert migration_flags(live=False, shared_storage=True) == base | libvirt.VIR_MIGRATE_OFFLINE
-    with pytest.raises(InvalidRequest, match="a cold migration copies no disks"):
-        migration_flags(live=False, shared_storage=False)
+    live = base | libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_UNSAFE
+    assert migration_flags(live=True) == live
+    assert migration_flags(live=True, copy_disks=True, auto_converge=True, post_copy=True) == (
+        live | libvirt.VIR_MIGRATE_NON_SHARED_INC | libvirt.VIR_MIGRATE_AUTO_CONVERGE | libvirt.VIR_MIGRATE_POSTCOPY)
+    assert migration_flags(live=False) == base | libvirt.VIR_MIGRATE_OFFLINE
+    with pytest.raises(InvalidRequest, match="an offline migration copies no disks"):
+        migration_flags(live=False, copy_disks=True)
+
+
+def test_moved_disks_point_at_their_copies_and_only_they_are_copied():
+    xml = """<domain type='qemu'><name>vm</name><devices>
+      <disk type='file' device='disk'><source file='/h1/pool/volumes/vm-a-root.qcow2'/><target dev='vda'/></disk>
+      <disk type='file' device='disk'><source file='/shared/volumes/data.qcow2'/><target dev='vdb'/></disk>
+    </devices></domain>"""
+    moves = {"/h1/pool/volumes/vm-a-root.qcow2": "/h2/pool/volumes/vm-a-root.qcow2"}
+    params = disk_move_params(xml, xml, moves)
+    assert params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] == ["vda"]
+    for kept in (libvirt.VIR_MIGRATE_PARAM_DEST_XML, libvirt.VIR_MIGRATE_PARAM_PERSIST_XML):
+        assert disk_sources(params[kept]) == {
+            "vda": "/h2/pool/volumes/vm-a-root.qcow2", "vdb": "/shared/volumes/data.qcow2"}
+    with pytest.raises(InvalidRequest, match="no disk at /elsewhere"):
+        with_disk_sources(xml, {"/elsewhere": "/x"})

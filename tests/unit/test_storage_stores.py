@@ -19,7 +19,7 @@ from services.storage.image_checks import ImageLimits
 from services.storage.images import ImageStore
 from services.storage.pools import PoolRegistry
 from services.storage.snapshots import VmSnapshots
-from services.storage.volumes import VolumePool, root_volume_name
+from services.storage.volumes import RootVolumes, root_volume_name
 from shared.errors import Conflict, InvalidRequest, NotFound, StorageError
 from shared.models import VolumeRequest
 from shared.storage_models import (
@@ -43,7 +43,7 @@ def qemu(*args: str) -> str:
 
 class Pools:
     def __init__(self, root: Path) -> None:
-        self.registry = PoolRegistry.from_settings("shared", str(root / "shared"), {"h1": str(root / "h1")})
+        self.registry = PoolRegistry.from_settings("shared", str(root / "shared"), {"h1": str(root / "h1"), "h2": str(root / "h2")})
         self.registry.ensure_dirs()
         shared = self.registry.shared
         base = shared.images_dir / "base"
@@ -58,13 +58,13 @@ class Pools:
         self.incoming = shared.path / "incoming"
         self.incoming.mkdir()
         self.catalog = ImageCatalog(shared.images_dir)
-        self.root_pool = VolumePool("shared", shared.path, self.catalog)
+        self.roots = RootVolumes(self.registry, self.catalog)
         self.volumes = VolumeStore(self.registry, self.catalog, max_volume_gib=8)
         self.images = ImageStore(shared, self.catalog, ImageLimits(4, 1), [self.incoming])
         self.snapshots = VmSnapshots(self.root_disk, self.volumes, 30.0)
 
     def root_disk(self, vm_id: str) -> Path:
-        return self.root_pool.path_of(root_volume_name(vm_id))
+        return self.roots.disk_of(vm_id)
 
 
 @pytest.fixture
@@ -116,7 +116,7 @@ async def test_resize_grows_only(pools):
         await v.resize(VolumeResizeRequest("d1", 2))
     with pytest.raises(NotFound):
         await v.resize(VolumeResizeRequest("nope", 2))
-    await pools.root_pool.create_root(VolumeRequest(VM_A, "base", 1))
+    await pools.roots.create(VolumeRequest(VM_A, "base", 1))
     with pytest.raises(Conflict, match="root disk"):
         await v.resize(VolumeResizeRequest(root_volume_name(VM_A), 2))
 
@@ -169,7 +169,7 @@ async def test_import_refuses_without_copying(pools):
 
 
 async def test_delete_image_only_when_unused(pools):
-    volume, _ = await pools.root_pool.create_root(VolumeRequest(VM_A, "base", 1))
+    volume, _ = await pools.roots.create(VolumeRequest(VM_A, "base", 1))
     with pytest.raises(Conflict, match=f"in use by 1 volume.*{root_volume_name(VM_A)}"):
         await pools.images.delete("base", pools.volumes.backed_by)
     Path(volume.path).unlink()
@@ -179,7 +179,7 @@ async def test_delete_image_only_when_unused(pools):
 
 
 async def test_template_flattens_the_disk_and_keeps_the_boot_spec(pools):
-    volume, _ = await pools.root_pool.create_root(VolumeRequest(VM_A, "base", 2))
+    volume, _ = await pools.roots.create(VolumeRequest(VM_A, "base", 2))
     qemu("qemu-io", "-f", "qcow2", "-c", "write -P 0xab 0 64k", volume.path)
     req = TemplateRequest("tpl", VM_A, "web", "base")
     view, created = await pools.images.create_template(req, Path(volume.path), "op-1")
@@ -199,7 +199,7 @@ async def test_template_flattens_the_disk_and_keeps_the_boot_spec(pools):
 
 
 async def test_snapshots_cover_root_and_attached_disks(pools):
-    root, _ = await pools.root_pool.create_root(VolumeRequest(VM_A, "base", 1))
+    root, _ = await pools.roots.create(VolumeRequest(VM_A, "base", 1))
     data, _ = await pools.volumes.create(VolumeCreateRequest("d1", "local-h1", 1), "op")
     await pools.volumes.claim(AttachmentClaim("d1", VM_A))
     snap, taken = await pools.snapshots.create(VM_A, "s1")
@@ -218,6 +218,38 @@ async def test_snapshots_cover_root_and_attached_disks(pools):
     assert (await pools.snapshots.list(VM_A)).snapshots == ()
     with pytest.raises(NotFound, match="no root disk"):
         await pools.snapshots.list(VM_B)
+
+
+async def test_root_volumes_live_in_a_local_pool_and_follow_their_vm(pools):
+    root, created = await pools.roots.create(VolumeRequest(VM_A, "base", 2, pool="local-h1"))
+    assert created and root.pool == "local-h1" and pools.roots.describe(VM_A).host_id == "h1"
+    assert pools.roots.disk_of(VM_A) == Path(root.path)  # snapshots and templates find it there
+    qemu("qemu-io", "-f", "qcow2", "-c", "write -P 0xcd 1M 64k", root.path)
+    await pools.snapshots.create(VM_A, "before-move")
+
+    # Cold: the whole file, data and snapshots, lands in h2's pool; the image stays shared.
+    seen: list[int] = []
+    copy, created = await pools.roots.copy_to(VM_A, "local-h2", seen.append)
+    assert created and copy.pool == "local-h2" and copy.host_id == "h2" and copy.snapshot_count == 1
+    qemu("qemu-io", "-f", "qcow2", "-c", "read -P 0xcd 1M 64k", copy.path)
+    assert json.loads(qemu("qemu-img", "info", "--output=json", copy.path))["backing-filename"].endswith("disk.qcow2")
+    assert (await pools.roots.copy_to(VM_A, "local-h2", seen.append))[1] is False  # a retry copies nothing
+    with pytest.raises(Conflict, match="1 snapshot"):  # a live copy would lose them
+        await pools.roots.prepare_in(VM_A, "local-h2")
+    assert await pools.roots.delete(VM_A, "local-h1") == ["local-h1"]
+    assert pools.roots.describe(VM_A).pool == "local-h2"
+
+    # Live: an empty overlay on the same image, the same virtual size, for the migration to fill.
+    await pools.snapshots.delete(VM_A, "before-move")
+    target, created = await pools.roots.prepare_in(VM_A, "local-h1")
+    info = json.loads(qemu("qemu-img", "info", "--output=json", target.path))
+    assert created and info["virtual-size"] == 2 * 1024**3 and info["backing-filename"].endswith("disk.qcow2")
+    qemu("qemu-io", "-f", "qcow2", "-c", "read -P 0x00 1M 64k", target.path)
+    with pytest.raises(InvalidRequest, match="unknown pool 'local-h9'"):
+        await pools.roots.copy_to(VM_A, "local-h9", seen.append)
+    assert sorted(await pools.roots.delete(VM_A)) == ["local-h1", "local-h2"]
+    with pytest.raises(NotFound, match="no root volume"):
+        pools.roots.describe(VM_A)
 
 
 async def test_a_locked_disk_is_a_conflict(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from contextlib import AsyncExitStack
 from datetime import timedelta
 
@@ -25,14 +26,17 @@ from shared.models import (
     HostView,
     Placement,
     PlacementRequest,
+    RootDisk,
+    RootDiskRef,
     VmList,
     VmRecordUpdate,
     VmState,
     VmSummary,
+    VolumeRef,
 )
 from workflows.maintenance import HostMaintenance
 from workflows.migrate import LiveMigrate
-from workflows.steps import INVENTORY_QUEUE, ORCHESTRATOR_QUEUE, host_queue
+from workflows.steps import INVENTORY_QUEUE, ORCHESTRATOR_QUEUE, STORAGE_QUEUE, host_queue
 
 HOSTS = ("h1", "h2")
 
@@ -40,8 +44,13 @@ HOSTS = ("h1", "h2")
 class Fleet:
     """Where each VM runs, and a log of what was asked."""
 
-    def __init__(self, where: dict[str, str], refuse: set[str] = frozenset(), slow_s: float = 0.0) -> None:
+    def __init__(self, where: dict[str, str], refuse: set[str] = frozenset(), slow_s: float = 0.0,
+                 local_disks: bool = False) -> None:
         self.where = dict(where)
+        # The pools holding each VM's root volume: the shared one, or its host's own.
+        self.disks = {vm_id: {f"local-{host}" if local_disks else "shared"} for vm_id, host in where.items()}
+        self.requests: list[MigrateRequest] = []
+        self.host_state = "running"  # what libvirt says of a VM on its host
         self.refuse = refuse  # VMs whose migration fails
         self.slow_s = slow_s
         self.calls: list[str] = []
@@ -51,11 +60,12 @@ class Fleet:
     def host_activities(self, host_id: str):
         @activity.defn(name="host.domain_status")
         async def domain_status(req: BootWaitRequest) -> DomainStatus:
-            return DomainStatus(req.vm_id, "running" if self.where.get(req.vm_id) == host_id else "absent")
+            return DomainStatus(req.vm_id, self.host_state if self.where.get(req.vm_id) == host_id else "absent")
 
         @activity.defn(name="host.migrate_domain")
         async def migrate(req: MigrateRequest) -> MigrateResult:
             self.calls.append(f"migrate {req.vm_id[:4]} {host_id}->{req.dest_host_id}")
+            self.requests.append(req)
             try:
                 for _ in range(int(self.slow_s * 10)):  # cancellation arrives with heartbeats
                     activity.heartbeat()
@@ -69,6 +79,37 @@ class Fleet:
             return MigrateResult(req.vm_id, req.dest_host_id, 600, 40, 128, 100)
 
         return [domain_status, migrate]
+
+    def storage_activities(self):
+        def path(ref: RootDiskRef) -> str:
+            return f"/{ref.pool}/vm-{ref.vm_id}-root.qcow2"
+
+        def disk(ref: RootDiskRef) -> RootDisk:
+            host = ref.pool.removeprefix("local-") if ref.pool != "shared" else None
+            return RootDisk(ref.vm_id, ref.pool, path(ref), host)
+
+        @activity.defn(name="storage.locate_root")
+        async def locate(ref: VolumeRef) -> RootDisk:
+            return disk(RootDiskRef(ref.vm_id, sorted(self.disks[ref.vm_id])[0]))
+
+        @activity.defn(name="storage.copy_root")
+        async def copy(ref: RootDiskRef) -> RootDisk:
+            self.calls.append(f"copy {ref.pool}")
+            self.disks[ref.vm_id].add(ref.pool)
+            return disk(ref)
+
+        @activity.defn(name="storage.prepare_root")
+        async def prepare(ref: RootDiskRef) -> RootDisk:
+            self.calls.append(f"prepare {ref.pool}")
+            self.disks[ref.vm_id].add(ref.pool)
+            return disk(ref)
+
+        @activity.defn(name="storage.drop_root")
+        async def drop(ref: RootDiskRef) -> None:
+            self.calls.append(f"drop {ref.pool}")
+            self.disks[ref.vm_id].discard(ref.pool)
+
+        return [locate, copy, prepare, drop]
 
     def control_activities(self):
         @activity.defn(name="scheduler.place")
@@ -114,6 +155,8 @@ async def run(env, fleet: Fleet, vms: list[VmSummary], workflow_run, arg, workfl
                                                activities=fleet.control_activities()))
         await stack.enter_async_context(Worker(env.client, task_queue=INVENTORY_QUEUE,
                                                activities=fleet.inventory_activities(vms)))
+        await stack.enter_async_context(Worker(env.client, task_queue=STORAGE_QUEUE,
+                                               activities=fleet.storage_activities()))
         for host in HOSTS:
             # As the host-worker does: heartbeats (and so cancellations) travel within seconds.
             await stack.enter_async_context(Worker(env.client, task_queue=host_queue(host),
@@ -143,6 +186,26 @@ async def test_failed_migration_leaves_the_vm_recorded_on_its_source(env):
     assert f"release {web.vm_id[:4]}" in fleet.calls
     last = fleet.records[-1]
     assert (last.host_id, last.state, last.step) == ("h1", VmState.RUNNING, "failed")
+
+
+async def test_a_disk_on_the_source_host_moves_with_its_vm(env):
+    web = vm("web")
+    fleet = Fleet({web.vm_id: "h1"}, local_disks=True)
+    assert await run(env, fleet, [web], LiveMigrate.run, MigrateInput(web), f"vm-{web.vm_id}-migrate-4") == "h2"
+    assert fleet.disks[web.vm_id] == {"local-h2"}
+    assert [c for c in fleet.calls if c.split()[0] in ("prepare", "copy", "drop")] == ["prepare local-h2", "drop local-h1"]
+    (move,) = fleet.requests[-1].disk_moves
+    assert (move.source_path, move.dest_path) == (f"/local-h1/vm-{web.vm_id}-root.qcow2",
+                                                  f"/local-h2/vm-{web.vm_id}-root.qcow2")
+
+    # Cold: the disk is copied whole first; when the move fails the copy goes, the original stays.
+    db = replace(vm("db"), state=VmState.STOPPED)
+    fleet = Fleet({db.vm_id: "h1"}, refuse={db.vm_id}, local_disks=True)
+    fleet.host_state = "shutoff"
+    with pytest.raises(WorkflowFailureError):
+        await run(env, fleet, [db], LiveMigrate.run, MigrateInput(db), f"vm-{db.vm_id}-migrate-5")
+    assert fleet.disks[db.vm_id] == {"local-h1"} and fleet.requests[-1].live is False
+    assert [c for c in fleet.calls if c.split()[0] in ("prepare", "copy", "drop")] == ["copy local-h2", "drop local-h2"]
 
 
 async def test_cancelled_migration_aborts_and_stays_on_the_source(env):

@@ -108,7 +108,7 @@ async def create_vm(body: VmCreate, response: Response, p: Platform = Depends(ge
         await p.temporal.start_workflow(
             "ProvisionVm",
             ProvisionInput(
-                vm.id, vm.name, tenant, VmSpec(vm.vcpus, vm.memory_mib, vm.disk_gib, vm.image),
+                vm.id, vm.name, tenant, VmSpec(vm.vcpus, vm.memory_mib, vm.disk_gib, vm.image, vm.storage),
                 boot_timeout_s=p.settings.boot_timeout_s,
                 domain_types=image.domain_types,
                 required_labels=tuple(vm.required_labels),

@@ -1,0 +1,70 @@
+"""A VM whose root disk lives on its host's own pool takes the disk along when it moves: copied
+by libvirt while the guest runs, copied whole while it is stopped. Checked with qemu-io and virsh:
+the data is on the new host's pool, nothing is left on the old one."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from tests.integration.libvirt_probe import wait_until
+from tests.integration.test_migration import MARKER, agree, cleanup, counters, migrate, provision  # noqa: F401
+
+PATTERN = ("0x5a", "4M", "64k")  # byte, offset, length
+
+
+def qemu_io(disk: Path, command: str) -> None:
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", command, str(disk)], check=True, capture_output=True,
+                   timeout=30)
+
+
+def power(api, vm_id: str, action: str) -> None:
+    body = {"force": True} if action == "stop" else None
+    op = api.call("POST", f"/v1/vms/{vm_id}/{action}", json=body)
+    assert api.wait_operation(op["operation_id"], timeout_s=240)["state"] == "succeeded"
+
+
+def test_a_local_disk_moves_with_its_vm_live_and_cold(stack_cfg, api, probe, cleanup):
+    vm = provision(api, storage="local")
+    cleanup.append(vm["id"])
+    home = vm["host_id"]
+    assert vm["storage"] == "local"
+
+    def pool_disk(host: str) -> Path:
+        return stack_cfg.root / "lab" / "hosts" / host / "pool" / "volumes" / f"vm-{vm['id']}-root.qcow2"
+
+    assert probe.disk_path(home, vm["id"]) == pool_disk(home)
+    # Data of the VM's own, on the top layer of its disk: the part a move has to carry.
+    power(api, vm["id"], "stop")
+    qemu_io(pool_disk(home), "write -P {} {} {}".format(*PATTERN))
+    power(api, vm["id"], "start")
+    console = probe.console_path(home, vm["id"])
+    wait_until(lambda: counters(console.read_text(errors="replace")), 60, what="the guest to count")
+
+    # Live: the guest keeps counting, its disk is now on the target's pool and only there.
+    target = next(h for h in ("h1", "h2", "h3") if h != home)
+    before = counters(console.read_text(errors="replace"))
+    op = migrate(api, vm["id"], target_host_id=target)
+    assert op["state"] == "succeeded", op
+    assert agree(api, probe, vm["id"]) == target
+    assert probe.disk_path(target, vm["id"]) == pool_disk(target)
+    assert not pool_disk(home).exists()
+    wait_until(lambda: counters(console.read_text(errors="replace"))[-1] > before[-1] + 1, 20,
+               what="the counter to go on after the move")
+    assert console.read_text(errors="replace").count(MARKER) == 2  # the first boot and the restart only
+
+    # Cold, back home: the whole disk is copied, the data with it.
+    power(api, vm["id"], "stop")
+    assert probe.disk_path(target, vm["id"]) == pool_disk(target)  # the kept definition moved too
+    qemu_io(pool_disk(target), "read -P {} {} {}".format(*PATTERN))
+    op = migrate(api, vm["id"], target_host_id=home)
+    assert op["state"] == "succeeded", op
+    assert agree(api, probe, vm["id"]) == home and probe.state(home, vm["id"]) == "shut off"
+    assert probe.disk_path(home, vm["id"]) == pool_disk(home) and not pool_disk(target).exists()
+    qemu_io(pool_disk(home), "read -P {} {} {}".format(*PATTERN))
+    power(api, vm["id"], "start")
+    assert probe.state(home, vm["id"]) == "running"
+
+    op = api.wait_operation(api.call("DELETE", f"/v1/vms/{vm['id']}")["operation_id"], timeout_s=120)
+    assert op["state"] == "succeeded"
+    assert probe.where(vm["id"]) == [] and not any(pool_disk(h).exists() for h in ("h1", "h2", "h3"))
