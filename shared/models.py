@@ -141,6 +141,8 @@ class RootDisk:
     path: str
     host_id: str | None
     snapshot_count: int = 0
+    # Data volumes attached to the VM from a host's own pool: a move does not carry them.
+    local_data_volumes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

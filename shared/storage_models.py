@@ -241,6 +241,7 @@ class AttachmentClaim:
     volume: str
     vm_id: str
     stale_attachment: str | None = None
+    host_id: str | None = None  # the VM's host, which must reach the volume's pool
 
 
 @dataclass(frozen=True)

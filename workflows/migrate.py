@@ -67,7 +67,11 @@ class LiveMigrate:
                                        type="conflict", non_retryable=True)
             root = await steps.locate_root(vm.vm_id)
             if root.host_id not in (None, source):
-                raise ApplicationError(f"the VM runs on {source} but its root disk is in {root.pool}",
+                raise ApplicationError(f"the VM is on {source} but its root disk is in {root.pool}",
+                                       type="conflict", non_retryable=True)
+            if root.local_data_volumes:
+                raise ApplicationError(f"data volume(s) {', '.join(root.local_data_volumes)} on {source}'s own "
+                                       "pool cannot move with the VM: detach them first",
                                        type="conflict", non_retryable=True)
             self._progress.advance("place")
             placement = await steps.place(PlacementRequest(

@@ -175,7 +175,7 @@ class AttachVolume(StorageOperation):
     async def run(self, inp: AttachmentInput) -> str:
         """Claim the volume for the VM, then attach it on the VM's host. A failure undoes both.
         Returns the disk's target on the guest (vdb, ...)."""
-        claim = AttachmentClaim(inp.volume, inp.vm_id, inp.stale_attachment)
+        claim = AttachmentClaim(inp.volume, inp.vm_id, inp.stale_attachment, inp.host_id)
 
         async def body() -> str:
             saga = Saga()

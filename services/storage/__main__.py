@@ -51,7 +51,7 @@ async def main(settings: StorageSettings) -> None:
     js = nc.jetstream()
     await ensure_event_stream(js, settings.event_stream)
     events = EventPublisher(js, "storage")
-    root_activities = StorageActivities(roots, events)
+    root_activities = StorageActivities(roots, volumes, events)
     image_activities = ImageActivities(shared.name, images, volumes, root_disk_of, events)
     volume_activities = VolumeActivities(volumes, snapshots, events)
 

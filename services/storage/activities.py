@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
+
 from temporalio import activity
 
+from services.storage.data_volumes import VolumeStore
 from services.storage.image_activities import operation_key
 from services.storage.volumes import RootVolumes, root_volume_name
 from shared import codec, subjects
@@ -12,8 +16,9 @@ from shared.models import RootDisk, RootDiskRef, Volume, VolumeRef, VolumeReques
 
 
 class StorageActivities:
-    def __init__(self, roots: RootVolumes, events: EventPublisher) -> None:
+    def __init__(self, roots: RootVolumes, volumes: VolumeStore, events: EventPublisher) -> None:
         self._roots = roots
+        self._volumes = volumes
         self._events = events
 
     async def _publish(self, pool: str, vm_id: str, event_type: str, body: dict) -> None:
@@ -41,8 +46,11 @@ class StorageActivities:
 
     @activity.defn(name="storage.locate_root")
     async def locate_root(self, ref: VolumeRef) -> RootDisk:
-        """Raises NotFound when no pool holds the VM's root volume."""
-        return self._roots.describe(ref.vm_id)
+        """Where the VM's root volume is, and which of its data volumes are on a host's own pool.
+        Raises NotFound when no pool holds the root volume."""
+        root = self._roots.describe(ref.vm_id)
+        attached = await asyncio.to_thread(self._volumes.attached_to, ref.vm_id)
+        return replace(root, local_data_volumes=tuple(v.name for v in attached if v.host_id))
 
     @activity.defn(name="storage.copy_root")
     async def copy_root(self, ref: RootDiskRef) -> RootDisk:

@@ -228,11 +228,15 @@ class VolumeStore:
 
     async def claim(self, claim: AttachmentClaim) -> VolumeView:
         """Record that the volume is attached to ``vm_id``; claiming it again for the same VM is
-        fine. Raises NotFound, or Conflict if another VM holds it or it is a root disk."""
+        fine. Raises NotFound, or Conflict if another VM holds it, it is a root disk, or it is in
+        another host's local pool."""
         async with locked(self._lock(claim.volume)):
             volume = self.view(claim.volume)
             if volume.kind is VolumeKind.ROOT:
                 raise Conflict(f"'{claim.volume}' is the root disk of VM {volume.vm_id}")
+            if claim.host_id and not self._pools.get(volume.pool).reachable_from(claim.host_id):
+                raise Conflict(f"volume '{claim.volume}' is in pool {volume.pool}, which host {claim.host_id} "
+                               "cannot reach: attach it to a VM on that host")
             if volume.vm_id not in (None, claim.vm_id, claim.stale_attachment):
                 raise Conflict(f"volume '{claim.volume}' is attached to VM {volume.vm_id}")
             self._set_attachment(volume, claim.vm_id)

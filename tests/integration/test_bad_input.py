@@ -59,6 +59,7 @@ def expect_error(api, method: str, path: str, status: int, reason: str, **kwargs
         ({"host": "h1"}, "host: Extra inputs are not permitted"),
         ({"placement_group_id": "pg-nope"}, "unknown placement group 'pg-nope'"),
         ({"required_labels": ["<gpu>"]}, "required_labels: label '<gpu>' must be"),
+        ({"storage": "nfs"}, "storage: Input should be 'shared' or 'local'"),
     ],
 )
 def test_bad_create_requests_are_refused_and_change_nothing(api, world, override, reason):

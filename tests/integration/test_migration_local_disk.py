@@ -24,6 +24,16 @@ def power(api, vm_id: str, action: str) -> None:
     assert api.wait_operation(op["operation_id"], timeout_s=240)["state"] == "succeeded"
 
 
+def succeeded(api, accepted: dict) -> dict:
+    op = api.wait_operation(accepted["operation_id"], timeout_s=120)
+    assert op["state"] == "succeeded", op
+    return op
+
+
+def root_path(stack_cfg, host: str, vm_id: str) -> Path:
+    return stack_cfg.root / "lab" / "hosts" / host / "pool" / "volumes" / f"vm-{vm_id}-root.qcow2"
+
+
 def test_a_local_disk_moves_with_its_vm_live_and_cold(stack_cfg, api, probe, cleanup):
     vm = provision(api, storage="local")
     cleanup.append(vm["id"])
@@ -31,7 +41,7 @@ def test_a_local_disk_moves_with_its_vm_live_and_cold(stack_cfg, api, probe, cle
     assert vm["storage"] == "local"
 
     def pool_disk(host: str) -> Path:
-        return stack_cfg.root / "lab" / "hosts" / host / "pool" / "volumes" / f"vm-{vm['id']}-root.qcow2"
+        return root_path(stack_cfg, host, vm["id"])
 
     assert probe.disk_path(home, vm["id"]) == pool_disk(home)
     # Data of the VM's own, on the top layer of its disk: the part a move has to carry.
@@ -68,3 +78,38 @@ def test_a_local_disk_moves_with_its_vm_live_and_cold(stack_cfg, api, probe, cle
     op = api.wait_operation(api.call("DELETE", f"/v1/vms/{vm['id']}")["operation_id"], timeout_s=120)
     assert op["state"] == "succeeded"
     assert probe.where(vm["id"]) == [] and not any(pool_disk(h).exists() for h in ("h1", "h2", "h3"))
+
+
+def test_what_cannot_move_with_a_local_disk_is_refused_and_nothing_is_left(stack_cfg, api, probe, cleanup):
+    vm = provision(api, storage="local")
+    cleanup.append(vm["id"])
+    home = vm["host_id"]
+    target = next(h for h in ("h1", "h2", "h3") if h != home)
+
+    def refused(reason: str) -> None:
+        op = migrate(api, vm["id"], target_host_id=target)
+        assert op["state"] == "failed" and reason in op["error"]["message"], op
+        assert agree(api, probe, vm["id"]) == home
+        assert not root_path(stack_cfg, target, vm["id"]).exists()
+        assert root_path(stack_cfg, home, vm["id"]).exists()
+
+    # A data volume on the host's own disk would be left behind: detach it first.
+    name = f"data-{vm['id'][:8]}"
+    succeeded(api, api.call("POST", "/v1/volumes", json={"name": name, "pool": f"local-{home}", "size_gib": 1}))
+    succeeded(api, api.call("POST", f"/v1/volumes/{name}/attach", json={"vm_id": vm["id"]}))
+    refused(f"data volume(s) {name} on {home}'s own pool cannot move with the VM")
+    assert api.call("GET", f"/v1/vms/{vm['id']}")["state"] == "running"
+    succeeded(api, api.call("POST", f"/v1/volumes/{name}/detach"))
+    succeeded(api, api.call("DELETE", f"/v1/volumes/{name}"))
+
+    # Snapshots live inside the disk file: a live copy would lose them, a cold copy keeps them.
+    power(api, vm["id"], "stop")
+    succeeded(api, api.call("POST", f"/v1/vms/{vm['id']}/snapshots", json={"name": "keep"}))
+    power(api, vm["id"], "start")
+    refused("has 1 snapshot(s), which a live copy of its disk would lose")
+    assert api.call("GET", f"/v1/vms/{vm['id']}")["state"] == "running"
+    power(api, vm["id"], "stop")
+    op = migrate(api, vm["id"], target_host_id=target)
+    assert op["state"] == "succeeded", op
+    assert agree(api, probe, vm["id"]) == target and not root_path(stack_cfg, home, vm["id"]).exists()
+    assert [s["name"] for s in api.call("GET", f"/v1/vms/{vm['id']}/snapshots")] == ["keep"]

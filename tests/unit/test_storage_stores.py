@@ -139,6 +139,12 @@ async def test_claims_keep_a_volume_on_one_vm(pools):
     assert await v.delete(VolumeDeleteRequest("d1")) is None  # absent is fine
     assert list(pools.registry.shared.volumes_dir.iterdir()) == []
 
+    # A host's own pool is for VMs on that host only.
+    await v.create(VolumeCreateRequest("d2", "local-h1", 1), "op")
+    with pytest.raises(Conflict, match="in pool local-h1, which host h2 cannot reach"):
+        await v.claim(AttachmentClaim("d2", VM_A, host_id="h2"))
+    assert (await v.claim(AttachmentClaim("d2", VM_A, host_id="h1"))).vm_id == VM_A
+
 
 async def test_import_checks_converts_and_is_idempotent(pools):
     qemu("truncate", "-s", "64M", str(pools.incoming / "disk.raw"))
