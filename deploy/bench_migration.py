@@ -8,6 +8,10 @@ Both move a running 128 MiB lab guest back and forth between lab hosts h1 and h2
 - platform: POST /v1/vms/{id}/migrate -> the LiveMigrate operation is done (checks, placement
   on the target, the same libvirt migration with its convergence loop, the inventory record);
   downtime from the same job stats, as the operation reports them.
+
+With ``storage="local"`` each root disk lives on its host's own pool and moves along: the
+baseline creates the empty overlay on the destination and copies the disk's top layer in the
+same libvirt call (NON_SHARED_INC), timed together, as the platform does.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ def _percentile_line(label: str, samples_s: list[float], downtimes_ms: list[int]
     return f"{label:10} {stats.n:>3} {stats.p50_s:>8.3f} {stats.p95_s:>8.3f} {down}"
 
 
-def run_migration_bench(run_dir: Path, count: int, say: Callable[[str], None]) -> None:
+def run_migration_bench(run_dir: Path, count: int, say: Callable[[str], None], storage: str = "shared") -> None:
     cfg = _running_stack(run_dir)
     the_lab = lab.load_lab(cfg.lab_name, cfg.root / "lab")
     hosts = {h.host_id: h for h in the_lab.hosts} if the_lab else {}
@@ -59,13 +63,17 @@ def run_migration_bench(run_dir: Path, count: int, say: Callable[[str], None]) -
     platform_vm = None
     base_s, base_down, plat_s, plat_down = [], [], [], []
     try:
-        disk = scratch / "disk.qcow2"
+        local = storage == "local"
+        disk_of = {h: scratch / h / "disk.qcow2" if local else scratch / "disk.qcow2" for h in HOSTS}
+        for path in set(disk_of.values()):
+            path.parent.mkdir(exist_ok=True)
+        disk = disk_of["h1"]
         _create_overlay(Path(image.disk_path), disk)
         here = Hypervisor(hosts["h1"].unix_uri)
         here.define(build_domain_xml(_baseline_spec(vm_id, "bench-baseline", image, 128, disk), str(scratch)))
         here.start(vm_id)
         _wait_for_marker(Path(console_path(str(scratch), vm_id)), image.boot_marker or "", 120)
-        accepted = client.create_vm(f"bench-mig-{vm_id[:6]}", 1, 128, 1, image.name)
+        accepted = client.create_vm(f"bench-mig-{vm_id[:6]}", 1, 128, 1, image.name, storage)
         _check_succeeded(client.wait_operation(accepted["operation_id"], 300), "provisioning")
         platform_vm = accepted["vm"]["id"]
         where = "h1"
@@ -73,7 +81,12 @@ def run_migration_bench(run_dir: Path, count: int, say: Callable[[str], None]) -
             there = HOSTS[1] if where == HOSTS[0] else HOSTS[0]
             source = Hypervisor(hosts[where].unix_uri)
             started = time.monotonic()
-            done = source.migrate_live(vm_id, hosts[there].tcp_uri)
+            moves = None
+            if local:
+                disk_of[there].unlink(missing_ok=True)
+                _create_overlay(Path(image.disk_path), disk_of[there])
+                moves = {str(disk_of[where]): str(disk_of[there])}
+            done = source.migrate_live(vm_id, hosts[there].tcp_uri, disk_moves=moves)
             base_s.append(time.monotonic() - started)
             if done and done.downtime_ms is not None:
                 base_down.append(done.downtime_ms)
@@ -87,6 +100,7 @@ def run_migration_bench(run_dir: Path, count: int, say: Callable[[str], None]) -
             plat_down += [int(m.group(1)) for line in op["details"] if (m := DOWNTIME.search(line))]
             say(f"  {i + 1}/{count}: baseline {base_s[-1]:.3f} s, platform {plat_s[-1]:.3f} s")
             where = there
+        say(f"root disks: {storage}")
         say(f"{'':10} {'n':>3} {'p50_s':>8} {'p95_s':>8} {'down_p50':>8} {'down_max':>8}")
         say(_percentile_line("platform", plat_s, plat_down))
         say(_percentile_line("baseline", base_s, base_down))

@@ -179,9 +179,11 @@ def host_activate(host_id: str) -> None:
 @app.command("bench")
 def bench(what: str = typer.Argument("provision"), count: int = typer.Option(5, min=1, max=50),
           memory_mib: int = 128,
+          storage: str = typer.Option("shared", help="migration: where the root disk lives, shared or local"),
           run_dir: Path = typer.Option(DEFAULT_RUN_DIR, help="stack to measure (must be up)")) -> None:
     """provision: provisioning latency through the platform vs the bare libvirt baseline, same
-    run. placement: the scheduler at 100 to 10,000 mock hosts vs a bare NATS echo (no stack)."""
+    run. placement: the scheduler at 100 to 10,000 mock hosts vs a bare NATS echo (no stack).
+    migration: live migration through the platform vs a bare libvirt migration, same run."""
     from deploy import bench as bench_module
 
     if what == "placement":
@@ -192,7 +194,9 @@ def bench(what: str = typer.Argument("provision"), count: int = typer.Option(5, 
     if what == "migration":
         from deploy import bench_migration
 
-        bench_migration.run_migration_bench(run_dir.resolve(), count, console.print)
+        if storage not in ("shared", "local"):
+            raise typer.BadParameter("--storage: 'shared' or 'local'")
+        bench_migration.run_migration_bench(run_dir.resolve(), count, console.print, storage)
         return
     if what != "provision":
         raise typer.BadParameter("'provision', 'placement' or 'migration'")

@@ -60,12 +60,12 @@ class LiveMigrate:
                 self._progress.advance("begin")
                 await steps.begin_operation(BeginOperation(vm.vm_id, op_id, (settled,), VmState.MIGRATING))
             self._progress.advance("check")
-            status = await steps.domain_status(source, BootWaitRequest(vm.vm_id, 0))
+            status, root = await asyncio.gather(steps.domain_status(source, BootWaitRequest(vm.vm_id, 0)),
+                                                steps.locate_root(vm.vm_id))
             expected = "running" if live else "shutoff"
             if status.state != expected:
                 raise ApplicationError(f"the VM is {status.state} on {source}, expected {expected}",
                                        type="conflict", non_retryable=True)
-            root = await steps.locate_root(vm.vm_id)
             if root.host_id not in (None, source):
                 raise ApplicationError(f"the VM is on {source} but its root disk is in {root.pool}",
                                        type="conflict", non_retryable=True)
@@ -96,10 +96,11 @@ class LiveMigrate:
             if result.downtime_ms is not None:
                 self._progress.note(f"took {result.elapsed_ms} ms, downtime {result.downtime_ms} ms")
             self._progress.advance("record")
-            await steps.update_record(VmRecordUpdate(vm.vm_id, op_id, "succeeded", state=settled, host_id=target))
-            if self._disk_pools:
-                self._progress.advance("drop_source_disk")
-                await steps.drop_root(RootDiskRef(vm.vm_id, self._disk_pools[0]))
+            record = steps.update_record(VmRecordUpdate(vm.vm_id, op_id, "succeeded", state=settled, host_id=target))
+            if self._disk_pools:  # the copy left on the source goes meanwhile
+                await asyncio.gather(record, steps.drop_root(RootDiskRef(vm.vm_id, self._disk_pools[0])))
+            else:
+                await record
             self._progress.advance("done")
             return target
         except BaseException as exc:

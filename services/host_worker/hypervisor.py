@@ -81,6 +81,9 @@ def _ensure_event_loop() -> None:
         if _event_loop_running:
             return
         libvirt.virEventRegisterDefaultImpl()
+        # Every error reaches the caller as an exception; libvirt's own print to stderr would
+        # only repeat it, and call expected answers ("no such domain") errors.
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
         def run() -> None:
             while True:
