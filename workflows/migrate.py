@@ -94,7 +94,10 @@ class LiveMigrate:
                 vm.vm_id, target, placement.migration_uri, live=live, policy=inp.policy, disk_moves=moves,
             ))
             if result.downtime_ms is not None:
-                self._progress.note(f"took {result.elapsed_ms} ms, downtime {result.downtime_ms} ms")
+                self._progress.note(f"took {result.elapsed_ms} ms, downtime {result.downtime_ms} ms "
+                                    f"(limit {result.final_downtime_limit_ms} ms), "
+                                    f"{result.data_transferred_mib} MiB copied"
+                                    + (", finished in post-copy" if result.post_copy else ""))
             self._progress.advance("record")
             record = steps.update_record(VmRecordUpdate(vm.vm_id, op_id, "succeeded", state=settled, host_id=target))
             if self._disk_pools:  # the copy left on the source goes meanwhile

@@ -134,8 +134,10 @@ class LiveMigration:
             await self._abort(migration)
             if migration is not None and migration.exception() is None:
                 return False  # it completed before the abort took hold
-            raise Timeout(f"the migration of VM {vm_id} to {self._req.dest_host_id} {action.reason}; "
-                          f"the VM {await self._whereabouts()}")
+            seen = self._progress
+            raise Timeout(f"the migration of VM {vm_id} to {self._req.dest_host_id} {action.reason} "
+                          f"(pass {seen.iteration}, {seen.data_remaining_mib} MiB left, downtime limit "
+                          f"{seen.downtime_limit_ms} ms); the VM {await self._whereabouts()}")
         try:
             if action.kind is ActionKind.SET_DOWNTIME:
                 assert action.downtime_ms is not None
