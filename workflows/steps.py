@@ -172,12 +172,16 @@ async def domain_status(host_id: str, req: BootWaitRequest) -> DomainStatus:
 async def wait_booted(host_id: str, req: BootWaitRequest) -> DomainStatus:
     return await workflow.execute_activity(
         "host.wait_booted", req, task_queue=host_queue(host_id), result_type=DomainStatus,
-        start_to_close_timeout=timedelta(seconds=req.timeout_s + 10),
+        start_to_close_timeout=timedelta(seconds=req.timeout_s + 30),
         schedule_to_start_timeout=_HOST_PICKUP,
         # No heartbeat timeout: the wait is bounded by its own boot deadline, and under a burst
         # of provisions the single-shard dev server was seen recording heartbeats late enough to
-        # time out guests that were booting fine.
-        retry_policy=RetryPolicy(maximum_attempts=1),  # a boot timeout is an answer, not a glitch
+        # time out guests that were booting fine. For the same reason one more attempt follows
+        # when the answer itself went missing (the server's start-to-close timeout): the wait is
+        # idempotent, and a guest that booted meanwhile answers at once. The host's own answers
+        # (the boot deadline passed, the guest stopped) are final.
+        retry_policy=RetryPolicy(maximum_attempts=2, non_retryable_error_types=["timeout", "hypervisor_error",
+                                                                                 "not_found"]),
     )
 
 

@@ -119,13 +119,15 @@ class HostActivities:
     async def wait_booted(self, req: BootWaitRequest) -> DomainStatus:
         """Wait until the domain runs and its console shows the boot marker often enough.
         Raises Timeout, or HypervisorError if the domain stops while booting."""
-        deadline = time.monotonic() + req.timeout_s
+        started_s = time.monotonic()
+        deadline = started_s + req.timeout_s
         console = self._console(req.vm_id)
         async with heartbeating():
             while True:
                 state = await asyncio.to_thread(self._hv.state, req.vm_id)
                 markers = count_marker(console, req.boot_marker) if req.boot_marker else 0
                 if state == "running" and (req.boot_marker is None or markers >= req.min_marker_count):
+                    log.info("guest booted", vm_id=req.vm_id, waited_s=round(time.monotonic() - started_s, 2))
                     return DomainStatus(req.vm_id, state, markers)
                 if state in ("shutoff", "crashed", "absent"):
                     raise HypervisorError(f"the guest stopped while booting (domain {state})")
