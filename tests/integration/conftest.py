@@ -17,8 +17,33 @@ from tests.integration.libvirt_probe import LibvirtProbe
 LAB_LABELS = {"h3": ["gpu"]}  # exactly one host has it: label placement has one right answer
 
 
+_failed: list[str] = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        _failed.append(item.nodeid)
+    return report
+
+
+def _tell_what_went_wrong(run_dir: Path, say, limit: int = 40) -> None:
+    """After a failed test: the services' warnings and errors, for whoever reads the CI log."""
+    lines = []
+    for log_file in sorted((run_dir / "logs").glob("*.log")):
+        if log_file.stem in ("nats", "temporal"):
+            continue
+        for line in log_file.read_text(errors="replace").splitlines():
+            if '"level": "warning"' in line or '"level": "error"' in line:
+                lines.append(f"{log_file.stem}: {line[:400]}")
+    say(f"== services' warnings and errors ({len(lines)}, the last {limit}) ==")
+    for line in lines[-limit:]:
+        say(line)
+
+
 @pytest.fixture(scope="session")
-def stack_cfg():
+def stack_cfg(pytestconfig):
     run_dir = Path(tempfile.mkdtemp(prefix="vmflow-test-"))
     cfg = stack.StackConfig.isolated(run_dir, f"vmt{os.getpid() % 100000}", host_count=3,
                                      host_labels=LAB_LABELS)
@@ -26,6 +51,9 @@ def stack_cfg():
         stack.up(cfg, say=lambda _msg: None)
         yield cfg
     finally:
+        if _failed:
+            reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+            _tell_what_went_wrong(run_dir, reporter.write_line)
         stack.down(run_dir, say=lambda _msg: None)
         if not os.environ.get("VMFLOW_KEEP_TEST_RUN"):  # keep logs to look into a failure
             shutil.rmtree(run_dir, ignore_errors=True)
