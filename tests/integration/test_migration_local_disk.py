@@ -1,6 +1,7 @@
-"""A VM whose root disk lives on its host's own pool takes the disk along when it moves: copied
-by libvirt while the guest runs, copied whole while it is stopped. Checked with qemu-io and virsh:
-the data is on the new host's pool, nothing is left on the old one."""
+"""What a VM's disks do when it moves. A root disk on its host's own pool goes along: copied by
+libvirt while the guest runs, copied whole while it is stopped. A data volume on the shared pool
+stays attached. Checked with qemu-io and virsh: the data is where the VM now runs, nothing is
+left on the old host."""
 
 from __future__ import annotations
 
@@ -113,3 +114,26 @@ def test_what_cannot_move_with_a_local_disk_is_refused_and_nothing_is_left(stack
     assert op["state"] == "succeeded", op
     assert agree(api, probe, vm["id"]) == target and not root_path(stack_cfg, home, vm["id"]).exists()
     assert [s["name"] for s in api.call("GET", f"/v1/vms/{vm['id']}/snapshots")] == ["keep"]
+
+
+def test_a_shared_data_volume_stays_attached_across_a_move(stack_cfg, api, probe, cleanup):
+    vm = provision(api)
+    cleanup.append(vm["id"])
+    name = f"shared-{vm['id'][:8]}"
+    succeeded(api, api.call("POST", "/v1/volumes", json={"name": name, "pool": "shared", "size_gib": 1}))
+    path = api.call("GET", f"/v1/volumes/{name}")["path"]
+    qemu_io(Path(path), "write -P {} {} {}".format(*PATTERN))
+    succeeded(api, api.call("POST", f"/v1/volumes/{name}/attach", json={"vm_id": vm["id"]}))
+    try:
+        target = next(h for h in ("h1", "h2", "h3") if h != vm["host_id"])
+        op = migrate(api, vm["id"], target_host_id=target)
+        assert op["state"] == "succeeded", op
+        assert agree(api, probe, vm["id"]) == target
+        for flags in ((), ("--inactive",)):  # the running domain and the kept definition
+            assert path in probe.virsh(target, "domblklist", vm["id"], *flags).stdout
+        assert api.call("GET", f"/v1/volumes/{name}")["vm_id"] == vm["id"]
+        power(api, vm["id"], "stop")
+        qemu_io(Path(path), "read -P {} {} {}".format(*PATTERN))
+    finally:
+        succeeded(api, api.call("POST", f"/v1/volumes/{name}/detach"))
+        succeeded(api, api.call("DELETE", f"/v1/volumes/{name}"))
