@@ -78,6 +78,10 @@ def _follow(client: VmflowClient, accepted: dict, wait: bool) -> None:
                     f"migrate: pass {moving['iteration']}, {left} MiB left, "
                     f"downtime limit {moving['downtime_limit_ms']} ms"))
                 return
+            if "copied_mib" in moving:  # a disk copied along with its VM
+                bar.update(task, total=max(1, moving["total_mib"]), completed=moving["copied_mib"],
+                           description=f"{op['step']}: {moving['copied_mib']} of {moving['total_mib']} MiB")
+                return
             total = _STEPS.get(op["kind"], 5)
             bar.update(task, description=op["step"] or op["state"], total=total,
                        completed=min(len(op["steps_done"]), total))

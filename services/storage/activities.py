@@ -14,6 +14,8 @@ from shared import codec, subjects
 from shared.messaging import EventPublisher
 from shared.models import RootDisk, RootDiskRef, Volume, VolumeRef, VolumeRequest
 
+MIB = 1024 * 1024
+
 
 class StorageActivities:
     def __init__(self, roots: RootVolumes, volumes: VolumeStore, events: EventPublisher) -> None:
@@ -56,7 +58,10 @@ class StorageActivities:
     async def copy_root(self, ref: RootDiskRef) -> RootDisk:
         """Copy the stopped VM's root volume into ``ref.pool`` (a cold migration to a host with
         its own disks), heartbeating the bytes copied. Idempotent."""
-        copy, created = await self._roots.copy_to(ref.vm_id, ref.pool, lambda copied: activity.heartbeat(copied))
+        def report(copied_bytes: int, total_bytes: int) -> None:
+            activity.heartbeat({"copied_mib": copied_bytes // MIB, "total_mib": total_bytes // MIB})
+
+        copy, created = await self._roots.copy_to(ref.vm_id, ref.pool, report)
         if created:
             await self._publish(copy.pool, ref.vm_id, "created", {"path": copy.path, "copied": True})
         return copy

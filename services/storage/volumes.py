@@ -97,10 +97,11 @@ class RootVolumes:
             removed.append(pool.name)
         return removed
 
-    async def copy_to(self, vm_id: str, pool_name: str, on_wait: Callable[[int], None]) -> tuple[RootDisk, bool]:
+    async def copy_to(self, vm_id: str, pool_name: str,
+                      on_wait: Callable[[int, int], None]) -> tuple[RootDisk, bool]:
         """Copy the stopped VM's root volume, whole (its snapshots too), into ``pool_name``; the
         copy keeps the image it is a clone of, which every host sees. Idempotent. ``on_wait``
-        gets the bytes copied so far every couple of seconds. Returns (copy, created_now).
+        gets (bytes copied, bytes to copy) every couple of seconds. Returns (copy, created_now).
         Raises NotFound, Conflict (another copy there already), StorageError."""
         source = self.describe(vm_id)
         target_pool = self._pools.get(pool_name)
@@ -149,16 +150,17 @@ class RootVolumes:
         return RootDisk(vm_id, pool.name, str(path), pool.host_id, header.snapshot_count)
 
 
-async def _copy_sparse(source: Path, target: Path, on_wait: Callable[[int], None]) -> None:
+async def _copy_sparse(source: Path, target: Path, on_wait: Callable[[int, int], None]) -> None:
     """``cp`` keeps holes as holes, so a thin volume stays thin. Raises StorageError."""
     target.unlink(missing_ok=True)
+    total_bytes = source.stat().st_blocks * 512
     proc = await asyncio.create_subprocess_exec(
         "cp", "--sparse=always", "--", str(source), str(target), stderr=asyncio.subprocess.PIPE
     )
     talk = asyncio.ensure_future(proc.communicate())
     try:
         while not (await asyncio.wait({talk}, timeout=_WAKE_UP_S))[0]:
-            on_wait(target.stat().st_blocks * 512 if target.exists() else 0)
+            on_wait(target.stat().st_blocks * 512 if target.exists() else 0, total_bytes)
     except BaseException:
         if proc.returncode is None:
             proc.kill()
