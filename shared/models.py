@@ -57,7 +57,7 @@ class PlacementRequest:
     vm_id: str
     vcpus: int
     memory_mib: int
-    disk_gib: int
+    disk_gib: int  # on the host's own storage: 0 when the VM's disks are on the shared pool
     domain_types: tuple[str, ...] = ("kvm", "qemu")
     required_labels: tuple[str, ...] = ()
     group: GroupRule | None = None
@@ -163,7 +163,7 @@ class DomainSpec:
     disk_path: str
     domain_type: str
     boot: BootSpec | None = None
-    disk_gib: int = 0
+    disk_gib: int = 0  # what the VM takes of the host's own storage (0: its disks are shared)
     group_id: str | None = None
 
 
@@ -244,7 +244,7 @@ class Allocation:
     vm_id: str
     vcpus: int
     memory_mib: int
-    disk_gib: int
+    disk_gib: int  # of the host's own storage
     kind: str  # "domain" (the host reports it) or "claim" (placed, not reported yet)
     group: str | None = None
 

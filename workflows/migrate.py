@@ -25,7 +25,7 @@ with workflow.unsafe.imports_passed_through():
         VmRecordUpdate,
         VmState,
     )
-    from shared.storage_models import local_pool_name
+    from shared.storage_models import PoolKind, local_pool_name
 
 from workflows import steps
 from workflows.progress import ProgressTracker
@@ -75,7 +75,8 @@ class LiveMigrate:
                                        type="conflict", non_retryable=True)
             self._progress.advance("place")
             placement = await steps.place(PlacementRequest(
-                vm.vm_id, vm.vcpus, vm.memory_mib, vm.disk_gib, required_labels=vm.required_labels,
+                vm.vm_id, vm.vcpus, vm.memory_mib, vm.disk_gib if vm.storage is PoolKind.LOCAL else 0,
+                required_labels=vm.required_labels,
                 group=vm.group, exclude_hosts=(source,), only_host=target,
             ))
             target = placement.host_id

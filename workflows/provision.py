@@ -52,9 +52,10 @@ class ProvisionVm:
         try:
             self._progress.advance("place")
             saga.on_failure("release claim", lambda: steps.release_claim(inp.vm_id))
+            local = inp.spec.storage is PoolKind.LOCAL  # else the disk takes nothing of the host's
             placement = await steps.place(
                 PlacementRequest(
-                    inp.vm_id, inp.spec.vcpus, inp.spec.memory_mib, inp.spec.disk_gib,
+                    inp.vm_id, inp.spec.vcpus, inp.spec.memory_mib, inp.spec.disk_gib if local else 0,
                     domain_types=inp.domain_types, required_labels=inp.required_labels, group=inp.group,
                 )
             )
@@ -62,7 +63,7 @@ class ProvisionVm:
             self._progress.advance("create_volume", host_id)
             await steps.update_record(VmRecordUpdate(inp.vm_id, op_id, "create_volume", host_id=host_id))
             saga.on_failure("delete volume", lambda: steps.delete_volume(inp.vm_id))
-            pool = local_pool_name(host_id) if inp.spec.storage is PoolKind.LOCAL else None
+            pool = local_pool_name(host_id) if local else None
             volume = await steps.create_volume(VolumeRequest(inp.vm_id, inp.spec.image, inp.spec.disk_gib, pool))
 
             self._progress.advance("define")
@@ -73,7 +74,7 @@ class ProvisionVm:
                     vm_id=inp.vm_id, vm_name=inp.vm_name, tenant=inp.tenant,
                     vcpus=inp.spec.vcpus, memory_mib=inp.spec.memory_mib,
                     disk_path=volume.path, domain_type=placement.domain_type, boot=volume.image.boot,
-                    disk_gib=volume.size_gib, group_id=inp.group.group_id if inp.group else None,
+                    disk_gib=volume.size_gib if local else 0, group_id=inp.group.group_id if inp.group else None,
                 ),
             )
             self._progress.advance("start")

@@ -88,7 +88,8 @@ class Scheduler:
         if decision.host is None:
             log.info("no valid host", vm_id=req.vm_id, trail=decision.explain())
             raise NoValidHost(
-                f"no valid host for {req.vcpus} vCPU / {req.memory_mib} MiB / {req.disk_gib} GiB: "
+                f"no valid host for {req.vcpus} vCPU / {req.memory_mib} MiB"
+                f"{f' / {req.disk_gib} GiB of local disk' if req.disk_gib else ''}: "
                 f"{decision.explain()}"
             )
         host = decision.host

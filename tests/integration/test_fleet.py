@@ -138,3 +138,26 @@ def test_concurrent_requests_never_overbook_a_host(stack_cfg, api, probe, cleanu
     for host_id, count in per_host.items():
         largest, smallest = max(before[host_id], after[host_id]), min(before[host_id], after[host_id])
         assert smallest // memory_mib <= count <= largest // memory_mib, (host_id, count, before, after)
+
+
+def test_only_a_disk_on_the_hosts_own_pool_takes_its_space(api, probe, cleanup):
+    """A root disk on the shared pool takes nothing of a host's own storage; one on the host's
+    pool must fit there. Each host's pool here has less room than 2,000 GiB."""
+    hosts = api.call("GET", "/v1/hosts")
+    assert all(h["capacity"]["disk_gib"] < 2000 for h in hosts)
+    accepted, op = provision(api, disk_gib=2000, storage="local")
+    cleanup.append(accepted["vm"]["id"])
+    assert op["state"] == "failed" and op["error"]["code"] == "no_valid_host", op
+    message = op["error"]["message"]
+    assert "/ 2000 GiB of local disk" in message
+    assert all(f"{h['id']} (needs 2000 GiB" in message for h in hosts), message
+    assert probe.where(accepted["vm"]["id"]) == []
+
+    accepted, op = provision(api, disk_gib=2000)  # thin, on the shared pool: placed and booted
+    cleanup.append(accepted["vm"]["id"])
+    assert op["state"] == "succeeded", op
+    vm_id = accepted["vm"]["id"]
+    host = api.call("GET", f"/v1/vms/{vm_id}")["host_id"]
+    assert probe.where(vm_id) == [host] and MARKER in probe.console_path(host, vm_id).read_text(errors="replace")
+    allocation = next(a for a in api.call("GET", f"/v1/hosts/{host}")["allocations"] if a["vm_id"] == vm_id)
+    assert allocation["disk_gib"] == 0
