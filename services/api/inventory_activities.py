@@ -8,10 +8,10 @@ import asyncio
 from temporalio import activity
 
 from services.api.db import Inventory
-from shared import subjects
-from shared.messaging import EventPublisher
-from shared.errors import Conflict
 from services.api.models import vm_summary
+from shared import subjects
+from shared.errors import Conflict, NotFound
+from shared.messaging import EventPublisher
 from shared.models import BeginOperation, GroupRule, HostRef, VmList, VmRecordUpdate, VmRef
 
 
@@ -27,11 +27,22 @@ class InventoryActivities:
         if update.state is not None:
             fields["state"] = update.state
             fields["error"] = update.error
+        moved_from = None
         if update.host_id is not None:
             fields["host_id"] = update.host_id
+            try:
+                moved_from = (await asyncio.to_thread(self._inventory.get, update.vm_id)).host_id
+            except NotFound:
+                return  # a VM that is gone is left gone
         vm = await asyncio.to_thread(self._inventory.update, update.vm_id, **fields)
         if vm is None:
             return
+        if moved_from and moved_from != vm.host_id:
+            await self._events.publish(
+                subjects.vm_event(vm.tenant, vm.id, "moved"),
+                {"vm_id": vm.id, "from_host_id": moved_from, "host_id": vm.host_id, "operation_id": update.op_id},
+                event_id=f"{update.op_id}-moved",
+            )
         if update.state is not None:
             await self._events.publish(
                 subjects.vm_event(vm.tenant, vm.id, "state"),

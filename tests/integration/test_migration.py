@@ -55,7 +55,8 @@ def cleanup(api):
             pass
 
 
-def test_a_running_guest_moves_h1_h2_h3_without_a_reboot(api, probe, cleanup):
+def test_a_running_guest_moves_h1_h2_h3_without_a_reboot(stack_cfg, api, probe, cleanup):
+    tap = EventTap(stack_cfg.api_url)
     vm = provision(api)
     cleanup.append(vm["id"])
     console = probe.console_path(vm["host_id"], vm["id"])
@@ -73,6 +74,12 @@ def test_a_running_guest_moves_h1_h2_h3_without_a_reboot(api, probe, cleanup):
     assert text.count(MARKER) == 1
     numbers = counters(text)
     assert numbers == sorted(numbers) and numbers[-1] - numbers[0] + 1 >= len(numbers)
+    # Each move is a fact on the event stream: from where, to where.
+    moved = lambda: [(e["data"]["from_host_id"], e["data"]["host_id"]) for e in tap.events  # noqa: E731
+                     if e["subject"].endswith(f"{vm['id']}.moved")]
+    hops = list(zip([vm["host_id"], *route], route))
+    wait_until(lambda: moved() == hops, 10, what=f"moved events {hops}")
+    tap.close()
 
 
 def test_a_second_migration_of_the_same_vm_is_refused(api, probe, cleanup):
