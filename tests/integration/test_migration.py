@@ -174,7 +174,7 @@ def test_maintenance_empties_a_host_and_it_comes_back(api, probe, cleanup):
     for other in ("h2", "h3"):  # so that all three VMs start on h1
         api.call("POST", f"/v1/hosts/{other}/disable", json={"reason": "test setup"})
     try:
-        vms = [provision(api) for _ in range(3)]
+        vms = [provision(api), provision(api), provision(api, storage="local")]  # one keeps its own disk
     finally:
         for other in ("h2", "h3"):
             api.call("POST", f"/v1/hosts/{other}/enable")
@@ -189,6 +189,9 @@ def test_maintenance_empties_a_host_and_it_comes_back(api, probe, cleanup):
     assert probe.domain_uuids("h1") == set()
     for vm in vms:
         assert agree(api, probe, vm["id"]) in ("h2", "h3")
+    local = vms[2]["id"]
+    now_on = agree(api, probe, local)
+    assert f"/hosts/{now_on}/pool/volumes/" in str(probe.disk_path(now_on, local))  # its disk came along
     assert api.call("GET", "/v1/hosts/h1")["state"] == "maintenance"
     # Nothing is placed on a host in maintenance.
     extra = provision(api)
