@@ -24,7 +24,6 @@ from workflows import steps
 from workflows.progress import ProgressTracker
 from workflows.saga import Saga
 
-
 # A VM is provisioned once, ever: a retried or replayed start is refused, even after completion.
 PROVISION_ID_REUSE = WorkflowIDReusePolicy.REJECT_DUPLICATE
 

@@ -10,8 +10,8 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.workflow import ActivityCancellationType
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from shared.migration import MigrateRequest, MigrateResult
@@ -30,8 +30,8 @@ with workflow.unsafe.imports_passed_through():
         RootDisk,
         RootDiskRef,
         StopRequest,
-        VmRecordUpdate,
         VmList,
+        VmRecordUpdate,
         VmRef,
         Volume,
         VolumeRef,
@@ -71,72 +71,74 @@ def failure_message(exc: BaseException) -> tuple[str, str]:
     return "internal", str(cause)
 
 
-async def place(req: PlacementRequest) -> Placement:
+async def run_activity(queue: str, name: str, arg: object, result_type: type | None = None,
+               timeout: timedelta = _QUICK, heartbeat: timedelta | None = None, **options):
+    """An activity on ``queue``, retried by ``_RETRY`` unless ``options`` say otherwise."""
+    options.setdefault("retry_policy", _RETRY)
     return await workflow.execute_activity(
-        "scheduler.place", req, task_queue=ORCHESTRATOR_QUEUE, result_type=Placement,
-        start_to_close_timeout=_QUICK, retry_policy=_RETRY,
+        name, arg, task_queue=queue, result_type=result_type,
+        start_to_close_timeout=timeout, heartbeat_timeout=heartbeat, **options,
     )
+
+
+async def on_host(host_id: str, name: str, arg: object, result_type: type | None = None,
+                  timeout: timedelta = _QUICK, heartbeat: timedelta | None = None, **options):
+    """An activity on the host's own queue; a host that picks nothing up is unavailable."""
+    return await run_activity(host_queue(host_id), name, arg, result_type, timeout, heartbeat,
+                      schedule_to_start_timeout=_HOST_PICKUP, **options)
+
+
+async def place(req: PlacementRequest) -> Placement:
+    return await run_activity(ORCHESTRATOR_QUEUE, "scheduler.place", req, Placement)
 
 
 async def release_claim(vm_id: str) -> None:
-    await workflow.execute_activity(
-        "scheduler.release", ClaimRelease(vm_id), task_queue=ORCHESTRATOR_QUEUE,
-        start_to_close_timeout=_QUICK, retry_policy=_RETRY,
-    )
+    await run_activity(ORCHESTRATOR_QUEUE, "scheduler.release", ClaimRelease(vm_id))
+
+
+async def set_host_admin(admin: HostAdmin) -> HostView:
+    return await run_activity(ORCHESTRATOR_QUEUE, "scheduler.set_host_admin", admin, HostView)
 
 
 async def create_volume(req: VolumeRequest) -> Volume:
-    return await workflow.execute_activity(
-        "storage.create_volume", req, task_queue=STORAGE_QUEUE, result_type=Volume,
-        start_to_close_timeout=timedelta(minutes=5), retry_policy=_RETRY,
-    )
+    return await run_activity(STORAGE_QUEUE, "storage.create_volume", req, Volume, timedelta(minutes=5))
 
 
 async def delete_volume(vm_id: str) -> None:
-    await workflow.execute_activity(
-        "storage.delete_volume", VolumeRef(vm_id), task_queue=STORAGE_QUEUE,
-        start_to_close_timeout=timedelta(minutes=2), retry_policy=_RETRY,
-    )
+    await run_activity(STORAGE_QUEUE, "storage.delete_volume", VolumeRef(vm_id), timeout=timedelta(minutes=2))
 
 
 async def locate_root(vm_id: str) -> RootDisk:
-    return await workflow.execute_activity(
-        "storage.locate_root", VolumeRef(vm_id), task_queue=STORAGE_QUEUE, result_type=RootDisk,
-        start_to_close_timeout=_QUICK, retry_policy=_RETRY,
-    )
+    return await run_activity(STORAGE_QUEUE, "storage.locate_root", VolumeRef(vm_id), RootDisk)
 
 
 async def copy_root(ref: RootDiskRef) -> RootDisk:
     """A whole copy of a stopped VM's root volume: as long as the disk is big; it heartbeats."""
-    return await workflow.execute_activity(
-        "storage.copy_root", ref, task_queue=STORAGE_QUEUE, result_type=RootDisk,
-        start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=_HOST_HEARTBEAT, retry_policy=_RETRY,
-    )
+    return await run_activity(STORAGE_QUEUE, "storage.copy_root", ref, RootDisk, timedelta(hours=2), _HOST_HEARTBEAT)
 
 
 async def prepare_root(ref: RootDiskRef) -> RootDisk:
-    return await workflow.execute_activity(
-        "storage.prepare_root", ref, task_queue=STORAGE_QUEUE, result_type=RootDisk,
-        start_to_close_timeout=_QUICK, retry_policy=_RETRY,
-    )
+    return await run_activity(STORAGE_QUEUE, "storage.prepare_root", ref, RootDisk)
 
 
 async def drop_root(ref: RootDiskRef) -> None:
-    await workflow.execute_activity(
-        "storage.drop_root", ref, task_queue=STORAGE_QUEUE,
-        start_to_close_timeout=timedelta(minutes=2), retry_policy=_RETRY,
-    )
+    await run_activity(STORAGE_QUEUE, "storage.drop_root", ref, timeout=timedelta(minutes=2))
 
 
-async def on_host(
-    host_id: str, name: str, arg: object, result_type: type | None = None,
-    timeout: timedelta = _QUICK, heartbeat: timedelta | None = None,
-):
-    return await workflow.execute_activity(
-        name, arg, task_queue=host_queue(host_id), result_type=result_type,
-        start_to_close_timeout=timeout, schedule_to_start_timeout=_HOST_PICKUP,
-        heartbeat_timeout=heartbeat, retry_policy=_RETRY,
-    )
+async def update_record(update: VmRecordUpdate) -> None:
+    await run_activity(INVENTORY_QUEUE, "inventory.update_vm", update)
+
+
+async def forget_record(ref: VmRef) -> None:
+    await run_activity(INVENTORY_QUEUE, "inventory.forget_vm", ref)
+
+
+async def begin_operation(req: BeginOperation) -> None:
+    await run_activity(INVENTORY_QUEUE, "inventory.begin_operation", req)
+
+
+async def vms_on_host(host_id: str) -> VmList:
+    return await run_activity(INVENTORY_QUEUE, "inventory.vms_on_host", HostRef(host_id), VmList)
 
 
 async def define_domain(host_id: str, spec: DomainSpec) -> None:
@@ -170,10 +172,8 @@ async def domain_status(host_id: str, req: BootWaitRequest) -> DomainStatus:
 
 
 async def wait_booted(host_id: str, req: BootWaitRequest) -> DomainStatus:
-    return await workflow.execute_activity(
-        "host.wait_booted", req, task_queue=host_queue(host_id), result_type=DomainStatus,
-        start_to_close_timeout=timedelta(seconds=req.timeout_s + 30),
-        schedule_to_start_timeout=_HOST_PICKUP,
+    return await on_host(
+        host_id, "host.wait_booted", req, DomainStatus, timedelta(seconds=req.timeout_s + 30),
         # No heartbeat timeout: the wait is bounded by its own boot deadline, and under a burst
         # of provisions the single-shard dev server was seen recording heartbeats late enough to
         # time out guests that were booting fine. For the same reason one more attempt follows
@@ -185,48 +185,12 @@ async def wait_booted(host_id: str, req: BootWaitRequest) -> DomainStatus:
     )
 
 
-async def update_record(update: VmRecordUpdate) -> None:
-    await workflow.execute_activity(
-        "inventory.update_vm", update, task_queue=INVENTORY_QUEUE,
-        start_to_close_timeout=_QUICK, retry_policy=_RETRY,
-    )
-
-
-async def forget_record(ref: VmRef) -> None:
-    await workflow.execute_activity(
-        "inventory.forget_vm", ref, task_queue=INVENTORY_QUEUE,
-        start_to_close_timeout=_QUICK, retry_policy=_RETRY,
-    )
-
-
-async def begin_operation(req: BeginOperation) -> None:
-    await workflow.execute_activity(
-        "inventory.begin_operation", req, task_queue=INVENTORY_QUEUE,
-        start_to_close_timeout=_QUICK, retry_policy=_RETRY,
-    )
-
-
-async def vms_on_host(host_id: str) -> VmList:
-    return await workflow.execute_activity(
-        "inventory.vms_on_host", HostRef(host_id), task_queue=INVENTORY_QUEUE, result_type=VmList,
-        start_to_close_timeout=_QUICK, retry_policy=_RETRY,
-    )
-
-
-async def set_host_admin(admin: HostAdmin) -> HostView:
-    return await workflow.execute_activity(
-        "scheduler.set_host_admin", admin, task_queue=ORCHESTRATOR_QUEUE, result_type=HostView,
-        start_to_close_timeout=_QUICK, retry_policy=_RETRY,
-    )
-
-
 async def migrate_domain(source_host_id: str, req: MigrateRequest) -> MigrateResult:
     """Runs on the source host. Never retried: a failed migration leaves the VM on the source,
     and the workflow decides what comes next. Cancelling waits until libvirt's job is aborted."""
-    return await workflow.execute_activity(
-        "host.migrate_domain", req, task_queue=host_queue(source_host_id), result_type=MigrateResult,
-        start_to_close_timeout=timedelta(seconds=req.policy.completion_timeout_s + 60),
-        schedule_to_start_timeout=_HOST_PICKUP, heartbeat_timeout=_HOST_HEARTBEAT,
+    return await on_host(
+        source_host_id, "host.migrate_domain", req, MigrateResult,
+        timedelta(seconds=req.policy.completion_timeout_s + 60), _HOST_HEARTBEAT,
         retry_policy=RetryPolicy(maximum_attempts=1),
         cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
     )

@@ -7,7 +7,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from shared.storage_models import (
@@ -26,26 +25,16 @@ with workflow.unsafe.imports_passed_through():
         VolumeView,
     )
 
-from workflows.steps import STORAGE_QUEUE, on_host
+from workflows.steps import STORAGE_QUEUE, on_host, run_activity
 
-_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=5),
-    maximum_attempts=5,
-)
 _QUICK = timedelta(minutes=2)
 _COPY = timedelta(hours=6)
 _COPY_HEARTBEAT = timedelta(seconds=30)
 
 
 async def _storage(name: str, arg: object, result_type: type | None = None, copy: bool = False):
-    return await workflow.execute_activity(
-        name, arg, task_queue=STORAGE_QUEUE, result_type=result_type,
-        start_to_close_timeout=_COPY if copy else _QUICK,
-        heartbeat_timeout=_COPY_HEARTBEAT if copy else None,
-        retry_policy=_RETRY,
-    )
+    return await run_activity(STORAGE_QUEUE, name, arg, result_type, _COPY if copy else _QUICK,
+                              _COPY_HEARTBEAT if copy else None)
 
 
 async def import_image(req: ImportRequest) -> ImageView:

@@ -15,7 +15,16 @@ from services.api.errors import install_error_handlers
 from services.api.inventory_activities import InventoryActivities
 from services.api.platform import Platform
 from services.api.routes import (
-    events, health, hosts, images, operations, placement_groups, pools, snapshots, vms, volumes,
+    events,
+    health,
+    hosts,
+    images,
+    operations,
+    placement_groups,
+    pools,
+    snapshots,
+    vms,
+    volumes,
 )
 from services.api.settings import ApiSettings
 from services.scheduler.client import SchedulerClient

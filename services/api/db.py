@@ -7,7 +7,6 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-
 from sqlalchemy import event, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError

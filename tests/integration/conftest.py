@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from deploy import lab, stack
-from deploy.client import VmflowClient
+from deploy.client import ApiError, VmflowClient
 from tests.integration.libvirt_probe import LibvirtProbe
 
 LAB_LABELS = {"h3": ["gpu"]}  # exactly one host has it: label placement has one right answer
@@ -71,3 +71,15 @@ def probe(stack_cfg) -> LibvirtProbe:
     """Looks at the hosts through virsh, independently of vmflow."""
     the_lab = lab.load_lab(stack_cfg.lab_name, stack_cfg.root / "lab")
     return LibvirtProbe({h.host_id: h.unix_uri for h in the_lab.hosts})
+
+
+@pytest.fixture
+def cleanup(api):
+    """VM ids a test made: deleted afterwards, whatever the test left of them."""
+    vm_ids: list[str] = []
+    yield vm_ids
+    for vm_id in vm_ids:
+        try:
+            api.wait_operation(api.call("DELETE", f"/v1/vms/{vm_id}")["operation_id"], timeout_s=120)
+        except ApiError:
+            pass

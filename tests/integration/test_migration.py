@@ -44,17 +44,6 @@ def migrate(api: VmflowClient, vm_id: str, **body) -> dict:
     return api.wait_operation(accepted["operation_id"], timeout_s=300)
 
 
-@pytest.fixture
-def cleanup(api):
-    vm_ids: list[str] = []
-    yield vm_ids
-    for vm_id in vm_ids:
-        try:
-            api.wait_operation(api.call("DELETE", f"/v1/vms/{vm_id}")["operation_id"], timeout_s=120)
-        except ApiError:
-            pass
-
-
 def test_a_running_guest_moves_h1_h2_h3_without_a_reboot(stack_cfg, api, probe, cleanup):
     tap = EventTap(stack_cfg.api_url)
     vm = provision(api)

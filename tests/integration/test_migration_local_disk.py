@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 from tests.integration.libvirt_probe import wait_until
-from tests.integration.test_migration import MARKER, agree, cleanup, counters, migrate, provision  # noqa: F401
+from tests.integration.test_migration import MARKER, agree, counters, migrate, provision
 
 PATTERN = ("0x5a", "4M", "64k")  # byte, offset, length
 

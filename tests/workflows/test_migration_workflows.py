@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import replace
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest

@@ -6,11 +6,11 @@ import asyncio
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Body, Depends, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
-from pydantic import BaseModel, ConfigDict, Field
 
 from services.api.platform import Platform, get_platform
 from shared.errors import Conflict

@@ -20,7 +20,9 @@ from services.api.models import (
     vm_summary,
 )
 from services.api.platform import Platform, get_platform
+from shared import subjects
 from shared.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
+from shared.migration import ConvergencePolicy, MigrateInput
 from shared.models import (
     DeleteInput,
     GroupRule,
@@ -31,8 +33,6 @@ from shared.models import (
     VmSpec,
     VmState,
 )
-from shared import subjects
-from shared.migration import ConvergencePolicy, MigrateInput
 from workflows.delete import delete_workflow_id
 from workflows.migrate import migrate_workflow_id
 from workflows.power import power_workflow_id
