@@ -62,6 +62,11 @@ class StackConfig:
     def pool_dir(self) -> Path:
         return self.root / "storage" / "shared"
 
+    def local_pool_dir(self, host_id: str) -> Path:
+        """The host's own pool, in its lab folder (lab hosts share one filesystem; only the
+        host's own VMs use it)."""
+        return self.root / "lab" / "hosts" / host_id / "pool"
+
     @property
     def console_dir(self) -> Path:
         return self.pool_dir / "consoles"
@@ -153,7 +158,9 @@ def start_services(cfg: StackConfig, hosts: tuple[lab.LabHost, ...]) -> None:
     env = common_env(cfg)
     py = sys.executable
     start_process("scheduler", [py, "-m", "services.scheduler"], cfg.root, env, REPO_DIR)
-    local_pools = {h: str(cfg.root / "lab" / "hosts" / h / "pool") for h in cfg.host_ids()}
+    local_pools = {h: str(cfg.local_pool_dir(h)) for h in cfg.host_ids()}
+    for path in local_pools.values():  # there before any host measures its disk
+        Path(path).mkdir(parents=True, exist_ok=True)
     start_process("storage", [py, "-m", "services.storage"], cfg.root,
                   {**env, "VMFLOW_POOL_DIR": str(cfg.pool_dir), "VMFLOW_LOCAL_POOLS": json.dumps(local_pools)},
                   REPO_DIR)
@@ -170,7 +177,7 @@ def start_services(cfg: StackConfig, hosts: tuple[lab.LabHost, ...]) -> None:
             "VMFLOW_LIBVIRT_URI": host.unix_uri,
             "VMFLOW_DOMAIN_TYPE": "qemu",  # KVM here cannot boot guests (see LAB facts)
             "VMFLOW_CONSOLE_DIR": str(cfg.console_dir),
-            "VMFLOW_LOCAL_DISK_DIR": str(cfg.pool_dir),
+            "VMFLOW_LOCAL_DISK_DIR": str(cfg.local_pool_dir(host.host_id)),  # its own disk, not the shared one
             "VMFLOW_LABELS": json.dumps(cfg.labels_of(host.host_id)),
             "VMFLOW_MIGRATION_URI": host.tcp_uri,
         }, REPO_DIR)

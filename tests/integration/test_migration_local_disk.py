@@ -32,7 +32,7 @@ def succeeded(api, accepted: dict) -> dict:
 
 
 def root_path(stack_cfg, host: str, vm_id: str) -> Path:
-    return stack_cfg.root / "lab" / "hosts" / host / "pool" / "volumes" / f"vm-{vm_id}-root.qcow2"
+    return stack_cfg.local_pool_dir(host) / "volumes" / f"vm-{vm_id}-root.qcow2"
 
 
 def test_a_local_disk_moves_with_its_vm_live_and_cold(stack_cfg, api, probe, cleanup):
