@@ -151,3 +151,15 @@ class MigrateResult:
     data_transferred_mib: int
     final_downtime_limit_ms: int
     post_copy: bool = False
+
+
+def whereabouts(source: str, target: str | None, source_state: str | None,
+                target_state: str | None) -> tuple[str, bool]:
+    """Where a VM is after a move failed, from what each host's libvirt said ("absent", a domain
+    state, or None when the host could not be asked). Returns (host, confirmed): a host that
+    has the domain is confirmed; otherwise the source is assumed, unconfirmed."""
+    if source_state not in (None, "absent"):
+        return source, True
+    if target and target_state not in (None, "absent"):
+        return target, True  # the move completed before the failure (an answer lost on the way)
+    return source, False

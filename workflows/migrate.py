@@ -15,7 +15,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from shared.migration import DiskMove, MigrateInput, MigrateRequest
+    from shared.migration import DiskMove, MigrateInput, MigrateRequest, whereabouts
     from shared.models import (
         BeginOperation,
         BootWaitRequest,
@@ -121,18 +121,21 @@ class LiveMigrate:
 
     async def _settle(self, vm_id: str, source: str, target: str | None, op_id: str, settled: VmState,
                       error: str) -> str:
-        """After a failure: release the target's claim, find where the VM really is, record it."""
+        """After a failure: release the target's claim, find where the VM really is, record it.
+        When no host can vouch for it, the VM is recorded in error on its source and every copy
+        of its disk is kept: an operator decides, nothing is destroyed on a guess."""
         await steps.release_claim(vm_id)
-        where = source
-        status = await steps.domain_status(source, BootWaitRequest(vm_id, 0))
-        if status.state == "absent" and target:
-            # The move completed before the failure (e.g. an answer lost on the way back).
-            if (await steps.domain_status(target, BootWaitRequest(vm_id, 0))).state != "absent":
-                where = target
-        await steps.update_record(VmRecordUpdate(vm_id, op_id, "failed", state=settled, host_id=where,
-                                                 error=error))
-        if self._disk_pools:  # keep the copy of the disk the VM uses where it is
+        source_probe = steps.probe_domain(source, vm_id)
+        if target:
+            source_state, target_state = await asyncio.gather(source_probe, steps.probe_domain(target, vm_id))
+        else:
+            source_state, target_state = await source_probe, None
+        where, confirmed = whereabouts(source, target, source_state, target_state)
+        if not confirmed:
+            error = f"{error}; neither {source} nor {target or 'a target'} confirmed where the VM is"
+        await steps.update_record(VmRecordUpdate(vm_id, op_id, "failed", state=settled if confirmed else VmState.ERROR,
+                                                 host_id=where, error=error))
+        if self._disk_pools and confirmed:  # keep the copy of the disk the VM uses where it is
             source_pool, target_pool = self._disk_pools
             await steps.drop_root(RootDiskRef(vm_id, target_pool if where == source else source_pool))
-        return where
-
+        return where if confirmed else f"{where} (unconfirmed)"

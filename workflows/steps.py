@@ -171,6 +171,17 @@ async def domain_status(host_id: str, req: BootWaitRequest) -> DomainStatus:
     return await on_host(host_id, "host.domain_status", req, DomainStatus)
 
 
+async def probe_domain(host_id: str, vm_id: str) -> str | None:
+    """The domain's state on the host ("absent" when it has none), None when the host does not
+    answer within about a minute: for deciding after a failure, when waiting longer helps no one."""
+    try:
+        status = await on_host(host_id, "host.domain_status", BootWaitRequest(vm_id, 0), DomainStatus,
+                               retry_policy=RetryPolicy(maximum_attempts=2))
+    except ActivityError:
+        return None
+    return status.state
+
+
 async def wait_booted(host_id: str, req: BootWaitRequest) -> DomainStatus:
     return await on_host(
         host_id, "host.wait_booted", req, DomainStatus, timedelta(seconds=req.timeout_s + 30),

@@ -9,6 +9,7 @@ from shared.migration import (
     after_escalation,
     next_action,
     observe,
+    whereabouts,
 )
 
 POLICY = ConvergencePolicy(downtime_steps_ms=(100, 300, 900), stall_iterations=2, completion_timeout_s=60)
@@ -59,3 +60,13 @@ def test_observe_counts_passes_that_make_no_new_low():
 def test_percent_of_data_sent():
     assert look(data_processed_mib=30, data_remaining_mib=70, data_total_mib=128).percent == 30
     assert look().percent == 0
+
+
+def test_after_a_failed_move_only_a_host_holding_the_domain_vouches_for_it():
+    assert whereabouts("h1", "h2", "running", "absent") == ("h1", True)
+    assert whereabouts("h1", "h2", "absent", "running") == ("h2", True)  # done before the failure
+    assert whereabouts("h1", "h2", None, "paused") == ("h2", True)  # the source is away; the target has it
+    assert whereabouts("h1", "h2", None, "absent") == ("h1", False)  # nobody vouches: the source, unconfirmed
+    assert whereabouts("h1", "h2", "absent", "absent") == ("h1", False)
+    assert whereabouts("h1", None, "shutoff", None) == ("h1", True)
+    assert whereabouts("h1", None, None, None) == ("h1", False)

@@ -51,6 +51,8 @@ class Fleet:
         self.disks = {vm_id: {f"local-{host}" if local_disks else "shared"} for vm_id, host in where.items()}
         self.requests: list[MigrateRequest] = []
         self.host_state = "running"  # what libvirt says of a VM on its host
+        self.unreachable: set[str] = set()  # hosts whose libvirt does not answer
+        self.lose_after_refusal: set[str] = set()  # hosts that stop answering when a move fails
         self.refuse = refuse  # VMs whose migration fails
         self.slow_s = slow_s
         self.calls: list[str] = []
@@ -60,6 +62,9 @@ class Fleet:
     def host_activities(self, host_id: str):
         @activity.defn(name="host.domain_status")
         async def domain_status(req: BootWaitRequest) -> DomainStatus:
+            if host_id in self.unreachable:
+                raise ApplicationError(f"cannot reach libvirt on {host_id}", type="host_unavailable",
+                                       non_retryable=True)
             return DomainStatus(req.vm_id, self.host_state if self.where.get(req.vm_id) == host_id else "absent")
 
         @activity.defn(name="host.migrate_domain")
@@ -74,6 +79,7 @@ class Fleet:
                 self.calls.append("aborted")
                 raise
             if req.vm_id in self.refuse:
+                self.unreachable |= self.lose_after_refusal
                 raise ApplicationError("the destination refused", type="hypervisor_error", non_retryable=True)
             self.where[req.vm_id] = req.dest_host_id
             return MigrateResult(req.vm_id, req.dest_host_id, 600, 40, 128, 100)
@@ -186,6 +192,19 @@ async def test_failed_migration_leaves_the_vm_recorded_on_its_source(env):
     assert f"release {web.vm_id[:4]}" in fleet.calls
     last = fleet.records[-1]
     assert (last.host_id, last.state, last.step) == ("h1", VmState.RUNNING, "failed")
+
+
+async def test_a_vm_no_host_vouches_for_is_recorded_in_error_and_its_disks_are_kept(env):
+    web = vm("web")
+    fleet = Fleet({web.vm_id: "h1"}, refuse={web.vm_id}, local_disks=True)
+    fleet.lose_after_refusal = {"h1"}
+    with pytest.raises(WorkflowFailureError) as caught:
+        await run(env, fleet, [web], LiveMigrate.run, MigrateInput(web), f"vm-{web.vm_id}-migrate-6")
+    assert "the VM is on h1 (unconfirmed)" in caught.value.cause.message
+    last = fleet.records[-1]
+    assert (last.host_id, last.state) == ("h1", VmState.ERROR)
+    assert "neither h1 nor h2 confirmed where the VM is" in last.error
+    assert fleet.disks[web.vm_id] == {"local-h1", "local-h2"}  # nothing destroyed on a guess
 
 
 async def test_a_disk_on_the_source_host_moves_with_its_vm(env):
