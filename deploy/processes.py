@@ -69,6 +69,19 @@ def stop_process(run_dir: Path, name: str, timeout_s: float = 10.0) -> bool:
     return was_alive
 
 
+def crash_process(run_dir: Path, name: str) -> bool:
+    """SIGKILL the process group at once, as a crash would: no shutdown of any kind. For tests of
+    what survives one. Returns whether it was alive."""
+    pid = read_pid(run_dir, name)
+    was_alive = is_alive(pid)
+    if was_alive:
+        _signal_group(pid, signal.SIGKILL)
+        while is_alive(pid):
+            _reap(pid)
+            time.sleep(0.05)
+    return was_alive
+
+
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     try:
         os.killpg(pid, sig)  # started with start_new_session: pgid == pid, all ours

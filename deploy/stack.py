@@ -171,16 +171,21 @@ def start_services(cfg: StackConfig, hosts: tuple[lab.LabHost, ...]) -> None:
         "VMFLOW_LISTEN_PORT": str(cfg.api_port),
     }, REPO_DIR)
     for host in hosts:
-        start_process(f"host-worker-{host.host_id}", [py, "-m", "services.host_worker"], cfg.root, {
-            **env,
-            "VMFLOW_HOST_ID": host.host_id,
-            "VMFLOW_LIBVIRT_URI": host.unix_uri,
-            "VMFLOW_DOMAIN_TYPE": "qemu",  # KVM here cannot boot guests (see LAB facts)
-            "VMFLOW_CONSOLE_DIR": str(cfg.console_dir),
-            "VMFLOW_LOCAL_DISK_DIR": str(cfg.local_pool_dir(host.host_id)),  # its own disk, not the shared one
-            "VMFLOW_LABELS": json.dumps(cfg.labels_of(host.host_id)),
-            "VMFLOW_MIGRATION_URI": host.tcp_uri,
-        }, REPO_DIR)
+        start_host_worker(cfg, host)
+
+
+def start_host_worker(cfg: StackConfig, host: lab.LabHost) -> None:
+    """The host's worker process (also to bring one back after it died)."""
+    start_process(f"host-worker-{host.host_id}", [sys.executable, "-m", "services.host_worker"], cfg.root, {
+        **common_env(cfg),
+        "VMFLOW_HOST_ID": host.host_id,
+        "VMFLOW_LIBVIRT_URI": host.unix_uri,
+        "VMFLOW_DOMAIN_TYPE": "qemu",  # KVM here cannot boot guests (see LAB facts)
+        "VMFLOW_CONSOLE_DIR": str(cfg.console_dir),
+        "VMFLOW_LOCAL_DISK_DIR": str(cfg.local_pool_dir(host.host_id)),  # its own disk, not the shared one
+        "VMFLOW_LABELS": json.dumps(cfg.labels_of(host.host_id)),
+        "VMFLOW_MIGRATION_URI": host.tcp_uri,
+    }, REPO_DIR)
 
 
 def up(cfg: StackConfig, say=print) -> None:

@@ -98,3 +98,8 @@ _BY_CODE: dict[str, type[VmflowError]] = {
 def error_from_code(code: str, message: str) -> VmflowError:
     """Rebuild an error that crossed a process boundary as (code, message)."""
     return _BY_CODE.get(code, VmflowError)(message)
+
+
+# Every code an activity can answer with: for retry policies that retry only a lost worker
+# (timeouts Temporal itself declares), never an answer.
+ERROR_CODES: tuple[str, ...] = tuple(_BY_CODE)

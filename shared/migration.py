@@ -156,10 +156,12 @@ class MigrateResult:
 def whereabouts(source: str, target: str | None, source_state: str | None,
                 target_state: str | None) -> tuple[str, bool]:
     """Where a VM is after a move failed, from what each host's libvirt said ("absent", a domain
-    state, or None when the host could not be asked). Returns (host, confirmed): a host that
-    has the domain is confirmed; otherwise the source is assumed, unconfirmed."""
+    state, or None when the host could not be asked). Returns (host, confirmed). The source
+    vouches by having the domain at all; the target only by running it (or holding the moved
+    definition of a stopped VM): a paused domain there may be an incoming copy that never took
+    over. Otherwise the source is assumed, unconfirmed."""
     if source_state not in (None, "absent"):
         return source, True
-    if target and target_state not in (None, "absent"):
+    if target and target_state in ("running", "shutoff"):
         return target, True  # the move completed before the failure (an answer lost on the way)
     return source, False

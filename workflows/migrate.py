@@ -99,38 +99,51 @@ class LiveMigrate:
                                     f"(limit {result.final_downtime_limit_ms} ms), "
                                     f"{result.data_transferred_mib} MiB copied"
                                     + (", finished in post-copy" if result.post_copy else ""))
-            self._progress.advance("record")
-            record = steps.update_record(VmRecordUpdate(vm.vm_id, op_id, "succeeded", state=settled, host_id=target))
-            if self._disk_pools:  # the copy left on the source goes meanwhile
-                await asyncio.gather(record, steps.drop_root(RootDiskRef(vm.vm_id, self._disk_pools[0])))
-            else:
-                await record
-            self._progress.advance("done")
+            await self._record_move(vm.vm_id, op_id, settled, target)
             return target
         except BaseException as exc:
             cancelled = is_cancelled_exception(exc) or isinstance(exc, asyncio.CancelledError)
             code, message = ("cancelled", "cancelled by request") if cancelled else steps.failure_message(exc)
             error = f"{self._progress.value.step}: {message}"
             self._progress.advance("recovering")
-            where = await self._settle(vm.vm_id, source, target, op_id, settled, error)
+            await steps.release_claim(vm.vm_id)
+            where, confirmed = await self._locate(vm.vm_id, source, target)
+            if confirmed and where != source and not cancelled:
+                # The move itself completed; only its answer went missing (e.g. the source's
+                # worker died while libvirt finished the job).
+                self._progress.note(f"the move completed although {message}")
+                await self._record_move(vm.vm_id, op_id, settled, where)
+                return where
+            where = await self._record_failure(vm.vm_id, op_id, settled, source, target, where, confirmed, error)
             self._progress.note(f"the VM stays on {where}")
             self._progress.advance("cancelled" if cancelled else "failed")
             if cancelled:
                 raise
             raise ApplicationError(f"{error}; the VM is on {where}", type=code, non_retryable=True) from None
 
-    async def _settle(self, vm_id: str, source: str, target: str | None, op_id: str, settled: VmState,
-                      error: str) -> str:
-        """After a failure: release the target's claim, find where the VM really is, record it.
-        When no host can vouch for it, the VM is recorded in error on its source and every copy
-        of its disk is kept: an operator decides, nothing is destroyed on a guess."""
-        await steps.release_claim(vm_id)
+    async def _record_move(self, vm_id: str, op_id: str, settled: VmState, target: str) -> None:
+        self._progress.advance("record")
+        record = steps.update_record(VmRecordUpdate(vm_id, op_id, "succeeded", state=settled, host_id=target))
+        if self._disk_pools:  # the copy left on the source goes meanwhile
+            await asyncio.gather(record, steps.drop_root(RootDiskRef(vm_id, self._disk_pools[0])))
+        else:
+            await record
+        self._progress.advance("done")
+
+    async def _locate(self, vm_id: str, source: str, target: str | None) -> tuple[str, bool]:
+        """Where the VM is after a failure, asking both hosts' libvirt at once: (host, confirmed)."""
         source_probe = steps.probe_domain(source, vm_id)
         if target:
             source_state, target_state = await asyncio.gather(source_probe, steps.probe_domain(target, vm_id))
         else:
             source_state, target_state = await source_probe, None
-        where, confirmed = whereabouts(source, target, source_state, target_state)
+        return whereabouts(source, target, source_state, target_state)
+
+    async def _record_failure(self, vm_id: str, op_id: str, settled: VmState, source: str, target: str | None,
+                              where: str, confirmed: bool, error: str) -> str:
+        """Record the failed move where the VM is. When no host vouched for it, the VM is recorded
+        in error on its source and every copy of its disk is kept: an operator decides, nothing
+        is destroyed on a guess. Returns where the VM is, as the message should say it."""
         if not confirmed:
             error = f"{error}; neither {source} nor {target or 'a target'} confirmed where the VM is"
         await steps.update_record(VmRecordUpdate(vm_id, op_id, "failed", state=settled if confirmed else VmState.ERROR,

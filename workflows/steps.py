@@ -14,6 +14,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
+    from shared.errors import ERROR_CODES
     from shared.migration import MigrateRequest, MigrateResult
     from shared.models import (
         BeginOperation,
@@ -197,11 +198,14 @@ async def wait_booted(host_id: str, req: BootWaitRequest) -> DomainStatus:
 
 
 async def migrate_domain(source_host_id: str, req: MigrateRequest) -> MigrateResult:
-    """Runs on the source host. Never retried: a failed migration leaves the VM on the source,
-    and the workflow decides what comes next. Cancelling waits until libvirt's job is aborted."""
+    """Runs on the source host. An answer is final (a failed migration leaves the VM on the
+    source, and the workflow decides what comes next). Only a worker that went silent (its
+    heartbeats stopped) gets another attempt, which follows libvirt's job if it still runs.
+    Cancelling waits until libvirt's job is aborted."""
     return await on_host(
         source_host_id, "host.migrate_domain", req, MigrateResult,
         timedelta(seconds=req.policy.completion_timeout_s + 60), _HOST_HEARTBEAT,
-        retry_policy=RetryPolicy(maximum_attempts=1),
+        retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3,
+                                 non_retryable_error_types=list(ERROR_CODES)),
         cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
     )

@@ -11,6 +11,7 @@ import warnings
 
 import pytest
 
+from deploy import lab, processes, stack
 from deploy.client import ApiError, VmflowClient
 from tests.integration.event_tap import EventTap
 from tests.integration.libvirt_probe import LibvirtProbe, wait_until
@@ -115,6 +116,32 @@ def test_cancel_in_flight_leaves_the_vm_running_on_its_source(stack_cfg, api, pr
     assert probe.state(source, vm["id"]) == "running"
     with pytest.raises(ApiError, match="409"):
         api.call("POST", f"/v1/operations/{op_id}/cancel")
+
+
+def test_a_migration_outlives_a_crash_of_its_source_worker(stack_cfg, api, probe, cleanup):
+    """The source host's worker dies mid-copy and comes back: the operation neither hangs nor
+    gives up; it ends with the VM on exactly one host and the inventory saying which."""
+    vm = provision(api)
+    cleanup.append(vm["id"])
+    source = vm["host_id"]
+    target = next(h for h in ("h1", "h2", "h3") if h != source)
+    console = probe.console_path(source, vm["id"])
+    accepted = api.call("POST", f"/v1/vms/{vm['id']}/migrate",
+                        json={"target_host_id": target, "completion_timeout_s": 600, "bandwidth_mib_s": 2})
+    op_id = accepted["operation_id"]
+    wait_until(lambda: (api.call("GET", f"/v1/operations/{op_id}").get("activity_progress") or {})
+               .get("data_processed_mib", 0) >= 1, 60, what="the copy to be under way")
+    assert processes.crash_process(stack_cfg.root, f"host-worker-{source}")
+    time.sleep(2)
+    (host,) = [h for h in lab.load_lab(stack_cfg.lab_name, stack_cfg.root / "lab").hosts if h.host_id == source]
+    stack.start_host_worker(stack_cfg, host)
+    op = api.wait_operation(op_id, timeout_s=600)
+    assert op["state"] == "succeeded", op
+    assert agree(api, probe, vm["id"]) == target
+    after = counters(console.read_text(errors="replace"))[-1]
+    wait_until(lambda: counters(console.read_text(errors="replace"))[-1] > after + 1, 20,
+               what="the guest to go on counting on the target")
+    assert console.read_text(errors="replace").count(MARKER) == 1
 
 
 def test_a_fast_dirtying_guest_converges_through_the_policy_or_is_aborted_in_time(api, probe, cleanup):

@@ -65,7 +65,8 @@ def test_percent_of_data_sent():
 def test_after_a_failed_move_only_a_host_holding_the_domain_vouches_for_it():
     assert whereabouts("h1", "h2", "running", "absent") == ("h1", True)
     assert whereabouts("h1", "h2", "absent", "running") == ("h2", True)  # done before the failure
-    assert whereabouts("h1", "h2", None, "paused") == ("h2", True)  # the source is away; the target has it
+    assert whereabouts("h1", "h2", None, "running") == ("h2", True)  # the source is away; the target runs it
+    assert whereabouts("h1", "h2", None, "paused") == ("h1", False)  # maybe an incoming copy, not the VM
     assert whereabouts("h1", "h2", None, "absent") == ("h1", False)  # nobody vouches: the source, unconfirmed
     assert whereabouts("h1", "h2", "absent", "absent") == ("h1", False)
     assert whereabouts("h1", None, "shutoff", None) == ("h1", True)

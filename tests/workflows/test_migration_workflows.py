@@ -52,6 +52,7 @@ class Fleet:
         self.requests: list[MigrateRequest] = []
         self.host_state = "running"  # what libvirt says of a VM on its host
         self.unreachable: set[str] = set()  # hosts whose libvirt does not answer
+        self.lose_answer: set[str] = set()  # VMs whose move completes but whose answer is lost
         self.lose_after_refusal: set[str] = set()  # hosts that stop answering when a move fails
         self.refuse = refuse  # VMs whose migration fails
         self.slow_s = slow_s
@@ -82,6 +83,8 @@ class Fleet:
                 self.unreachable |= self.lose_after_refusal
                 raise ApplicationError("the destination refused", type="hypervisor_error", non_retryable=True)
             self.where[req.vm_id] = req.dest_host_id
+            if req.vm_id in self.lose_answer:
+                raise ApplicationError("the worker went away", type="host_unavailable", non_retryable=True)
             return MigrateResult(req.vm_id, req.dest_host_id, 600, 40, 128, 100)
 
         return [domain_status, migrate]
@@ -192,6 +195,16 @@ async def test_failed_migration_leaves_the_vm_recorded_on_its_source(env):
     assert f"release {web.vm_id[:4]}" in fleet.calls
     last = fleet.records[-1]
     assert (last.host_id, last.state, last.step) == ("h1", VmState.RUNNING, "failed")
+
+
+async def test_a_move_that_completed_without_its_answer_is_a_success(env):
+    web = vm("web")
+    fleet = Fleet({web.vm_id: "h1"}, local_disks=True)
+    fleet.lose_answer = {web.vm_id}
+    assert await run(env, fleet, [web], LiveMigrate.run, MigrateInput(web), f"vm-{web.vm_id}-migrate-7") == "h2"
+    last = fleet.records[-1]
+    assert (last.host_id, last.state, last.step) == ("h2", VmState.RUNNING, "succeeded")
+    assert fleet.disks[web.vm_id] == {"local-h2"}
 
 
 async def test_a_vm_no_host_vouches_for_is_recorded_in_error_and_its_disks_are_kept(env):
