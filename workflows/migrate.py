@@ -4,7 +4,8 @@ A root disk on the source's own pool moves along: copied whole before a cold mov
 empty overlay by libvirt during a live one. Whatever happens, the operation ends in a known
 state: the VM runs (or is defined) on exactly one host, the inventory names that host, only
 the copy of the disk that host uses remains, and the target's capacity claim is released on
-failure.
+failure. Where is decided by what the hosts' libvirt say; when neither can vouch for the VM,
+it is recorded in error with the reason, for an operator, and no disk copy is dropped.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ class LiveMigrate:
 
     @workflow.run
     async def run(self, inp: MigrateInput) -> str:
-        """Returns the host the VM is on afterwards. Fails (or is cancelled) with the VM where it
-        was, recorded as such."""
+        """Returns the host the VM is on afterwards (also when the move completed but its answer
+        was lost). Fails (or is cancelled) with the VM where it was, recorded as such."""
         op_id = workflow.info().workflow_id
         vm, source = inp.vm, inp.vm.host_id or ""
         live = vm.state is not VmState.STOPPED  # the state the VM was in when the move was asked
