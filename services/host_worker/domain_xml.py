@@ -1,9 +1,11 @@
-"""Domain XML as a pure function of the spec: no libvirt connection, golden-file tested."""
+"""Domain XML as a pure function of the spec, and the edits made to a definition later (data
+disks, disks that moved): no libvirt connection, golden-file tested."""
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+from shared.errors import Conflict, InvalidRequest
 from shared.models import DomainSpec
 
 METADATA_NS = "http://vmflow.local/xmlns/vm/1"
@@ -77,3 +79,54 @@ def metadata_fields(metadata_xml: str) -> dict[str, str]:
     """Parse the element libvirt returns for our metadata namespace: {'name': .., 'tenant': ..}."""
     root = ET.fromstring(metadata_xml)
     return {child.tag.rsplit("}", 1)[-1]: child.text or "" for child in root}
+
+
+# -- editing definitions: data disks, moved disks ---------------------------------------------------------------------
+
+DATA_DISK_TARGETS = tuple(f"vd{letter}" for letter in "bcdefghijklmnopqrstuvwxyz")
+
+
+def disk_sources(domain_xml: str) -> dict[str, str]:
+    """target dev -> source file of each file-backed disk of a domain definition."""
+    root = ET.fromstring(domain_xml)
+    sources = {}
+    for disk in root.findall("devices/disk"):
+        target, source = disk.find("target"), disk.find("source")
+        if target is not None and source is not None and source.get("file"):
+            sources[target.get("dev", "")] = source.get("file", "")
+    return sources
+
+
+def target_of(disk_path: str, sources: dict[str, str]) -> str | None:
+    return next((target for target, path in sources.items() if path == disk_path), None)
+
+
+def free_disk_target(used: set[str]) -> str:
+    """The first virtio target no disk uses (vda is the root disk). Raises Conflict."""
+    for target in DATA_DISK_TARGETS:
+        if target not in used:
+            return target
+    raise Conflict(f"no free disk slot: {len(DATA_DISK_TARGETS)} data disks are attached already")
+
+
+def with_disk_sources(domain_xml: str, moves: dict[str, str]) -> str:
+    """The definition with each disk whose source file is a key of ``moves`` pointed at its value.
+    Raises InvalidRequest when a move names no disk of the domain."""
+    root = ET.fromstring(domain_xml)
+    missing = set(moves)
+    for source in root.findall("devices/disk/source"):
+        path = source.get("file")
+        if path in moves:
+            source.set("file", moves[path])
+            missing.discard(path)
+    if missing:
+        raise InvalidRequest(f"the domain has no disk at {', '.join(sorted(missing))}")
+    return ET.tostring(root, encoding="unicode")
+
+
+def disk_device_xml(disk_path: str, target: str) -> str:
+    disk = ET.Element("disk", type="file", device="disk")
+    ET.SubElement(disk, "driver", name="qemu", type="qcow2")
+    ET.SubElement(disk, "source", file=disk_path)
+    ET.SubElement(disk, "target", dev=target, bus="virtio")
+    return ET.tostring(disk, encoding="unicode")

@@ -7,16 +7,24 @@ are translated here, once, into ``shared.errors`` types.
 from __future__ import annotations
 
 import threading
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import libvirt
 import structlog
 
-from services.host_worker.domain_xml import METADATA_NS, domain_name, metadata_fields
+from services.host_worker.domain_xml import (
+    METADATA_NS,
+    disk_device_xml,
+    disk_sources,
+    domain_name,
+    free_disk_target,
+    metadata_fields,
+    target_of,
+    with_disk_sources,
+)
 from services.host_worker.migration import CompletedMigration
-from shared.errors import Conflict, HostUnavailable, HypervisorError, InvalidRequest, NotFound, VmflowError
+from shared.errors import HostUnavailable, HypervisorError, InvalidRequest, NotFound, VmflowError
 from shared.migration import MigrationProgress
 from shared.models import DomainSummary
 
@@ -289,7 +297,7 @@ class Hypervisor:
         dom = self._require(vm_id)
         try:
             running, persistent, live = self._disk_maps(dom)
-            target = (_target_of(disk_path, persistent) or _target_of(disk_path, live)
+            target = (target_of(disk_path, persistent) or target_of(disk_path, live)
                       or free_disk_target(set(persistent) | set(live)))
             flags = 0
             if disk_path not in persistent.values():
@@ -311,9 +319,9 @@ class Hypervisor:
             return
         try:
             running, persistent, live = self._disk_maps(dom)
-            if (target := _target_of(disk_path, persistent)) is not None:
+            if (target := target_of(disk_path, persistent)) is not None:
                 dom.detachDeviceFlags(disk_device_xml(disk_path, target), libvirt.VIR_DOMAIN_AFFECT_CONFIG)
-            if running and (target := _target_of(disk_path, live)) is not None:
+            if running and (target := target_of(disk_path, live)) is not None:
                 dom.detachDeviceFlags(disk_device_xml(disk_path, target), libvirt.VIR_DOMAIN_AFFECT_LIVE)
         except libvirt.libvirtError as exc:
             raise translate(exc) from exc
@@ -476,47 +484,14 @@ class Hypervisor:
         log.info("job aborted", vm_id=vm_id)
 
 
-# -- data disk XML (pure) ---------------------------------------------------------------------
+# -- migration (pure) ---------------------------------------------------------------------------
 
-DATA_DISK_TARGETS = tuple(f"vd{letter}" for letter in "bcdefghijklmnopqrstuvwxyz")
-
-
-def disk_sources(domain_xml: str) -> dict[str, str]:
-    """target dev -> source file of each file-backed disk of a domain definition."""
-    root = ET.fromstring(domain_xml)
-    sources = {}
-    for disk in root.findall("devices/disk"):
-        target, source = disk.find("target"), disk.find("source")
-        if target is not None and source is not None and source.get("file"):
-            sources[target.get("dev", "")] = source.get("file", "")
-    return sources
-
-
-def _target_of(disk_path: str, sources: dict[str, str]) -> str | None:
-    return next((target for target, path in sources.items() if path == disk_path), None)
-
-
-def free_disk_target(used: set[str]) -> str:
-    """The first virtio target no disk uses (vda is the root disk). Raises Conflict."""
-    for target in DATA_DISK_TARGETS:
-        if target not in used:
-            return target
-    raise Conflict(f"no free disk slot: {len(DATA_DISK_TARGETS)} data disks are attached already")
-
-
-def with_disk_sources(domain_xml: str, moves: dict[str, str]) -> str:
-    """The definition with each disk whose source file is a key of ``moves`` pointed at its value.
-    Raises InvalidRequest when a move names no disk of the domain."""
-    root = ET.fromstring(domain_xml)
-    missing = set(moves)
-    for source in root.findall("devices/disk/source"):
-        path = source.get("file")
-        if path in moves:
-            source.set("file", moves[path])
-            missing.discard(path)
-    if missing:
-        raise InvalidRequest(f"the domain has no disk at {', '.join(sorted(missing))}")
-    return ET.tostring(root, encoding="unicode")
+_MIB = 1024 * 1024
+# The source's job-completed event carries the final stats (downtime); after UNDEFINE_SOURCE the
+# source domain is gone, so it is the only place the source side can read them. It normally
+# arrives within milliseconds of migrateToURI3 returning.
+_COMPLETED_EVENT_WAIT_S = 2.0
+_NO_JOB_CODES = {libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID}
 
 
 def disk_move_params(running_xml: str, persistent_xml: str, moves: dict[str, str]) -> dict:
@@ -528,24 +503,6 @@ def disk_move_params(running_xml: str, persistent_xml: str, moves: dict[str, str
         libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: with_disk_sources(persistent_xml, moves),
         libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS: targets,
     }
-
-
-def disk_device_xml(disk_path: str, target: str) -> str:
-    disk = ET.Element("disk", type="file", device="disk")
-    ET.SubElement(disk, "driver", name="qemu", type="qcow2")
-    ET.SubElement(disk, "source", file=disk_path)
-    ET.SubElement(disk, "target", dev=target, bus="virtio")
-    return ET.tostring(disk, encoding="unicode")
-
-
-# -- migration (pure) ---------------------------------------------------------------------------
-
-_MIB = 1024 * 1024
-# The source's job-completed event carries the final stats (downtime); after UNDEFINE_SOURCE the
-# source domain is gone, so it is the only place the source side can read them. It normally
-# arrives within milliseconds of migrateToURI3 returning.
-_COMPLETED_EVENT_WAIT_S = 2.0
-_NO_JOB_CODES = {libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID}
 
 
 def migration_flags(*, live: bool, copy_disks: bool = False, auto_converge: bool = False,

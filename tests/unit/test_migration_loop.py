@@ -11,13 +11,12 @@ from collections.abc import Callable
 import libvirt
 import pytest
 
+from services.host_worker.domain_xml import disk_sources, with_disk_sources
 from services.host_worker.hypervisor import (
     completed_from_job_stats,
     disk_move_params,
-    disk_sources,
     migration_flags,
     progress_from_job_stats,
-    with_disk_sources,
 )
 from services.host_worker.migration import CompletedMigration, LiveMigration
 from shared.errors import HostUnavailable, HypervisorError, InvalidRequest, Timeout

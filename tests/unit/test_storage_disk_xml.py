@@ -7,8 +7,13 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from services.host_worker.domain_xml import build_domain_xml
-from services.host_worker.hypervisor import DATA_DISK_TARGETS, disk_device_xml, disk_sources, free_disk_target
+from services.host_worker.domain_xml import (
+    DATA_DISK_TARGETS,
+    build_domain_xml,
+    disk_device_xml,
+    disk_sources,
+    free_disk_target,
+)
 from shared.errors import Conflict
 from shared.models import DomainSpec
 
