@@ -146,6 +146,15 @@ class RootDisk:
 
 
 @dataclass(frozen=True)
+class RootCopy:
+    """A VM's root volume copied from one pool into another (a move to a host with its own disk)."""
+
+    vm_id: str
+    from_pool: str
+    to_pool: str
+
+
+@dataclass(frozen=True)
 class RootDiskRef:
     """A VM's root volume in one pool (a copy being made, or one left behind)."""
 

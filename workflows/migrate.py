@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
         BootWaitRequest,
         OperationProgress,
         PlacementRequest,
+        RootCopy,
         RootDiskRef,
         VmRecordUpdate,
         VmState,
@@ -84,10 +85,10 @@ class LiveMigrate:
             moves: tuple[DiskMove, ...] = ()
             if root.host_id is not None:
                 self._disk_pools = (root.pool, local_pool_name(target))
-                copy_ref = RootDiskRef(vm.vm_id, self._disk_pools[1])
+                copy_req = RootCopy(vm.vm_id, *self._disk_pools)
                 # Live: libvirt fills an empty overlay as it goes. Cold: nothing runs to copy it.
                 self._progress.advance("prepare_disk" if live else "copy_disk", target)
-                copy = await (steps.prepare_root(copy_ref) if live else steps.copy_root(copy_ref))
+                copy = await (steps.prepare_root(copy_req) if live else steps.copy_root(copy_req))
                 moves = (DiskMove(root.path, copy.path),)
             self._progress.advance("migrate", target)
             self._progress.note(f"{'live' if live else 'cold'} migration {source} -> {target}"

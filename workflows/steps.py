@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         HostView,
         Placement,
         PlacementRequest,
+        RootCopy,
         RootDisk,
         RootDiskRef,
         StopRequest,
@@ -113,13 +114,13 @@ async def locate_root(vm_id: str) -> RootDisk:
     return await run_activity(STORAGE_QUEUE, "storage.locate_root", VolumeRef(vm_id), RootDisk)
 
 
-async def copy_root(ref: RootDiskRef) -> RootDisk:
+async def copy_root(req: RootCopy) -> RootDisk:
     """A whole copy of a stopped VM's root volume: as long as the disk is big; it heartbeats."""
-    return await run_activity(STORAGE_QUEUE, "storage.copy_root", ref, RootDisk, timedelta(hours=2), _HOST_HEARTBEAT)
+    return await run_activity(STORAGE_QUEUE, "storage.copy_root", req, RootDisk, timedelta(hours=2), _HOST_HEARTBEAT)
 
 
-async def prepare_root(ref: RootDiskRef) -> RootDisk:
-    return await run_activity(STORAGE_QUEUE, "storage.prepare_root", ref, RootDisk)
+async def prepare_root(req: RootCopy) -> RootDisk:
+    return await run_activity(STORAGE_QUEUE, "storage.prepare_root", req, RootDisk)
 
 
 async def drop_root(ref: RootDiskRef) -> None:

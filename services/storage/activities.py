@@ -12,7 +12,7 @@ from services.storage.image_activities import operation_key
 from services.storage.volumes import RootVolumes, root_volume_name
 from shared import codec, subjects
 from shared.messaging import EventPublisher
-from shared.models import RootDisk, RootDiskRef, Volume, VolumeRef, VolumeRequest
+from shared.models import RootCopy, RootDisk, RootDiskRef, Volume, VolumeRef, VolumeRequest
 
 MIB = 1024 * 1024
 
@@ -55,24 +55,23 @@ class StorageActivities:
         return replace(root, local_data_volumes=tuple(v.name for v in attached if v.host_id))
 
     @activity.defn(name="storage.copy_root")
-    async def copy_root(self, ref: RootDiskRef) -> RootDisk:
-        """Copy the stopped VM's root volume into ``ref.pool`` (a cold migration to a host with
-        its own disks), heartbeating the bytes copied. Idempotent."""
+    async def copy_root(self, req: RootCopy) -> RootDisk:
+        """Copy the stopped VM's root volume into ``req.to_pool`` (a cold migration to a host
+        with its own disks), heartbeating the MiB copied. Idempotent."""
         def report(copied_bytes: int, total_bytes: int) -> None:
             activity.heartbeat({"copied_mib": copied_bytes // MIB, "total_mib": total_bytes // MIB})
 
-        copy, created = await self._roots.copy_to(ref.vm_id, ref.pool, report)
+        copy, created = await self._roots.copy_to(req.vm_id, req.from_pool, req.to_pool, report)
         if created:
-            await self._publish(copy.pool, ref.vm_id, "created", {"path": copy.path, "copied": True})
+            await self._publish(copy.pool, req.vm_id, "created", {"path": copy.path, "copied": True})
         return copy
 
     @activity.defn(name="storage.prepare_root")
-    async def prepare_root(self, ref: RootDiskRef) -> RootDisk:
-        """An empty overlay in ``ref.pool`` for a live migration to fill. Idempotent. Raises
-        Conflict when the root volume has snapshots."""
-        copy, created = await self._roots.prepare_in(ref.vm_id, ref.pool)
-        if created:
-            await self._publish(copy.pool, ref.vm_id, "created", {"path": copy.path, "copied": False})
+    async def prepare_root(self, req: RootCopy) -> RootDisk:
+        """An empty overlay in ``req.to_pool`` for a live migration to fill (made anew on a
+        retry). Raises Conflict when the root volume has snapshots."""
+        copy = await self._roots.prepare_in(req.vm_id, req.from_pool, req.to_pool)
+        await self._publish(copy.pool, req.vm_id, "created", {"path": copy.path, "copied": False})
         return copy
 
     @activity.defn(name="storage.drop_root")

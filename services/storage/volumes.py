@@ -15,7 +15,7 @@ from services.storage.catalog import ImageCatalog
 from services.storage.locks import locked, name_lock
 from services.storage.pools import Pool, PoolRegistry
 from services.storage.qcow2 import read_header
-from shared.errors import Conflict, NotFound, StorageError
+from shared.errors import Conflict, InvalidRequest, NotFound, StorageError
 from shared.models import RootDisk, Volume, VolumeRequest
 
 log = structlog.get_logger(__name__)
@@ -50,13 +50,15 @@ class RootVolumes:
         return found[1] if found else self.path_in(self._pools.shared, vm_id)
 
     def describe(self, vm_id: str) -> RootDisk:
-        """Raises NotFound when no pool holds the VM's root volume."""
-        found = self.locate(vm_id)
-        header = read_header(found[1]) if found else None
-        if found is None or header is None:
+        """Raises NotFound when no pool holds the VM's root volume, Conflict when several do (a
+        move that ended undecided keeps both copies until an operator settles it)."""
+        holders = [pool for pool in self._pools.all() if self.path_in(pool, vm_id).exists()]
+        if len(holders) > 1:
+            raise Conflict(f"the root volume of VM {vm_id} is in several pools "
+                           f"({', '.join(p.name for p in holders)}): an earlier move ended undecided")
+        if not holders:
             raise NotFound(f"VM {vm_id} has no root volume in any pool")
-        pool, path = found
-        return RootDisk(vm_id, pool.name, str(path), pool.host_id, header.snapshot_count)
+        return self.describe_in(holders[0], vm_id)
 
     async def create(self, req: VolumeRequest) -> tuple[Volume, bool]:
         """Thin clone of the image, grown to ``disk_gib``, in ``req.pool`` (default: the shared
@@ -97,16 +99,14 @@ class RootVolumes:
             removed.append(pool.name)
         return removed
 
-    async def copy_to(self, vm_id: str, pool_name: str,
+    async def copy_to(self, vm_id: str, from_pool: str, to_pool: str,
                       on_wait: Callable[[int, int], None]) -> tuple[RootDisk, bool]:
-        """Copy the stopped VM's root volume, whole (its snapshots too), into ``pool_name``; the
-        copy keeps the image it is a clone of, which every host sees. Idempotent. ``on_wait``
-        gets (bytes copied, bytes to copy) every couple of seconds. Returns (copy, created_now).
-        Raises NotFound, Conflict (another copy there already), StorageError."""
-        source = self.describe(vm_id)
-        target_pool = self._pools.get(pool_name)
-        if source.pool == target_pool.name:
-            return source, False
+        """Copy the stopped VM's root volume, whole (its snapshots too), from ``from_pool`` into
+        ``to_pool``; the copy keeps the image it is a clone of, which every host sees.
+        Idempotent. ``on_wait`` gets (bytes copied, bytes to copy) every couple of seconds.
+        Returns (copy, created_now). Raises InvalidRequest (unknown or same pool), NotFound,
+        StorageError."""
+        source, target_pool = self._copy_ends(vm_id, from_pool, to_pool)
         target = self.path_in(target_pool, vm_id)
         if target.exists():
             return self.describe_in(target_pool, vm_id), False
@@ -118,15 +118,13 @@ class RootVolumes:
                  allocated_bytes=target.stat().st_blocks * 512)
         return self.describe_in(target_pool, vm_id), True
 
-    async def prepare_in(self, vm_id: str, pool_name: str) -> tuple[RootDisk, bool]:
-        """An empty overlay in ``pool_name`` on the same image and of the same virtual size as
-        the VM's root volume: what a live migration copies the running disk into. Idempotent.
-        Raises NotFound, Conflict when the root volume has snapshots (a live copy would lose
-        them), StorageError."""
-        source = self.describe(vm_id)
-        target_pool = self._pools.get(pool_name)
-        if source.pool == target_pool.name:
-            raise Conflict(f"the root volume of VM {vm_id} is in {pool_name} already")
+    async def prepare_in(self, vm_id: str, from_pool: str, to_pool: str) -> RootDisk:
+        """An empty overlay in ``to_pool`` on the same image and of the same virtual size as the
+        VM's root volume in ``from_pool``: what a live migration copies the running disk into.
+        A file left there by an earlier, abandoned copy is made anew, so nothing stale survives
+        into the copy. Raises InvalidRequest (unknown or same pool), NotFound, Conflict when the
+        root volume has snapshots (a live copy would lose them), StorageError."""
+        source, target_pool = self._copy_ends(vm_id, from_pool, to_pool)
         if source.snapshot_count:
             raise Conflict(f"the root volume of VM {vm_id} has {source.snapshot_count} snapshot(s), which a "
                            "live copy of its disk would lose: delete them or stop the VM and migrate it cold")
@@ -134,13 +132,16 @@ class RootVolumes:
         if header is None or header.backing_file is None:
             raise StorageError(f"the root volume of VM {vm_id} is not a clone of an image")
         target = self.path_in(target_pool, vm_id)
-        if target.exists():
-            return self.describe_in(target_pool, vm_id), False
         partial = target.with_suffix(".partial")
         target_pool.volumes_dir.mkdir(parents=True, exist_ok=True)
         await qemu_img.create_overlay(str(partial), header.backing_file, header.virtual_size_bytes)
         os.replace(partial, target)
-        return self.describe_in(target_pool, vm_id), True
+        return self.describe_in(target_pool, vm_id)
+
+    def _copy_ends(self, vm_id: str, from_pool: str, to_pool: str) -> tuple[RootDisk, Pool]:
+        if from_pool == to_pool:
+            raise InvalidRequest(f"a copy of VM {vm_id}'s root volume needs two pools, not {to_pool} twice")
+        return self.describe_in(self._pools.get(from_pool), vm_id), self._pools.get(to_pool)
 
     def describe_in(self, pool: Pool, vm_id: str) -> RootDisk:
         path = self.path_in(pool, vm_id)

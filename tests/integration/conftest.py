@@ -51,9 +51,10 @@ def stack_cfg(pytestconfig):
         stack.up(cfg, say=lambda _msg: None)
         yield cfg
     finally:
-        if _failed:
+        if _failed:  # straight to the terminal: a session's teardown output is otherwise dropped
             reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
-            _tell_what_went_wrong(run_dir, reporter.write_line)
+            with pytestconfig.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
+                _tell_what_went_wrong(run_dir, reporter.write_line)
         stack.down(run_dir, say=lambda _msg: None)
         if not os.environ.get("VMFLOW_KEEP_TEST_RUN"):  # keep logs to look into a failure
             shutil.rmtree(run_dir, ignore_errors=True)

@@ -237,24 +237,29 @@ async def test_root_volumes_live_in_a_local_pool_and_follow_their_vm(pools):
     def progress(_copied_bytes: int, _total_bytes: int) -> None:
         pass  # a copy this small ends before its first report
 
-    copy, created = await pools.roots.copy_to(VM_A, "local-h2", progress)
+    copy, created = await pools.roots.copy_to(VM_A, "local-h1", "local-h2", progress)
     assert created and copy.pool == "local-h2" and copy.host_id == "h2" and copy.snapshot_count == 1
     qemu("qemu-io", "-f", "qcow2", "-c", "read -P 0xcd 1M 64k", copy.path)
     assert json.loads(qemu("qemu-img", "info", "--output=json", copy.path))["backing-filename"].endswith("disk.qcow2")
-    assert (await pools.roots.copy_to(VM_A, "local-h2", progress))[1] is False  # a retry copies nothing
+    assert (await pools.roots.copy_to(VM_A, "local-h1", "local-h2", progress))[1] is False  # a retry copies nothing
     with pytest.raises(Conflict, match="1 snapshot"):  # a live copy would lose them
-        await pools.roots.prepare_in(VM_A, "local-h2")
+        await pools.roots.prepare_in(VM_A, "local-h1", "local-h2")
     assert await pools.roots.delete(VM_A, "local-h1") == ["local-h1"]
     assert pools.roots.describe(VM_A).pool == "local-h2"
 
     # Live: an empty overlay on the same image, the same virtual size, for the migration to fill.
     await pools.snapshots.delete(VM_A, "before-move")
-    target, created = await pools.roots.prepare_in(VM_A, "local-h1")
+    target = await pools.roots.prepare_in(VM_A, "local-h2", "local-h1")
     info = json.loads(qemu("qemu-img", "info", "--output=json", target.path))
-    assert created and info["virtual-size"] == 2 * 1024**3 and info["backing-filename"].endswith("disk.qcow2")
+    assert info["virtual-size"] == 2 * 1024**3 and info["backing-filename"].endswith("disk.qcow2")
     qemu("qemu-io", "-f", "qcow2", "-c", "read -P 0x00 1M 64k", target.path)
+    qemu("qemu-io", "-f", "qcow2", "-c", "write -P 0xee 1M 64k", target.path)  # an abandoned copy's data
+    target = await pools.roots.prepare_in(VM_A, "local-h2", "local-h1")  # a retry starts clean
+    qemu("qemu-io", "-f", "qcow2", "-c", "read -P 0x00 1M 64k", target.path)
+    with pytest.raises(Conflict, match=r"in several pools \(local-h1, local-h2\)"):
+        pools.roots.describe(VM_A)  # until the move settles which copy is the VM's
     with pytest.raises(InvalidRequest, match="unknown pool 'local-h9'"):
-        await pools.roots.copy_to(VM_A, "local-h9", progress)
+        await pools.roots.copy_to(VM_A, "local-h2", "local-h9", progress)
     assert sorted(await pools.roots.delete(VM_A)) == ["local-h1", "local-h2"]
     with pytest.raises(NotFound, match="no root volume"):
         pools.roots.describe(VM_A)

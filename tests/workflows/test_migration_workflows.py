@@ -26,6 +26,7 @@ from shared.models import (
     HostView,
     Placement,
     PlacementRequest,
+    RootCopy,
     RootDisk,
     RootDiskRef,
     VmList,
@@ -102,16 +103,18 @@ class Fleet:
             return disk(RootDiskRef(ref.vm_id, sorted(self.disks[ref.vm_id])[0]))
 
         @activity.defn(name="storage.copy_root")
-        async def copy(ref: RootDiskRef) -> RootDisk:
-            self.calls.append(f"copy {ref.pool}")
-            self.disks[ref.vm_id].add(ref.pool)
-            return disk(ref)
+        async def copy(req: RootCopy) -> RootDisk:
+            assert req.from_pool in self.disks[req.vm_id]
+            self.calls.append(f"copy {req.to_pool}")
+            self.disks[req.vm_id].add(req.to_pool)
+            return disk(RootDiskRef(req.vm_id, req.to_pool))
 
         @activity.defn(name="storage.prepare_root")
-        async def prepare(ref: RootDiskRef) -> RootDisk:
-            self.calls.append(f"prepare {ref.pool}")
-            self.disks[ref.vm_id].add(ref.pool)
-            return disk(ref)
+        async def prepare(req: RootCopy) -> RootDisk:
+            assert req.from_pool in self.disks[req.vm_id]
+            self.calls.append(f"prepare {req.to_pool}")
+            self.disks[req.vm_id].add(req.to_pool)
+            return disk(RootDiskRef(req.vm_id, req.to_pool))
 
         @activity.defn(name="storage.drop_root")
         async def drop(ref: RootDiskRef) -> None:
