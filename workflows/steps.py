@@ -57,6 +57,9 @@ _HOST_PICKUP = timedelta(seconds=30)
 # Generous: a burst of provisions can keep the single-shard dev server from recording
 # heartbeats for tens of seconds while the host is fine.
 _HOST_HEARTBEAT = timedelta(seconds=60)
+# Storage copies heartbeat every couple of seconds too; a storage worker that died mid-copy is
+# noticed within this, not hours later.
+COPY_HEARTBEAT = timedelta(seconds=30)
 
 
 def host_queue(host_id: str) -> str:
@@ -116,7 +119,7 @@ async def locate_root(vm_id: str) -> RootDisk:
 
 async def copy_root(req: RootCopy) -> RootDisk:
     """A whole copy of a stopped VM's root volume: as long as the disk is big; it heartbeats."""
-    return await run_activity(STORAGE_QUEUE, "storage.copy_root", req, RootDisk, timedelta(hours=2), _HOST_HEARTBEAT)
+    return await run_activity(STORAGE_QUEUE, "storage.copy_root", req, RootDisk, timedelta(hours=2), COPY_HEARTBEAT)
 
 
 async def prepare_root(req: RootCopy) -> RootDisk:

@@ -25,16 +25,15 @@ with workflow.unsafe.imports_passed_through():
         VolumeView,
     )
 
-from workflows.steps import STORAGE_QUEUE, on_host, run_activity
+from workflows.steps import COPY_HEARTBEAT, STORAGE_QUEUE, on_host, run_activity
 
 _QUICK = timedelta(minutes=2)
 _COPY = timedelta(hours=6)
-_COPY_HEARTBEAT = timedelta(seconds=30)
 
 
 async def _storage(name: str, arg: object, result_type: type | None = None, copy: bool = False):
     return await run_activity(STORAGE_QUEUE, name, arg, result_type, _COPY if copy else _QUICK,
-                              _COPY_HEARTBEAT if copy else None)
+                              COPY_HEARTBEAT if copy else None)
 
 
 async def import_image(req: ImportRequest) -> ImageView:

@@ -117,17 +117,7 @@ class Hypervisor:
         with self._lock:
             if self._conn is not None and self._conn.isAlive():
                 return self._conn
-            _ensure_event_loop()
-            try:
-                conn = libvirt.open(self._uri)
-            except libvirt.libvirtError as exc:
-                raise HostUnavailable(f"cannot reach libvirt at {self._uri}: {exc.get_error_message()}") from exc
-            try:
-                conn.setKeepAlive(5, 3)  # notice a dead remote daemon within ~15 s
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:  # local drivers have none
-                    conn.close()
-                    raise HostUnavailable(f"libvirt at {self._uri}: {exc.get_error_message()}") from exc
+            conn = self._open_connection()
             if self._on_lifecycle is not None:
                 conn.domainEventRegisterAny(
                     None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle_callback, None
@@ -385,8 +375,8 @@ class Hypervisor:
         return completed_from_job_stats(final) if final else None
 
     def _open_connection(self) -> libvirt.virConnect:
-        """A new connection to this host besides the shared one, with the same keepalive; the
-        caller closes it. Raises HostUnavailable."""
+        """A new connection to this host, with keepalive (a dead remote daemon is noticed within
+        ~15 s); the caller closes it. Raises HostUnavailable."""
         _ensure_event_loop()
         try:
             conn = libvirt.open(self._uri)
@@ -395,7 +385,7 @@ class Hypervisor:
         try:
             conn.setKeepAlive(5, 3)
         except libvirt.libvirtError as exc:
-            if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:  # local drivers have none
                 conn.close()
                 raise HostUnavailable(f"libvirt at {self._uri}: {exc.get_error_message()}") from exc
         return conn
