@@ -64,6 +64,23 @@ class StorageError(VmflowError):
     http_status = 502
 
 
+class FenceFailed(VmflowError):
+    """A fence agent failed, or the host is not off after it ran."""
+
+    code = "fence_failed"
+    retryable = True
+    http_status = 502
+
+
+class HostsSilent(VmflowError):
+    """Placement found no host while some hosts are silent for a moment (a NATS or scheduler
+    restart): worth another try shortly, unlike a lack of capacity."""
+
+    code = "hosts_silent"
+    retryable = True
+    http_status = 503
+
+
 class Timeout(VmflowError):
     code = "timeout"
     retryable = True
@@ -91,6 +108,8 @@ _BY_CODE: dict[str, type[VmflowError]] = {
         StorageError,
         Timeout,
         ServiceUnavailable,
+        FenceFailed,
+        HostsSilent,
     )
 }
 

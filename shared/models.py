@@ -20,7 +20,26 @@ class VmState(StrEnum):
     REBOOTING = "rebooting"
     MIGRATING = "migrating"
     DELETING = "deleting"
+    RECOVERING = "recovering"  # restarted after a crash, a lost domain or its host's failure
+    CRASHED = "crashed"  # the guest (its QEMU) died without being asked to
     ERROR = "error"
+
+
+# States no operation holds: what libvirt reports may change them. Any other state belongs to
+# the workflow that set it, and only that workflow moves the VM on.
+SETTLED_STATES = (VmState.RUNNING, VmState.STOPPED, VmState.CRASHED, VmState.ERROR)
+
+
+class CrashAction(StrEnum):
+    RESTART = "restart"  # start it again in place, up to a number of times in a window
+    NONE = "none"  # leave it crashed for its owner
+
+
+@dataclass(frozen=True)
+class CrashPolicy:
+    action: CrashAction = CrashAction.RESTART
+    max_restarts: int = 3
+    window_s: float = 600.0
 
 
 class PowerAction(StrEnum):
@@ -214,6 +233,7 @@ class DomainSummary:
     memory_mib: int
     disk_gib: int = 0
     group: str | None = None
+    reason: str = ""  # why a shut-off domain is off: shutdown, destroyed, crashed, failed, ...
 
 
 @dataclass(frozen=True)
@@ -229,6 +249,16 @@ class HostHeartbeat:
     labels: tuple[str, ...] = ()
     cluster: str = "default"
     migration_uri: str = ""  # how other hosts' libvirtd reach this one for migration
+    # When this host last reached each peer's libvirtd over the hosts' network: the second
+    # liveness channel, independent of the peer's own heartbeat.
+    peers_reached: tuple[PeerReach, ...] = ()
+    worker_started_at_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class PeerReach:
+    host_id: str
+    reached_at_s: float
 
 
 class HostMode(StrEnum):
@@ -236,6 +266,9 @@ class HostMode(StrEnum):
     DISABLED = "disabled"  # no new VMs; those there stay
     MAINTENANCE = "maintenance"  # disabled, and its VMs are being (or were) moved away
     MAINTENANCE_FAILED = "maintenance_failed"  # some VM could not move; the reason says which
+    FENCING = "fencing"  # declared failed; being powered off before its VMs start elsewhere
+    FENCED = "fenced"  # powered off (or confirmed off by an operator); its HA VMs restart elsewhere
+    FENCE_FAILED = "fence_failed"  # fencing kept failing: nothing restarts until an operator confirms
 
 
 @dataclass(frozen=True)
@@ -360,6 +393,52 @@ class OperationProgress:
 
 
 @dataclass(frozen=True)
+class RestartInput:
+    """Start a VM again without its owner asking: after a crash (in place), after its domain was
+    lost (in place, defined anew), or after its host failed (``host_id`` None: placed elsewhere,
+    never on ``exclude_hosts``). ``power_on`` False only defines it (a stopped VM)."""
+
+    vm: VmSummary
+    reason: str
+    host_id: str | None
+    exclude_hosts: tuple[str, ...] = ()
+    power_on: bool = True
+    boot_timeout_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class FailoverInput:
+    host_id: str
+    epoch: int  # the failure's epoch: the last heartbeat's second, so one failure fails over once
+    reason: str
+    concurrency: int = 4
+    boot_timeout_s: float = 120.0
+    fence_attempts: int = 4
+    capacity_retry_s: float = 15.0
+    capacity_retry_rounds: int = 240  # an hour at the default interval
+
+
+@dataclass(frozen=True)
+class StaleCopy:
+    host_id: str
+    vm_id: str
+
+
+@dataclass(frozen=True)
+class FenceRequest:
+    host_id: str
+    action: str = "off"  # off, on, status, reboot (the fence-agents actions)
+
+
+@dataclass(frozen=True)
+class FenceResult:
+    host_id: str
+    action: str
+    power: str  # "off", "on" or "unknown" as the agent's status says afterwards
+    output: str = ""
+
+
+@dataclass(frozen=True)
 class BeginOperation:
     """Mark a VM busy with ``op_id`` if it is in one of ``allowed``; idempotent for that op."""
 
@@ -382,6 +461,9 @@ class VmSummary:
     required_labels: tuple[str, ...] = ()
     group: GroupRule | None = None
     storage: PoolKind = PoolKind.SHARED
+    image: str = ""
+    ha: bool = False
+    restart_priority: int = 0
 
 
 @dataclass(frozen=True)

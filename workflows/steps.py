@@ -15,6 +15,7 @@ from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from shared.errors import ERROR_CODES
+    from shared.names import FENCING_QUEUE, INVENTORY_QUEUE, ORCHESTRATOR_QUEUE, STORAGE_QUEUE, host_queue
     from shared.migration import MigrateRequest, MigrateResult
     from shared.models import (
         BeginOperation,
@@ -23,6 +24,8 @@ with workflow.unsafe.imports_passed_through():
         DomainRef,
         DomainSpec,
         DomainStatus,
+        FenceRequest,
+        FenceResult,
         HostAdmin,
         HostRef,
         HostView,
@@ -40,9 +43,6 @@ with workflow.unsafe.imports_passed_through():
         VolumeRequest,
     )
 
-ORCHESTRATOR_QUEUE = "orchestrator"
-STORAGE_QUEUE = "storage"
-INVENTORY_QUEUE = "inventory"
 
 _RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
@@ -60,10 +60,6 @@ _HOST_HEARTBEAT = timedelta(seconds=60)
 # Storage copies heartbeat every couple of seconds too; a storage worker that died mid-copy is
 # noticed within this, not hours later.
 COPY_HEARTBEAT = timedelta(seconds=30)
-
-
-def host_queue(host_id: str) -> str:
-    return f"host.{host_id}"
 
 
 def failure_message(exc: BaseException) -> tuple[str, str]:
@@ -93,8 +89,19 @@ async def on_host(host_id: str, name: str, arg: object, result_type: type | None
                       schedule_to_start_timeout=_HOST_PICKUP, **options)
 
 
+# Placement waits out a moment of silence (a NATS or scheduler restart: heartbeats missing, no
+# scheduler answering) for about 40 s; a refusal for lack of capacity is final at once.
+_PLACE_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=500),
+    backoff_coefficient=1.5,
+    maximum_interval=timedelta(seconds=3),
+    maximum_attempts=18,
+    non_retryable_error_types=["no_valid_host", "invalid_request", "not_found", "conflict"],
+)
+
+
 async def place(req: PlacementRequest) -> Placement:
-    return await run_activity(ORCHESTRATOR_QUEUE, "scheduler.place", req, Placement)
+    return await run_activity(ORCHESTRATOR_QUEUE, "scheduler.place", req, Placement, retry_policy=_PLACE_RETRY)
 
 
 async def release_claim(vm_id: str) -> None:
@@ -144,6 +151,21 @@ async def begin_operation(req: BeginOperation) -> None:
 
 async def vms_on_host(host_id: str) -> VmList:
     return await run_activity(INVENTORY_QUEUE, "inventory.vms_on_host", HostRef(host_id), VmList)
+
+
+async def fence(req: FenceRequest, attempts: int) -> FenceResult:
+    """Power the host off through its fence agent, retried with backoff (1, 2, 4, ... s);
+    raises when every attempt failed."""
+    return await run_activity(
+        FENCING_QUEUE, "fence.run", req, FenceResult, timedelta(seconds=60),
+        retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                                 maximum_interval=timedelta(seconds=8), maximum_attempts=attempts,
+                                 non_retryable_error_types=["invalid_request"]),
+    )
+
+
+async def evict_domain(host_id: str, vm_id: str) -> None:
+    await on_host(host_id, "host.evict_domain", DomainRef(vm_id))
 
 
 async def define_domain(host_id: str, spec: DomainSpec) -> None:

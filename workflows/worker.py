@@ -9,14 +9,18 @@ from temporalio.worker import Worker
 from services.scheduler.client import SchedulerActivities
 from shared.temporal import ActivityContext
 from workflows.delete import DeleteVm
+from workflows.failover import HostFailover
 from workflows.maintenance import HostMaintenance
 from workflows.migrate import LiveMigrate
 from workflows.power import VmPowerAction
 from workflows.provision import ProvisionVm
-from workflows.steps import ORCHESTRATOR_QUEUE
+from workflows.restart import RestartVm
+from workflows.stale import RemoveStaleCopy
+from shared.names import ORCHESTRATOR_QUEUE
 from workflows.storage_ops import STORAGE_WORKFLOWS
 
-WORKFLOWS = [ProvisionVm, DeleteVm, VmPowerAction, LiveMigrate, HostMaintenance, *STORAGE_WORKFLOWS]
+WORKFLOWS = [ProvisionVm, DeleteVm, VmPowerAction, LiveMigrate, HostMaintenance, RestartVm, HostFailover,
+             RemoveStaleCopy, *STORAGE_WORKFLOWS]
 
 
 def orchestrator_worker(client: Client, scheduler: SchedulerActivities) -> Worker:

@@ -31,7 +31,7 @@ from services.scheduler.client import SchedulerClient
 from services.storage.client import StorageClient
 from shared.messaging import EventPublisher, connect, ensure_event_stream
 from shared.temporal import ActivityContext, connect_temporal
-from workflows.steps import INVENTORY_QUEUE
+from shared.names import INVENTORY_QUEUE
 
 log = structlog.get_logger(__name__)
 

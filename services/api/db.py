@@ -72,6 +72,29 @@ class Inventory:
                 raise NotFound(f"no VM with id '{vm_id}'")
             return vm
 
+    def find(self, vm_id: str) -> Vm | None:
+        with Session(self._engine) as session:
+            return session.get(Vm, vm_id)
+
+    def many(self, vm_ids: Iterable[str]) -> list[Vm]:
+        with Session(self._engine) as session:
+            return list(session.exec(select(Vm).where(Vm.id.in_(list(vm_ids)))))
+
+    def settle(self, vm_id: str, seen_state: VmState, seen_updated_at, **fields) -> Vm | None:
+        """Compare-and-set: apply ``fields`` only if the VM is still in ``seen_state`` and
+        unchanged since ``seen_updated_at`` (nothing else wrote it meanwhile). Returns the VM
+        as written, None when something else won."""
+        with Session(self._engine) as session:
+            result = session.exec(
+                update(Vm)
+                .where(Vm.id == vm_id, Vm.state == seen_state, Vm.updated_at == seen_updated_at)
+                .values(**fields, updated_at=utcnow())
+            )
+            session.commit()
+            if result.rowcount != 1:
+                return None
+            return session.get(Vm, vm_id)
+
     def list(self, tenant: str) -> list[Vm]:
         with Session(self._engine) as session:
             return list(session.exec(select(Vm).where(Vm.tenant == tenant).order_by(Vm.created_at)))

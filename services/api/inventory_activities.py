@@ -22,7 +22,8 @@ class InventoryActivities:
 
     @activity.defn(name="inventory.update_vm")
     async def update_vm(self, update: VmRecordUpdate) -> None:
-        """Idempotent; a VM that is gone is left gone."""
+        """Idempotent. Raises NotFound when the VM has no row any more: the workflow holding it
+        must not carry on (and leave a domain or a disk no row owns)."""
         fields: dict[str, object] = {"last_operation_id": update.op_id}
         if update.state is not None:
             fields["state"] = update.state
@@ -30,13 +31,10 @@ class InventoryActivities:
         moved_from = None
         if update.host_id is not None:
             fields["host_id"] = update.host_id
-            try:
-                moved_from = (await asyncio.to_thread(self._inventory.get, update.vm_id)).host_id
-            except NotFound:
-                return  # a VM that is gone is left gone
+            moved_from = (await asyncio.to_thread(self._inventory.get, update.vm_id)).host_id
         vm = await asyncio.to_thread(self._inventory.update, update.vm_id, **fields)
         if vm is None:
-            return
+            raise NotFound(f"VM {update.vm_id} has no inventory row any more")
         if moved_from and moved_from != vm.host_id:
             await self._events.publish(
                 subjects.vm_event(vm.tenant, vm.id, "moved"),

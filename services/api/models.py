@@ -11,7 +11,7 @@ from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field as SqlField
 from sqlmodel import SQLModel
 
-from shared.models import GroupPolicy, GroupRule, VmState, VmSummary
+from shared.models import CrashAction, GroupPolicy, GroupRule, VmState, VmSummary
 from shared.storage_models import PoolKind
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
@@ -37,6 +37,9 @@ class VmBase(SQLModel):
     disk_gib: int
     image: str = SqlField(max_length=63)
     storage: PoolKind = PoolKind.SHARED
+    ha: bool = False
+    restart_priority: int = 0
+    on_crash: CrashAction = CrashAction.RESTART
 
 
 class Vm(VmBase, table=True):
@@ -51,6 +54,8 @@ class Vm(VmBase, table=True):
     host_id: str | None = None
     last_operation_id: str | None = None
     error: str | None = None
+    # When the guest crashed lately (epoch seconds): how many restarts in place its policy allows.
+    crash_history: list[float] = SqlField(default_factory=list, sa_column=Column(JSON, nullable=False))
     created_at: datetime = SqlField(default_factory=utcnow)
     updated_at: datetime = SqlField(default_factory=utcnow)
 
@@ -70,6 +75,13 @@ class VmCreate(BaseModel):
     storage: PoolKind = Field(default=PoolKind.SHARED, description=(
         "where the root disk lives: 'shared' (every host sees it) or 'local' (the host's own pool; "
         "a migration copies it along)"))
+    ha: bool = Field(default=False, description=(
+        "highly available: when its host fails, the host is fenced and the VM restarts on another "
+        "host (needs storage 'shared')"))
+    restart_priority: int = Field(default=0, ge=0, le=1000, description=(
+        "failover order: higher restarts first"))
+    on_crash: CrashAction = Field(default=CrashAction.RESTART, description=(
+        "when the guest crashes: 'restart' it in place (at most 3 times in 10 minutes) or 'none'"))
 
     @field_validator("name")
     @classmethod
@@ -161,7 +173,7 @@ class PlacementGroupPublic(BaseModel):
 def vm_summary(vm: Vm, group: GroupRule | None) -> VmSummary:
     """The VM as workflows get it: what placement and the hosts need, nothing more."""
     return VmSummary(vm.id, vm.tenant, vm.name, vm.state, vm.host_id, vm.vcpus, vm.memory_mib, vm.disk_gib,
-                     tuple(vm.required_labels), group, vm.storage)
+                     tuple(vm.required_labels), group, vm.storage, vm.image, vm.ha, vm.restart_priority)
 
 
 class MigrateOptions(BaseModel):

@@ -29,7 +29,7 @@ from shared.storage_models import (
     check_snapshot_name,
     check_volume_name,
 )
-from workflows.steps import ORCHESTRATOR_QUEUE
+from shared.names import ORCHESTRATOR_QUEUE
 
 _PATH = Field(default=None, min_length=1, max_length=4096)
 

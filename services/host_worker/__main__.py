@@ -12,6 +12,7 @@ from temporalio.worker import Worker
 
 from services.host_worker.activities import HostActivities
 from services.host_worker.hypervisor import Hypervisor, LifecycleEvent
+from services.host_worker.peers import PeerProbe, follow_peers
 from services.host_worker.reporting import forward_lifecycle, heartbeat_loop
 from services.host_worker.settings import HostWorkerSettings
 from shared import subjects
@@ -65,14 +66,17 @@ async def main(settings: HostWorkerSettings) -> None:
             host.attach_disk,
             host.detach_disk,
             host.migrate_domain,
+            host.evict_domain,
         ],
         interceptors=[ActivityContext()],
         # Send heartbeats at least every 5 s rather than at 80% of the timeout, so a host busy
         # booting guests still reports long before the server gives up on it.
         max_heartbeat_throttle_interval=timedelta(seconds=5),
     )
+    peers = PeerProbe(settings.host_id, settings.peer_probe_timeout_s)
     tasks = [
-        asyncio.create_task(heartbeat_loop(settings, hv, kv, events, domain_type)),
+        asyncio.create_task(follow_peers(kv, peers, settings.heartbeat_interval_s)),
+        asyncio.create_task(heartbeat_loop(settings, hv, kv, events, domain_type, peers)),
         asyncio.create_task(forward_lifecycle(settings, hv, host, lifecycle, events)),
         asyncio.create_task(worker.run()),
     ]

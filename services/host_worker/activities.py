@@ -109,6 +109,14 @@ class HostActivities:
         await asyncio.to_thread(self._hv.undefine, ref.vm_id)
         self._console(ref.vm_id).unlink(missing_ok=True)
 
+    @activity.defn(name="host.evict_domain")
+    async def evict_domain(self, ref: DomainRef) -> None:
+        """Remove a stale copy of a VM that now lives on another host: destroy and undefine it,
+        keeping the console log and the disk (both belong to the copy that lives on). Absent
+        is fine."""
+        await asyncio.to_thread(self._hv.undefine, ref.vm_id)
+        log.info("stale copy removed", vm_id=ref.vm_id)
+
     @activity.defn(name="host.domain_status")
     async def domain_status(self, req: BootWaitRequest) -> DomainStatus:
         state = await asyncio.to_thread(self._hv.state, req.vm_id)

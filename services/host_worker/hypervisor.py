@@ -7,6 +7,7 @@ are translated here, once, into ``shared.errors`` types.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,6 +52,35 @@ _LIFECYCLE_NAMES = {
     libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: "pmsuspended",
     libvirt.VIR_DOMAIN_EVENT_CRASHED: "crashed",
 }
+# libvirt's detail of a lifecycle event, by event: why a domain stopped, how it started.
+_LIFECYCLE_REASONS = {
+    libvirt.VIR_DOMAIN_EVENT_STOPPED: {
+        libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN: "shutdown",
+        libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED: "destroyed",
+        libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED: "crashed",
+        libvirt.VIR_DOMAIN_EVENT_STOPPED_MIGRATED: "migrated",
+        libvirt.VIR_DOMAIN_EVENT_STOPPED_SAVED: "saved",
+        libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED: "failed",
+        libvirt.VIR_DOMAIN_EVENT_STOPPED_FROM_SNAPSHOT: "from_snapshot",
+    },
+    libvirt.VIR_DOMAIN_EVENT_STARTED: {
+        libvirt.VIR_DOMAIN_EVENT_STARTED_BOOTED: "booted",
+        libvirt.VIR_DOMAIN_EVENT_STARTED_MIGRATED: "migrated",
+        libvirt.VIR_DOMAIN_EVENT_STARTED_RESTORED: "restored",
+        libvirt.VIR_DOMAIN_EVENT_STARTED_FROM_SNAPSHOT: "from_snapshot",
+        libvirt.VIR_DOMAIN_EVENT_STARTED_WAKEUP: "wakeup",
+    },
+    libvirt.VIR_DOMAIN_EVENT_CRASHED: {libvirt.VIR_DOMAIN_EVENT_CRASHED_PANICKED: "panicked"},
+}
+# Why a domain is shut off, as its state says (the heartbeat's view of a crash).
+_SHUTOFF_REASONS = {
+    libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN: "shutdown",
+    libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED: "destroyed",
+    libvirt.VIR_DOMAIN_SHUTOFF_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED: "migrated",
+    libvirt.VIR_DOMAIN_SHUTOFF_SAVED: "saved",
+    libvirt.VIR_DOMAIN_SHUTOFF_FAILED: "failed",
+}
 _UNREACHABLE_CODES = {
     libvirt.VIR_ERR_NO_CONNECT,
     libvirt.VIR_ERR_INVALID_CONN,
@@ -64,7 +94,8 @@ _UNREACHABLE_CODES = {
 class LifecycleEvent:
     vm_id: str
     event: str
-    detail: int
+    reason: str
+    at_s: float
 
 
 def translate(exc: libvirt.libvirtError) -> VmflowError:
@@ -138,8 +169,9 @@ class Hypervisor:
     def _lifecycle_callback(self, _conn, dom, event: int, detail: int, _opaque) -> None:
         # Runs on libvirt's event thread: hand the fact over, never call back into libvirt here.
         name = _LIFECYCLE_NAMES.get(event, f"event{event}")
+        reason = _LIFECYCLE_REASONS.get(event, {}).get(detail, str(detail))
         assert self._on_lifecycle is not None
-        self._on_lifecycle(LifecycleEvent(dom.UUIDString(), name, detail))
+        self._on_lifecycle(LifecycleEvent(dom.UUIDString(), name, reason, time.time()))
 
     def _lookup(self, vm_id: str) -> libvirt.virDomain | None:
         try:
@@ -169,6 +201,7 @@ class Hypervisor:
         for dom in domains:
             try:
                 state, _max_kib, mem_kib, vcpus, _cpu_time = dom.info()
+                _state, reason = dom.state()
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                     continue  # gone since the listing (undefined, or migrated away)
@@ -177,6 +210,7 @@ class Hypervisor:
             result.append(DomainSummary(
                 vm_id=dom.UUIDString(),
                 state=_STATE_NAMES.get(state, "unknown"),
+                reason=_SHUTOFF_REASONS.get(reason, "") if state == libvirt.VIR_DOMAIN_SHUTOFF else "",
                 vcpus=vcpus,
                 memory_mib=mem_kib // 1024,
                 disk_gib=int(meta.get("disk_gib") or 0),

@@ -10,8 +10,9 @@ import structlog
 
 from services.host_worker.activities import HostActivities
 from services.host_worker.hypervisor import Hypervisor, LifecycleEvent
+from services.host_worker.peers import PeerProbe
 from services.host_worker.settings import HostWorkerSettings
-from shared import codec, subjects
+from shared import codec, events, subjects
 from shared.errors import VmflowError
 from shared.messaging import EventPublisher
 from shared.models import HostHeartbeat
@@ -28,12 +29,15 @@ def disk_capacity_gib(path: str) -> int:
 
 
 async def heartbeat_loop(
-    settings: HostWorkerSettings, hv: Hypervisor, kv, events: EventPublisher, domain_type: str
+    settings: HostWorkerSettings, hv: Hypervisor, kv, publisher: EventPublisher, domain_type: str,
+    peers: PeerProbe,
 ) -> None:
-    """Publish the host's capacity and domains every few seconds. libvirt being unreachable is
-    itself reported (libvirt_ok=False), and each change of reachability becomes an event."""
+    """Publish the host's capacity, domains and the peers it reaches every few seconds. libvirt
+    being unreachable is itself reported (libvirt_ok=False), and each change of reachability
+    becomes an event. NATS being away skips beats; it never ends the loop."""
     last_ok: bool | None = None
     vcpus, memory_mib = 0, 0
+    started_at_s = time.time()
     while True:
         try:
             vcpus, memory_mib = await asyncio.to_thread(hv.host_capacity)
@@ -54,12 +58,17 @@ async def heartbeat_loop(
             labels=tuple(settings.labels),
             cluster=settings.cluster,
             migration_uri=settings.migration_uri,
+            peers_reached=peers.reached(),
+            worker_started_at_s=started_at_s,
         )
-        await kv.put(settings.host_id, codec.encode(beat))
-        if ok != last_ok:
-            kind = "up" if ok else "libvirt_unreachable"
-            await events.publish(subjects.host_event(settings.host_id, kind), codec.to_jsonable(beat))
-            last_ok = ok
+        try:
+            await kv.put(settings.host_id, codec.encode(beat))
+            if ok != last_ok:
+                kind = "up" if ok else "libvirt_unreachable"
+                await publisher.publish(subjects.host_event(settings.host_id, kind), codec.to_jsonable(beat))
+                last_ok = ok
+        except Exception as exc:
+            log.warning("heartbeat not published", error=str(exc) or type(exc).__name__)
         await asyncio.sleep(settings.heartbeat_interval_s)
 
 
@@ -68,7 +77,7 @@ async def forward_lifecycle(
     hv: Hypervisor,
     host: HostActivities,
     queue: asyncio.Queue[LifecycleEvent],
-    events: EventPublisher,
+    publisher: EventPublisher,
 ) -> None:
     """Publish each libvirt lifecycle event as ``vmflow.evt.vm.<tenant>.<vm>.<event>``."""
     while True:
@@ -77,8 +86,8 @@ async def forward_lifecycle(
         if tenant is None:
             tenant = await asyncio.to_thread(hv.tenant_of, event.vm_id) or "unknown"
             host.tenants[event.vm_id] = tenant
-        data = {"vm_id": event.vm_id, "host_id": settings.host_id, "detail": event.detail}
+        fact = events.DomainLifecycle(event.vm_id, settings.host_id, tenant, event.event, event.reason, event.at_s)
         try:
-            await events.publish(subjects.vm_event(tenant, event.vm_id, event.event), data)
+            await events.publish(publisher, fact)
         except Exception as exc:  # NATS down: the heartbeat still carries the truth
             log.warning("lifecycle event not published", error=str(exc), vm_id=event.vm_id)

@@ -17,6 +17,7 @@ class HostWorkerSettings(CommonSettings):
     migration_uri: str = ""  # how other hosts reach this one's libvirtd, e.g. qemu+tcp://10.0.0.5/system
     reserved_memory_mib: int = 512  # kept for the host itself, never offered to guests
     local_disk_dir: str = "/var/lib/libvirt/images"  # its free space is the host's disk capacity
-    heartbeat_interval_s: float = 2.0
+    heartbeat_interval_s: float = 1.0
+    peer_probe_timeout_s: float = 1.0
     libvirt_threads: int = 32
     console_poll_interval_s: float = 0.05

@@ -37,7 +37,7 @@ from shared.models import (
 )
 from workflows.maintenance import HostMaintenance
 from workflows.migrate import LiveMigrate
-from workflows.steps import INVENTORY_QUEUE, ORCHESTRATOR_QUEUE, STORAGE_QUEUE, host_queue
+from shared.names import INVENTORY_QUEUE, ORCHESTRATOR_QUEUE, STORAGE_QUEUE, host_queue
 
 HOSTS = ("h1", "h2")
 

@@ -37,7 +37,7 @@ from shared.models import (
 from workflows.delete import DeleteVm
 from workflows.power import VmPowerAction
 from workflows.provision import PROVISION_ID_REUSE, ProvisionVm
-from workflows.steps import INVENTORY_QUEUE, ORCHESTRATOR_QUEUE, STORAGE_QUEUE, host_queue
+from shared.names import INVENTORY_QUEUE, ORCHESTRATOR_QUEUE, STORAGE_QUEUE, host_queue
 
 IMAGE = Image("img", "", "/img.qcow2", 1, 96, 1, None, "BOOTED")
 

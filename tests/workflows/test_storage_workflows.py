@@ -24,7 +24,7 @@ from shared.storage_models import (
     VolumeKind,
     VolumeView,
 )
-from workflows.steps import ORCHESTRATOR_QUEUE, STORAGE_QUEUE, host_queue
+from shared.names import ORCHESTRATOR_QUEUE, STORAGE_QUEUE, host_queue
 from workflows.storage_ops import STORAGE_WORKFLOWS, AttachVolume, DetachVolume, RevertSnapshot
 
 VM_ID = str(uuid.uuid4())

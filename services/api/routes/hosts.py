@@ -17,7 +17,7 @@ from shared.errors import Conflict
 from shared.migration import MaintenanceInput
 from shared.models import HostAdmin, HostMode, HostView
 from workflows.maintenance import maintenance_workflow_id
-from workflows.steps import ORCHESTRATOR_QUEUE
+from shared.names import ORCHESTRATOR_QUEUE
 
 router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
 

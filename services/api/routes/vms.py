@@ -9,6 +9,7 @@ import uuid
 from fastapi import APIRouter, Body, Depends, Response
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from services.api.models import (
     MigrateOptions,
@@ -21,6 +22,7 @@ from services.api.models import (
 )
 from services.api.platform import Platform, get_platform
 from shared import subjects
+from shared.storage_models import PoolKind
 from shared.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from shared.migration import ConvergencePolicy, MigrateInput
 from shared.models import (
@@ -37,13 +39,13 @@ from workflows.delete import delete_workflow_id
 from workflows.migrate import migrate_workflow_id
 from workflows.power import power_workflow_id
 from workflows.provision import PROVISION_ID_REUSE, provision_workflow_id
-from workflows.steps import ORCHESTRATOR_QUEUE
+from shared.names import ORCHESTRATOR_QUEUE
 
 router = APIRouter(prefix="/v1/vms", tags=["vms"])
 
 _POWER_FROM = {
-    PowerAction.START: (VmState.STOPPED, VmState.ERROR),
-    PowerAction.STOP: (VmState.RUNNING, VmState.ERROR),
+    PowerAction.START: (VmState.STOPPED, VmState.ERROR, VmState.CRASHED),
+    PowerAction.STOP: (VmState.RUNNING, VmState.ERROR, VmState.CRASHED),
     PowerAction.REBOOT: (VmState.RUNNING,),
 }
 _TRANSITIONAL = {
@@ -51,7 +53,7 @@ _TRANSITIONAL = {
     PowerAction.STOP: VmState.STOPPING,
     PowerAction.REBOOT: VmState.REBOOTING,
 }
-_DELETABLE = (VmState.RUNNING, VmState.STOPPED, VmState.ERROR, VmState.DELETING)
+_DELETABLE = (VmState.RUNNING, VmState.STOPPED, VmState.ERROR, VmState.CRASHED, VmState.DELETING)
 
 
 def _accepted(response: Response, op_id: str, vm: Vm) -> OperationAccepted:
@@ -70,6 +72,9 @@ async def _check_spec(p: Platform, body: VmCreate) -> Image:
         problems.append(f"memory_mib: at most {s.max_memory_mib}")
     if body.disk_gib > s.max_disk_gib:
         problems.append(f"disk_gib: at most {s.max_disk_gib}")
+    if body.ha and body.storage is PoolKind.LOCAL:
+        problems.append("ha: a VM whose root disk is on its host's own pool cannot restart on another "
+                        "host; use storage 'shared' for an HA VM")
     image = None
     try:
         image = await p.storage.image(body.image)
@@ -119,12 +124,32 @@ async def create_vm(body: VmCreate, response: Response, p: Platform = Depends(ge
             id_reuse_policy=PROVISION_ID_REUSE,
         )
     except Exception as exc:
-        await asyncio.to_thread(p.inventory.remove, vm.id)
-        raise ServiceUnavailable(f"could not start the provisioning: {exc}") from exc
+        await _settle_ambiguous_start(p, vm, op_id, exc)
     vm = await asyncio.to_thread(p.inventory.update, vm.id, last_operation_id=op_id)
     await p.events.publish(subjects.vm_event(tenant, vm.id, "created"),
                            {"vm_id": vm.id, "name": vm.name, "operation_id": op_id})
     return _accepted(response, op_id, vm)
+
+
+async def _settle_ambiguous_start(p: Platform, vm: Vm, op_id: str, exc: Exception) -> None:
+    """A start that failed may still have reached the server (a timeout after it accepted).
+    The row goes only when the server says the workflow does not exist; if it exists the
+    create goes on as accepted; if nobody can tell, the row stays in error for its owner to
+    delete, so no domain or disk is ever left without a row. Raises unless it was accepted."""
+    for attempt in range(3):
+        try:
+            await p.temporal.get_workflow_handle(op_id).describe()
+            return  # it started after all
+        except RPCError as probe:
+            if probe.status == RPCStatusCode.NOT_FOUND:
+                await asyncio.to_thread(p.inventory.remove, vm.id)
+                raise ServiceUnavailable(f"could not start the provisioning: {exc}") from exc
+        except Exception:
+            pass
+        await asyncio.sleep(0.5 * (attempt + 1))
+    reason = f"the provisioning may or may not have started ({exc}); delete the VM to clean up"
+    await asyncio.to_thread(p.inventory.update, vm.id, state=VmState.ERROR, error=reason, last_operation_id=op_id)
+    raise ServiceUnavailable(f"could not confirm the provisioning of VM {vm.id}: {exc}") from exc
 
 
 @router.get("", response_model=list[VmPublic])

@@ -1,0 +1,41 @@
+"""python -m services.fencing: the fencer, a worker on the ``fencing`` task queue."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from temporalio.worker import Worker
+
+from services.fencing.activities import FenceActivities
+from services.fencing.settings import FencerSettings
+from shared.lifecycle import run_until_signalled
+from shared.logging import configure_logging
+from shared.messaging import EventPublisher, connect, ensure_event_stream
+from shared.names import FENCING_QUEUE
+from shared.temporal import ActivityContext, connect_temporal
+
+log = structlog.get_logger("services.fencing")
+
+
+async def main(settings: FencerSettings) -> None:
+    nc = await connect(settings, "vmflow-fencer")
+    js = nc.jetstream()
+    await ensure_event_stream(js, settings.event_stream)
+    fencer = FenceActivities(settings, EventPublisher(js, "fencer"))
+    client = await connect_temporal(settings)
+    worker = Worker(client, task_queue=FENCING_QUEUE, activities=[fencer.run], interceptors=[ActivityContext()])
+    run = asyncio.create_task(worker.run())
+    log.info("fencer ready", config=settings.fence_config)
+    try:
+        await run_until_signalled()
+    finally:
+        await worker.shutdown()
+        run.cancel()
+        await nc.drain()
+
+
+if __name__ == "__main__":
+    settings = FencerSettings()
+    configure_logging("fencer", settings.log_level, settings.log_json)
+    asyncio.run(main(settings))

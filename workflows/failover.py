@@ -1,0 +1,127 @@
+"""HostFailover: a host was declared failed. Fence it, then restart its HA VMs elsewhere.
+
+Nothing restarts before the host is known to be off: its fence agent said so, or an operator
+confirmed it (the ``confirm_fenced`` signal) after fencing kept failing. HA VMs restart in
+priority order, a few at a time, each in a RestartVm child placed away from the failed host
+(affinity rules kept); VMs that find no capacity are retried while the workflow waits for
+capacity to appear. Non-HA VMs are recorded in error on the failed host with the reason.
+The workflow id carries the host and its failure epoch, so one failure fails over once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from shared.failover import failover_order
+    from shared.names import restart_workflow_id
+    from shared.models import (
+        FailoverInput,
+        FenceRequest,
+        HostAdmin,
+        HostMode,
+        OperationProgress,
+        RestartInput,
+        VmRecordUpdate,
+        VmState,
+        VmSummary,
+    )
+
+from workflows import steps
+from workflows.progress import ProgressTracker
+from workflows.restart import RestartVm
+
+
+@workflow.defn(name="HostFailover")
+class HostFailover:
+    def __init__(self) -> None:
+        self._progress = ProgressTracker("failover")
+        self._confirmed = False
+
+    @workflow.query(name="progress")
+    def progress(self) -> OperationProgress:
+        return self._progress.value
+
+    @workflow.signal(name="confirm_fenced")
+    def confirm_fenced(self) -> None:
+        """An operator says the host is off (powered down, unplugged): restarts may go ahead."""
+        self._confirmed = True
+
+    @workflow.run
+    async def run(self, inp: FailoverInput) -> str:
+        host = inp.host_id
+        op_id = workflow.info().workflow_id
+        self._progress.begin("", host)
+        self._progress.note(f"{host} failed: {inp.reason}")
+        self._progress.advance("fence")
+        await steps.set_host_admin(HostAdmin(host, False, f"failed: {inp.reason}; fencing", HostMode.FENCING))
+        await self._fence(inp)
+        self._progress.advance("restart")
+        vms = (await steps.vms_on_host(host)).vms
+        restart, leave, busy = failover_order(vms)
+        for vm in busy:
+            self._progress.note(f"{vm.name}: {vm.state.value}, held by another operation; left to it")
+        for vm in leave:
+            why = "its root disk is on the host's own pool" if vm.ha else "not HA"
+            error = f"host {host} failed and was fenced; {why}: start it again once the host is back"
+            await steps.update_record(VmRecordUpdate(vm.vm_id, op_id, "failed_over", state=VmState.ERROR,
+                                                     error=error))
+            self._progress.note(f"{vm.name}: left in error ({why})")
+        pending = await self._restart_round(restart, inp, 0)
+        rounds = 0
+        while pending and rounds < inp.capacity_retry_rounds:
+            rounds += 1
+            self._progress.advance("waiting_for_capacity")
+            await workflow.sleep(timedelta(seconds=inp.capacity_retry_s))
+            self._progress.advance("restart")
+            pending = await self._restart_round(pending, inp, rounds)
+        self._progress.advance("done")
+        moved = len(restart) - len(pending)
+        summary = f"{moved} of {len(restart)} HA VM(s) restarted off {host}; {len(leave)} left in error"
+        if pending:
+            raise ApplicationError(f"{summary}; no capacity for {', '.join(vm.name for vm in pending)}",
+                                   type="no_valid_host", non_retryable=True)
+        return summary
+
+    async def _fence(self, inp: FailoverInput) -> None:
+        host = inp.host_id
+        try:
+            result = await steps.fence(FenceRequest(host, "off"), inp.fence_attempts)
+            self._progress.note(f"fenced: {host} is {result.power}")
+        except Exception as exc:
+            _code, message = steps.failure_message(exc)
+            reason = f"fencing failed after {inp.fence_attempts} attempts: {message}; confirm by hand that it is off"
+            self._progress.note(reason)
+            await steps.set_host_admin(HostAdmin(host, False, reason, HostMode.FENCE_FAILED))
+            self._progress.advance("awaiting_confirmation")
+            await workflow.wait_condition(lambda: self._confirmed)
+            self._progress.note(f"an operator confirmed {host} is off")
+        await steps.set_host_admin(HostAdmin(host, False, f"fenced: {inp.reason}", HostMode.FENCED))
+
+    async def _restart_round(self, vms: list[VmSummary], inp: FailoverInput, round_no: int) -> list[VmSummary]:
+        """Restart ``vms`` elsewhere, at most ``inp.concurrency`` at once, highest priority first
+        (each waits for a slot in order). Returns those that found no capacity."""
+        limit = asyncio.Semaphore(max(1, inp.concurrency))
+        outcomes = await asyncio.gather(*(self._restart(vm, inp, round_no, limit) for vm in vms))
+        return [vm for vm, retry in zip(vms, outcomes) if retry]
+
+    async def _restart(self, vm: VmSummary, inp: FailoverInput, round_no: int, limit: asyncio.Semaphore) -> bool:
+        async with limit:
+            child_id = restart_workflow_id(vm.vm_id, f"failover-{inp.host_id}-{inp.epoch}-{round_no}")
+            try:
+                target = await workflow.execute_child_workflow(
+                    RestartVm.run,
+                    RestartInput(vm, f"host {inp.host_id} failed", None, exclude_hosts=(inp.host_id,),
+                                 power_on=vm.state is not VmState.STOPPED, boot_timeout_s=inp.boot_timeout_s),
+                    id=child_id, task_queue=steps.ORCHESTRATOR_QUEUE,
+                )
+            except Exception as exc:
+                code, message = steps.failure_message(exc)
+                self._progress.note(f"{vm.name}: {message}")
+                return code == "no_valid_host"
+        self._progress.note(f"{vm.name}: restarted on {target}")
+        return False
