@@ -29,6 +29,7 @@ PRIVATE_DIRS = ("run", "etc/libvirt", "var/lib/libvirt", "var/log/libvirt", "var
 CAPABILITIES_CACHE = Path.home() / ".cache" / "vmflow" / "libvirt-qemu-capabilities"
 LAB_FILE = "lab.json"
 MAX_HOSTS = 200  # addresses are 127.1.0.(10 + index)
+GATEWAY_ADDRESS = "127.1.0.1"  # the switch's own address on the lab network
 
 _CAPABILITIES_SUBDIR = "var/cache/libvirt/qemu/capabilities"
 _NAME_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,39}")
@@ -119,6 +120,42 @@ def stop_lab(name: str, state_dir: Path) -> None:
         list(pool.map(lambda h: _stop_host(name, state_dir, h), sorted(host_ids)))
     for namespace in namespaces:
         _run(["ip", "netns", "del", namespace], check=False)
+
+
+def power_off_host(name: str, state_dir: Path, host_id: str) -> None:
+    """Cut a host's power, as a fence agent does: every process in its namespace (libvirtd,
+    each QEMU, its worker when it runs there) is killed at once, nothing is shut down cleanly.
+    Its definitions stay on its disk, as a real host's do. Idempotent."""
+    state_dir = Path(state_dir).resolve()
+    in_namespace = _pids_in_namespace(f"{name}-{host_id}") or set()
+    tini = _read_pid(state_dir / "hosts" / host_id / "libvirtd.pid")
+    victims = sorted(in_namespace | ({tini} if tini and _runs_host_program(tini) else set()))
+    for pid in victims:
+        _signal(pid, signal.SIGKILL)
+    _wait_gone(victims, _STOP_TIMEOUT_S)
+    (state_dir / "hosts" / host_id / "libvirtd.pid").unlink(missing_ok=True)
+
+
+def power_on_host(name: str, state_dir: Path, host_id: str) -> None:
+    """Start a powered-off host's libvirtd again (its domains stay off: nothing autostarts)."""
+    lab = load_lab(name, state_dir)
+    if lab is None:
+        raise LabError(f"no lab {name!r} in {state_dir}")
+    if host_powered(name, state_dir, host_id):
+        return
+    host = next((h for h in lab.hosts if h.host_id == host_id), None)
+    if host is None:
+        raise LabError(f"lab {name!r} has no host {host_id!r}")
+    shared = [Path(d) for d in json.loads((Path(state_dir).resolve() / LAB_FILE).read_text()).get("shared_dirs", [])]
+    _launch_and_wait([host], shared, _WARM_START_TIMEOUT_S)
+
+
+def host_powered(name: str, state_dir: Path, host_id: str) -> bool:
+    """Whether anything of the host still runs: its libvirtd or any QEMU."""
+    tini = _read_pid(Path(state_dir).resolve() / "hosts" / host_id / "libvirtd.pid")
+    if tini and _runs_host_program(tini):
+        return True
+    return any(_runs_host_program(pid) for pid in _pids_in_namespace(f"{name}-{host_id}") or ())
 
 
 def lab_health(lab: Lab) -> dict[str, bool]:
@@ -282,7 +319,14 @@ def _create_network(lab: Lab) -> None:
         sysctl.append("net.ipv4.conf.eth0.route_localnet=1")
         _run(["ip", "netns", "exec", host.namespace, *sysctl])
     ports = [f"link set v{h.host_id} master br0 up" for h in lab.hosts]
-    _ip_batch(switch, ["link add br0 type bridge", "link set br0 up", *ports])
+    # The switch has an address of its own on the lab network, where hosts reach the control
+    # plane (relayed to the root namespace's loopback, see deploy/stack.py).
+    _ip_batch(switch, [
+        "link set lo up", "address del 127.0.0.1/8 dev lo", "address add 127.0.0.1/32 dev lo",
+        "link add br0 type bridge", f"address add {GATEWAY_ADDRESS}/16 dev br0", "link set br0 up", *ports,
+    ])  # fmt: skip
+    _run(["ip", "netns", "exec", switch, "sysctl", "-q", "-w", "net.ipv4.conf.all.route_localnet=1",
+          "net.ipv4.conf.br0.route_localnet=1"])
 
 
 def _ip_batch(namespace: str, commands: Sequence[str]) -> None:

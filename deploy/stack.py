@@ -29,8 +29,11 @@ REPO_DIR = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(os.environ.get("VMFLOW_CACHE_DIR", Path.home() / ".cache" / "vmflow"))
 GUEST_IMAGE = "lab-guest"
 DIRTY_GUEST_IMAGE = "lab-guest-dirty"  # the same guest rewriting memory fast, for migration tests
-SERVICES = ("scheduler", "storage", "orchestrator", "api")
+SERVICES = ("scheduler", "storage", "orchestrator", "fencer", "api")
 STACK_FILE = "stack.json"
+SUPERVISED_FILE = "supervised.json"
+FENCING_FILE = "fencing.json"
+LAB_GATEWAY = lab.GATEWAY_ADDRESS  # where lab hosts reach the control plane
 
 
 @dataclass(frozen=True)
@@ -154,30 +157,73 @@ def start_temporal(cfg: StackConfig) -> None:
     ], cfg.root)
 
 
+def launch(cfg: StackConfig, name: str, argv: list[str], env: dict[str, str] | None = None,
+           cwd: Path | None = REPO_DIR) -> int:
+    """Start a process the supervisor keeps running from now on."""
+    supervised = cfg.root / SUPERVISED_FILE
+    specs = json.loads(supervised.read_text()) if supervised.exists() else {}
+    specs[name] = {"argv": argv, "env": env or {}, "cwd": str(cwd) if cwd else None}
+    tmp = supervised.with_suffix(".tmp")
+    tmp.write_text(json.dumps(specs, indent=2))
+    os.replace(tmp, supervised)
+    return start_process(name, argv, cfg.root, env, cwd)
+
+
+def fencing_config(cfg: StackConfig) -> dict:
+    """Every lab host is fenced by the lab's own agent, which powers it off from outside."""
+    agent = [sys.executable, str(REPO_DIR / "deploy" / "fence_lab.py")]
+    options = {"lab": cfg.lab_name, "state_dir": str(cfg.root / "lab"), "plug": "{host}"}
+    return {"default": {"agent": agent, "options": options}}
+
+
+def start_relays(cfg: StackConfig) -> None:
+    """Lab hosts reach NATS and Temporal through their own link: a relay in the switch namespace
+    listens on the lab network and hands each connection over a unix socket to the root
+    namespace's loopback. Cutting a host's link cuts its worker off, as a real network would."""
+    relay_dir = cfg.root / "relay"
+    relay_dir.mkdir(parents=True, exist_ok=True)
+    switch = f"{cfg.lab_name}-sw"
+    for name, port in (("nats", cfg.nats_port), ("temporal", cfg.temporal_port)):
+        sock = relay_dir / f"{name}.sock"
+        launch(cfg, f"relay-{name}-in", ["socat", f"UNIX-LISTEN:{sock},fork,unlink-early",
+                                         f"TCP:127.0.0.1:{port}"], cwd=None)
+        wait_for(sock.exists, 10, f"{name} relay socket")
+        launch(cfg, f"relay-{name}-out", ["ip", "netns", "exec", switch, "socat",
+                                          f"TCP-LISTEN:{port},bind={LAB_GATEWAY},fork,reuseaddr",
+                                          f"UNIX-CONNECT:{sock}"], cwd=None)
+
+
 def start_services(cfg: StackConfig, hosts: tuple[lab.LabHost, ...]) -> None:
     env = common_env(cfg)
     py = sys.executable
-    start_process("scheduler", [py, "-m", "services.scheduler"], cfg.root, env, REPO_DIR)
+    launch(cfg, "scheduler", [py, "-m", "services.scheduler"], env)
     local_pools = {h: str(cfg.local_pool_dir(h)) for h in cfg.host_ids()}
     for path in local_pools.values():  # there before any host measures its disk
         Path(path).mkdir(parents=True, exist_ok=True)
-    start_process("storage", [py, "-m", "services.storage"], cfg.root,
-                  {**env, "VMFLOW_POOL_DIR": str(cfg.pool_dir), "VMFLOW_LOCAL_POOLS": json.dumps(local_pools)},
-                  REPO_DIR)
-    start_process("orchestrator", [py, "-m", "workflows"], cfg.root, env, REPO_DIR)
-    start_process("api", [py, "-m", "services.api"], cfg.root, {
+    launch(cfg, "storage", [py, "-m", "services.storage"],
+           {**env, "VMFLOW_POOL_DIR": str(cfg.pool_dir), "VMFLOW_LOCAL_POOLS": json.dumps(local_pools)})
+    launch(cfg, "orchestrator", [py, "-m", "workflows"], env)
+    fencing = cfg.root / FENCING_FILE
+    if not fencing.exists():  # an operator's edits (another agent for a host) are kept
+        fencing.write_text(json.dumps(fencing_config(cfg), indent=2))
+    launch(cfg, "fencer", [py, "-m", "services.fencing"], {**env, "VMFLOW_FENCE_CONFIG": str(fencing)})
+    launch(cfg, "api", [py, "-m", "services.api"], {
         **env,
         "VMFLOW_DATABASE_URL": f"sqlite:///{cfg.root / 'vmflow.db'}",
         "VMFLOW_LISTEN_PORT": str(cfg.api_port),
-    }, REPO_DIR)
+    })
     for host in hosts:
         start_host_worker(cfg, host)
 
 
 def start_host_worker(cfg: StackConfig, host: lab.LabHost) -> None:
-    """The host's worker process (also to bring one back after it died)."""
-    start_process(f"host-worker-{host.host_id}", [sys.executable, "-m", "services.host_worker"], cfg.root, {
+    """The host's worker, inside the host's network namespace: it reaches NATS and Temporal over
+    the lab network (through the relays), its libvirtd over its unix socket."""
+    launch(cfg, f"host-worker-{host.host_id}", [
+        "ip", "netns", "exec", host.namespace, sys.executable, "-m", "services.host_worker"], {
         **common_env(cfg),
+        "VMFLOW_NATS_URL": f"nats://{LAB_GATEWAY}:{cfg.nats_port}",
+        "VMFLOW_TEMPORAL_ADDRESS": f"{LAB_GATEWAY}:{cfg.temporal_port}",
         "VMFLOW_HOST_ID": host.host_id,
         "VMFLOW_LIBVIRT_URI": host.unix_uri,
         "VMFLOW_DOMAIN_TYPE": "qemu",  # KVM here cannot boot guests (see LAB facts)
@@ -204,7 +250,10 @@ def up(cfg: StackConfig, say=print) -> None:
         the_lab = lab.start_lab(cfg.lab_name, cfg.root / "lab", cfg.host_count, shared_dirs=[cfg.pool_dir])
         wait_for(lambda: port_open(cfg.nats_port), 20, "nats-server")
         wait_for(lambda: port_open(cfg.temporal_port), 60, "Temporal server")
+        start_relays(cfg)
         start_services(cfg, the_lab.hosts)
+        start_process("supervisor", [sys.executable, "-m", "deploy.supervisor", str(cfg.root)], cfg.root,
+                      common_env(cfg), REPO_DIR)
         wait_for(lambda: _api_ready(cfg), 60, "API", interval_s=0.3)
         wait_for(lambda: _hosts_up(cfg) >= cfg.host_count, 60, "lab hosts", interval_s=0.3)
         say(f"vmflow is up in {time.monotonic() - t0:.1f} s")
@@ -235,9 +284,14 @@ def down(run_dir: Path, say=print) -> None:
     if cfg is None:
         say(f"nothing runs from {run_dir}")
         return
+    stop_process(run_dir, "supervisor")  # first: nothing is brought back from here on
     workers = [f"host-worker-{h}" for h in cfg.host_ids()]
-    for name in ("api", "orchestrator", *workers, "storage", "scheduler"):
+    for name in ("api", "orchestrator", "fencer", *workers, "storage", "scheduler"):
         stop_process(run_dir, name)
+    for name in ("nats", "temporal"):
+        for side in ("out", "in"):
+            stop_process(run_dir, f"relay-{name}-{side}")
+    (run_dir / SUPERVISED_FILE).unlink(missing_ok=True)
     lab.stop_lab(cfg.lab_name, run_dir / "lab")
     stop_process(run_dir, "temporal")
     stop_process(run_dir, "nats")
@@ -255,7 +309,7 @@ def status(run_dir: Path) -> dict[str, tuple[bool, str]]:
     report["nats"] = (alive("nats") and port_open(cfg.nats_port), cfg.nats_url)
     report["temporal"] = (alive("temporal") and port_open(cfg.temporal_port),
                           f"{cfg.temporal_address}, UI http://127.0.0.1:{cfg.temporal_ui_port}")
-    for name in ("scheduler", "storage", "orchestrator"):
+    for name in ("scheduler", "storage", "orchestrator", "fencer", "supervisor"):
         report[name] = (alive(name), f"pid {read_pid(run_dir, name)}")
     report["api"] = (alive("api") and _api_ready(cfg), f"{cfg.api_url}/docs")
     lab_file = run_dir / "lab"

@@ -234,6 +234,7 @@ class DomainSummary:
     disk_gib: int = 0
     group: str | None = None
     reason: str = ""  # why a shut-off domain is off: shutdown, destroyed, crashed, failed, ...
+    managed: bool = True  # vmflow defined it (it carries vmflow's metadata)
 
 
 @dataclass(frozen=True)
@@ -311,6 +312,7 @@ class HostView:
     cluster: str = "default"
     disabled_reason: str = ""
     allocations: tuple[Allocation, ...] = ()
+    state_reason: str = ""  # why a host is failed, fenced, silent, ...
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
         RestartInput,
         VmRecordUpdate,
         VmState,
+        Volume,
         VolumeRequest,
     )
     from shared.storage_models import PoolKind, local_pool_name
@@ -53,30 +54,31 @@ class RestartVm:
             await steps.begin_operation(BeginOperation(vm.vm_id, op_id, (*SETTLED_STATES, VmState.RECOVERING),
                                                        VmState.RECOVERING))
             host_id = inp.host_id
-            before_markers = 0
-            status = None
-            if host_id is not None:
-                self._progress.advance("check")
-                status = await steps.domain_status(host_id, BootWaitRequest(vm.vm_id, 0))
             self._progress.advance("locate_disk")
             root = await steps.locate_root(vm.vm_id)  # NotFound: the disk is gone, nothing to restart
             if vm.storage is PoolKind.LOCAL and root.host_id not in (None, host_id):
                 raise ApplicationError(f"its root disk is on {root.host_id}'s own pool, not on {host_id}",
                                        type="conflict", non_retryable=True)
+            before_markers, status = 0, None
+            if host_id is not None:
+                self._progress.advance("check")
+                volume = await steps.create_volume(self._volume_request(inp, host_id))  # the one located
+                status = await steps.domain_status(host_id, BootWaitRequest(vm.vm_id, 0, volume.image.boot_marker))
+                before_markers = status.marker_count
             if status is None or status.state == "absent":
-                host_id = await self._define(inp, host_id, saga)
-            else:
+                host_id, volume = await self._define(inp, host_id, saga)
+                # The console log lives on with the VM: count the boots it shows already.
+                status = await steps.domain_status(host_id, BootWaitRequest(vm.vm_id, 0, volume.image.boot_marker))
                 before_markers = status.marker_count
             final = VmState.STOPPED
             if inp.power_on:
-                volume = await steps.create_volume(self._volume_request(inp, host_id))  # the one located
-                if status is None or status.state != "running":
+                final = VmState.RUNNING
+                if status.state != "running":  # running already (it came back by itself): done
                     self._progress.advance("start", host_id)
                     await steps.start_domain(host_id, vm.vm_id)
-                self._progress.advance("wait_booted", host_id)
-                await steps.wait_booted(host_id, BootWaitRequest(
-                    vm.vm_id, inp.boot_timeout_s, volume.image.boot_marker, before_markers + 1))
-                final = VmState.RUNNING
+                    self._progress.advance("wait_booted", host_id)
+                    await steps.wait_booted(host_id, BootWaitRequest(
+                        vm.vm_id, inp.boot_timeout_s, volume.image.boot_marker, before_markers + 1))
             self._progress.advance("record", host_id)
             await steps.update_record(VmRecordUpdate(vm.vm_id, op_id, "succeeded", state=final, host_id=host_id))
             self._progress.advance("done")
@@ -96,9 +98,9 @@ class RestartVm:
         pool = local_pool_name(host_id) if vm.storage is PoolKind.LOCAL else None
         return VolumeRequest(vm.vm_id, vm.image, vm.disk_gib, pool)
 
-    async def _define(self, inp: RestartInput, host_id: str | None, saga: Saga) -> str:
+    async def _define(self, inp: RestartInput, host_id: str | None, saga: Saga) -> tuple[str, Volume]:
         """Place the VM (on ``host_id`` only, or anywhere but the excluded hosts) and define it
-        there on its existing root disk. Returns the host."""
+        there on its existing root disk. Returns the host and the disk."""
         vm = inp.vm
         self._progress.advance("place")
         saga.on_failure("release claim", lambda: steps.release_claim(vm.vm_id))
@@ -118,4 +120,4 @@ class RestartVm:
             disk_path=volume.path, domain_type=placement.domain_type, boot=volume.image.boot,
             disk_gib=volume.size_gib if local else 0, group_id=vm.group.group_id if vm.group else None,
         ))
-        return target
+        return target, volume

@@ -14,6 +14,7 @@ from services.api.db import Inventory, make_engine, migrate
 from services.api.errors import install_error_handlers
 from services.api.inventory_activities import InventoryActivities
 from services.api.platform import Platform
+from services.api.reality import RealityFollower, follow_host_reports, follow_lifecycle
 from services.api.routes import (
     events,
     health,
@@ -65,13 +66,24 @@ def create_app(settings: ApiSettings) -> FastAPI:
             interceptors=[ActivityContext()],
         )
         run = asyncio.create_task(worker.run())
+        follower = RealityFollower(inventory, publisher, temporal, settings.boot_timeout_s)
+        followers = [
+            asyncio.create_task(follow_lifecycle(js, settings.event_stream, follower)),
+            asyncio.create_task(follow_host_reports(js, settings.heartbeat_bucket, follower)),
+        ]
         log.info("api ready", database=settings.database_url.split("://")[0])
         try:
             yield
         finally:
+            for task in followers:
+                task.cancel()
+            await asyncio.gather(*followers, return_exceptions=True)
             await worker.shutdown()
             run.cancel()
-            await nc.drain()
+            try:
+                await asyncio.wait_for(nc.drain(), 5)
+            except asyncio.TimeoutError:
+                await nc.close()
             engine.dispose()
 
     app = FastAPI(

@@ -34,6 +34,7 @@ class Observed:
     state: str  # running, paused, shutoff, crashed, absent, ...
     reason: str  # libvirt's reason for the state, e.g. "shutdown", "destroyed", "failed"
     at_s: float
+    managed: bool = True  # the domain carries vmflow's metadata (vmflow defined it)
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,10 @@ class Recorded:
 
 def drift(recorded: Recorded | None, seen: Observed) -> Drift:
     if recorded is None:
-        return Drift.NONE if seen.state == "absent" else Drift.UNMANAGED
+        if seen.state == "absent":
+            return Drift.NONE
+        # vmflow defined it, but its VM is gone (deleted while its host was away): a stale copy.
+        return Drift.STALE_COPY if seen.managed else Drift.UNMANAGED
     if recorded.state not in SETTLED_STATES or seen.at_s <= recorded.updated_at_s:
         return Drift.NONE
     if seen.host_id != recorded.host_id:
@@ -64,11 +68,12 @@ def drift(recorded: Recorded | None, seen: Observed) -> Drift:
     return Drift.NONE
 
 
-def observed_from_lifecycle(vm_id: str, host_id: str, event: str, reason: str, at_s: float) -> Observed | None:
+def observed_from_lifecycle(vm_id: str, host_id: str, event: str, reason: str, at_s: float,
+                            managed: bool = True) -> Observed | None:
     """The domain state a lifecycle event implies; None for events that settle nothing (a
     definition changed, a guest paused for a moment)."""
     state = {"started": "running", "resumed": "running", "stopped": "shutoff", "crashed": "crashed",
              "undefined": "absent"}.get(event)
     if state is None or (event == "stopped" and reason == "migrated") or (event == "started" and reason == "migrated"):
         return None
-    return Observed(vm_id, host_id, state, reason, at_s)
+    return Observed(vm_id, host_id, state, reason, at_s, managed)

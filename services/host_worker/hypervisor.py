@@ -215,6 +215,7 @@ class Hypervisor:
                 memory_mib=mem_kib // 1024,
                 disk_gib=int(meta.get("disk_gib") or 0),
                 group=meta.get("group") or None,
+                managed=bool(meta.get("tenant")),
             ))
         return result
 

@@ -19,10 +19,11 @@ from nats.micro.service import EndpointConfig, Service, ServiceConfig
 
 from services.scheduler.claims import ClaimBook
 from services.scheduler.host_state import HostState, host_state, with_liveness
+from services.scheduler.liveness import Liveness, Verdict
 from services.scheduler.placement import choose_host
 from services.scheduler.settings import SchedulerSettings
 from shared import codec, subjects
-from shared.errors import NotFound, NoValidHost
+from shared.errors import HostsSilent, NotFound, NoValidHost
 from shared.messaging import endpoint, heartbeat_bucket, key_value_bucket
 from shared.models import (
     ClaimRelease,
@@ -54,6 +55,7 @@ class Scheduler:
         self._claims = ClaimBook(settings.claim_ttl_s)
         self.heartbeats: dict[str, HostHeartbeat] = {}
         self.admin: dict[str, HostAdmin] = {}
+        self.liveness: dict[str, Verdict] = {}  # the monitor's latest verdicts
         self._states: dict[str, HostState] = {}
         self._order: list[str] = []  # host ids, sorted
 
@@ -87,6 +89,8 @@ class Scheduler:
         decision = choose_host(self.host_states(), req, self._policy)
         if decision.host is None:
             log.info("no valid host", vm_id=req.vm_id, trail=decision.explain())
+            if any(r.filter_name == "host_up" and self._may_return(r.host_id) for r in decision.rejections):
+                raise HostsSilent(f"no valid host while some hosts are silent for a moment: {decision.explain()}")
             raise NoValidHost(
                 f"no valid host for {req.vcpus} vCPU / {req.memory_mib} MiB"
                 f"{f' / {req.disk_gib} GiB of local disk' if req.disk_gib else ''}: "
@@ -101,6 +105,16 @@ class Scheduler:
         log.info("placed", vm_id=req.vm_id, host_id=host.host_id, candidates=decision.candidates,
                  rejected=len(decision.rejections))
         return self._placement(req.vm_id, host.host_id)
+
+    def _may_return(self, host_id: str) -> bool:
+        """Whether a host that is down now may be back in a moment (a blip, not a failure)."""
+        verdict = self.liveness.get(host_id)
+        admin = self.admin.get(host_id)
+        fenced = admin is not None and admin.mode in (HostMode.FENCING, HostMode.FENCED, HostMode.FENCE_FAILED)
+        return not fenced and (verdict is None or verdict.liveness is not Liveness.FAILED)
+
+    def set_liveness(self, verdict: Verdict) -> None:
+        self.liveness[verdict.host_id] = verdict
 
     def _placement(self, vm_id: str, host_id: str) -> Placement:
         beat = self.heartbeats[host_id]
@@ -135,8 +149,14 @@ class Scheduler:
 
     def _view(self, state: HostState, with_allocations: bool) -> HostView:
         admin = self.admin.get(state.host_id)
-        if not state.up:
-            status = "down"
+        verdict = self.liveness.get(state.host_id)
+        reason = verdict.reason if verdict is not None and verdict.liveness is not Liveness.UP else ""
+        if admin is not None and admin.mode in (HostMode.FENCING, HostMode.FENCED, HostMode.FENCE_FAILED):
+            status, reason = admin.mode.value, admin.reason
+        elif not state.up:
+            status = "failed" if verdict is not None and verdict.liveness is Liveness.FAILED else "down"
+            if verdict is not None and verdict.liveness is Liveness.WORKER_SILENT:
+                status = Liveness.WORKER_SILENT.value
         elif state.enabled:
             status = "up"
         else:
@@ -157,6 +177,7 @@ class Scheduler:
             labels=tuple(sorted(state.labels)),
             cluster=state.cluster,
             disabled_reason=state.disabled_reason,
+            state_reason=reason,
             allocations=state.allocations if with_allocations else (),
         )
 

@@ -1,11 +1,18 @@
 from __future__ import annotations
 
+from services.scheduler.liveness import LivenessPolicy
 from services.scheduler.placement import PlacementPolicy, WeighPolicy
 from shared.settings import CommonSettings
 
 
 class SchedulerSettings(CommonSettings):
-    heartbeat_timeout_s: float = 10.0
+    heartbeat_timeout_s: float = 5.0  # placement skips a host silent for longer
+    # Failure detection: a host is failed when its heartbeat and its peers are silent this long.
+    failure_timeout_s: float = 5.0
+    fleet_silence_fraction: float = 0.5
+    grace_after_outage_s: float = 10.0
+    liveness_interval_s: float = 0.5
+    failover_boot_timeout_s: float = 120.0
     claim_ttl_s: float = 600.0
     cpu_allocation_ratio: float = 4.0
     ram_allocation_ratio: float = 1.0
@@ -24,3 +31,6 @@ class SchedulerSettings(CommonSettings):
             cluster_weigh=dict(self.cluster_policies),
             soft_affinity_weight=self.soft_affinity_weight,
         )
+
+    def liveness_policy(self) -> LivenessPolicy:
+        return LivenessPolicy(self.failure_timeout_s, self.fleet_silence_fraction, self.grace_after_outage_s)

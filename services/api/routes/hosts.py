@@ -17,7 +17,7 @@ from shared.errors import Conflict
 from shared.migration import MaintenanceInput
 from shared.models import HostAdmin, HostMode, HostView
 from workflows.maintenance import maintenance_workflow_id
-from shared.names import ORCHESTRATOR_QUEUE
+from shared.names import ORCHESTRATOR_QUEUE, failover_workflow_id
 
 router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
 
@@ -34,7 +34,10 @@ class AllocationPublic(BaseModel):
 
 class HostPublic(BaseModel):
     id: str
-    state: str
+    state: str = Field(description=(
+        "up, down, disabled, maintenance, maintenance_failed, worker_silent (its worker is silent but "
+        "peers reach its libvirt), failed, fencing, fenced, fence_failed"))
+    state_reason: str = ""
     disabled_reason: str
     domain_type: str
     cluster: str
@@ -62,7 +65,7 @@ def _public(h: HostView, names: dict[str, str] | None = None) -> HostPublic:
             for a in h.allocations
         ]
     return HostPublic(
-        id=h.host_id, state=h.state, disabled_reason=h.disabled_reason, domain_type=h.domain_type,
+        id=h.host_id, state=h.state, state_reason=h.state_reason, disabled_reason=h.disabled_reason, domain_type=h.domain_type,
         cluster=h.cluster, labels=list(h.labels),
         capacity={"vcpus": h.vcpus_total, "memory_mib": h.memory_mib_total, "disk_gib": h.disk_gib_total},
         used={"vcpus": h.vcpus_used, "memory_mib": h.memory_mib_used, "disk_gib": h.disk_gib_used},
@@ -127,6 +130,36 @@ async def enter_maintenance(host_id: str, response: Response, p: Platform = Depe
         raise Conflict(f"host {host_id} is entering maintenance already ({op_id})") from None
     response.headers["Location"] = f"/v1/operations/{op_id}"
     return MaintenanceAccepted(operation_id=op_id, host=await _detailed(p, await p.scheduler.host(host_id)))
+
+
+class ConfirmFenced(BaseModel):
+    operation_id: str
+    host: HostPublic
+
+
+@router.post("/{host_id}/confirm-fenced", response_model=ConfirmFenced)
+async def confirm_fenced(host_id: str, p: Platform = Depends(get_platform)):
+    """An operator confirms that a failed host is off (powered down by hand, unplugged) after
+    fencing it failed: its HA VMs restart elsewhere. Refused (409) for a host that is not
+    waiting for it: one that is up, or whose fencing did not fail. Never say it of a host that
+    may still run its guests: they would run twice."""
+    view = await p.scheduler.host(host_id)  # NotFound for unknown hosts
+    if view.state != HostMode.FENCE_FAILED.value:
+        raise Conflict(f"host {host_id} is {view.state}: only a failed host whose fencing failed "
+                       "(fence_failed) waits for a confirmation")
+    op_id = await _running_failover(p, host_id)
+    if op_id is None:
+        raise Conflict(f"host {host_id} has no failover waiting for a confirmation")
+    await p.temporal.get_workflow_handle(op_id).signal("confirm_fenced")
+    return ConfirmFenced(operation_id=op_id, host=await _detailed(p, await p.scheduler.host(host_id)))
+
+
+async def _running_failover(p: Platform, host_id: str) -> str | None:
+    prefix = failover_workflow_id(host_id, 0)[:-1]
+    async for execution in p.temporal.list_workflows('WorkflowType = "HostFailover" AND ExecutionStatus = "Running"'):
+        if execution.id.startswith(prefix):
+            return execution.id
+    return None
 
 
 @router.delete("/{host_id}/maintenance", response_model=HostPublic)

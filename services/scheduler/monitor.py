@@ -1,0 +1,108 @@
+"""The liveness monitor beside the scheduler: judges every host from its two channels a few
+times a second, publishes each change of verdict, and starts a HostFailover for a host that
+failed. Several scheduler replicas may run it: the workflow id (host and failure epoch) lets
+exactly one failover start per failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+from temporalio.client import Client
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from services.scheduler.liveness import (
+    Liveness,
+    LivenessPolicy,
+    Verdict,
+    fleet_is_silent,
+    judge_fleet,
+    signals_from_heartbeats,
+)
+from services.scheduler.service import Scheduler
+from shared import events
+from shared.messaging import EventPublisher
+from shared.models import FailoverInput, HostMode
+from shared.names import ORCHESTRATOR_QUEUE, failover_workflow_id
+
+log = structlog.get_logger(__name__)
+
+# A host in one of these modes is being (or was) handled: no second failover for it.
+_HANDLED = (HostMode.FENCING, HostMode.FENCED, HostMode.FENCE_FAILED)
+
+
+class LivenessMonitor:
+    def __init__(self, scheduler: Scheduler, policy: LivenessPolicy, publisher: EventPublisher,
+                 connect_temporal: Callable[[], Awaitable[Client]], boot_timeout_s: float,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._scheduler = scheduler
+        self._policy = policy
+        self._events = publisher
+        self._connect_temporal = connect_temporal
+        self._boot_timeout_s = boot_timeout_s
+        self._clock = clock
+        self._temporal: Client | None = None
+        self._quiet_until_s = clock() + policy.grace_after_outage_s  # judge no one right after start
+        self._started: set[str] = set()
+
+    def judge(self) -> list[Verdict]:
+        now_s = self._clock()
+        signals = signals_from_heartbeats(self._scheduler.heartbeats, now_s, self._policy)
+        if fleet_is_silent(signals, self._policy):
+            self._quiet_until_s = max(self._quiet_until_s, now_s + self._policy.grace_after_outage_s)
+        return judge_fleet(signals, self._policy, now_s, self._quiet_until_s)
+
+    async def tick(self) -> None:
+        for verdict in self.judge():
+            previous = self._scheduler.liveness.get(verdict.host_id)
+            self._scheduler.set_liveness(verdict)
+            if previous is None or previous.liveness != verdict.liveness:
+                log.info("host liveness", host_id=verdict.host_id, liveness=verdict.liveness.value,
+                         reason=verdict.reason)
+                await self._publish(events.HostLiveness(verdict.host_id, verdict.liveness.value, verdict.reason))
+            if verdict.liveness is Liveness.FAILED:
+                await self._fail_over(verdict)
+
+    async def _fail_over(self, verdict: Verdict) -> None:
+        host_id = verdict.host_id
+        admin = self._scheduler.admin.get(host_id)
+        if admin is not None and admin.mode in _HANDLED:
+            return
+        epoch = int(self._scheduler.heartbeats[host_id].sent_at_s)
+        workflow_id = failover_workflow_id(host_id, epoch)
+        if workflow_id in self._started:
+            return
+        try:
+            if self._temporal is None:
+                self._temporal = await self._connect_temporal()
+            await self._temporal.start_workflow(
+                "HostFailover", FailoverInput(host_id, epoch, verdict.reason, boot_timeout_s=self._boot_timeout_s),
+                id=workflow_id, task_queue=ORCHESTRATOR_QUEUE, id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            )
+            log.warning("host failed: failover started", host_id=host_id, operation_id=workflow_id,
+                        reason=verdict.reason)
+        except WorkflowAlreadyStartedError:
+            pass  # another replica started it, or this one before a restart
+        except Exception as exc:  # Temporal away: the next tick tries again
+            log.warning("failover not started yet", host_id=host_id, error=str(exc) or type(exc).__name__)
+            return
+        self._started.add(workflow_id)
+
+    async def _publish(self, event: events.HostLiveness) -> None:
+        try:
+            await events.publish(self._events, event)
+        except Exception as exc:
+            log.warning("liveness event not published", error=str(exc) or type(exc).__name__)
+
+
+async def run_monitor(monitor: LivenessMonitor, interval_s: float) -> None:
+    while True:
+        try:
+            await monitor.tick()
+        except Exception:
+            log.exception("liveness check failed")
+        await asyncio.sleep(interval_s)
