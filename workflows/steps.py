@@ -53,10 +53,12 @@ _RETRY = RetryPolicy(
 _QUICK = timedelta(seconds=30)
 # A host whose worker does not pick up work within this time is treated as unavailable.
 _HOST_PICKUP = timedelta(seconds=30)
-# Long host activities report every 2 s; the server gives up after this long without one.
-# Generous: a burst of provisions can keep the single-shard dev server from recording
-# heartbeats for tens of seconds while the host is fine.
-_HOST_HEARTBEAT = timedelta(seconds=60)
+# Long host activities report every 2 s; the server gives up after this long without one, and
+# the next attempt goes to the worker that replaced a dead one (the supervisor restarts it within
+# seconds), so an operation resumes within about this long after its host's worker died. Not
+# shorter: a burst of provisions was seen keeping the single-shard dev server from recording
+# heartbeats for over ten seconds while the host was fine.
+_HOST_HEARTBEAT = timedelta(seconds=20)
 # Storage copies heartbeat every couple of seconds too; a storage worker that died mid-copy is
 # noticed within this, not hours later.
 COPY_HEARTBEAT = timedelta(seconds=30)
@@ -211,14 +213,13 @@ async def probe_domain(host_id: str, vm_id: str) -> str | None:
 
 async def wait_booted(host_id: str, req: BootWaitRequest) -> DomainStatus:
     return await on_host(
-        host_id, "host.wait_booted", req, DomainStatus, timedelta(seconds=req.timeout_s + 30),
-        # No heartbeat timeout: the wait is bounded by its own boot deadline, and under a burst
-        # of provisions the single-shard dev server was seen recording heartbeats late enough to
-        # time out guests that were booting fine. For the same reason one more attempt follows
-        # when the answer itself went missing (the server's start-to-close timeout): the wait is
+        host_id, "host.wait_booted", req, DomainStatus, timedelta(seconds=req.timeout_s + 30), _HOST_HEARTBEAT,
+        # A worker that died mid-wait is noticed by its missing heartbeats, and the wait goes on
+        # on its successor. Under a burst of provisions the single-shard dev server was seen
+        # recording heartbeats late, so more attempts follow a lost answer: the wait is
         # idempotent, and a guest that booted meanwhile answers at once. The host's own answers
         # (the boot deadline passed, the guest stopped) are final.
-        retry_policy=RetryPolicy(maximum_attempts=2, non_retryable_error_types=["timeout", "hypervisor_error",
+        retry_policy=RetryPolicy(maximum_attempts=4, non_retryable_error_types=["timeout", "hypervisor_error",
                                                                                  "not_found"]),
     )
 

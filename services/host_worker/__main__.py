@@ -16,6 +16,7 @@ from services.host_worker.peers import PeerProbe, follow_peers
 from services.host_worker.reporting import forward_lifecycle, heartbeat_loop
 from services.host_worker.settings import HostWorkerSettings
 from shared import subjects
+from shared.errors import VmflowError
 from shared.lifecycle import run_until_signalled
 from shared.logging import configure_logging
 from shared.messaging import EventPublisher, connect, ensure_event_stream, heartbeat_bucket
@@ -38,7 +39,10 @@ async def main(settings: HostWorkerSettings) -> None:
     loop.set_default_executor(ThreadPoolExecutor(max_workers=settings.libvirt_threads))
     lifecycle: asyncio.Queue[LifecycleEvent] = asyncio.Queue()
     hv = Hypervisor(settings.libvirt_uri, lambda e: loop.call_soon_threadsafe(lifecycle.put_nowait, e))
-    await asyncio.to_thread(hv.connection)
+    try:
+        await asyncio.to_thread(hv.connection)
+    except VmflowError as exc:  # a host powered back on may start its worker first: heartbeat anyway
+        log.warning("libvirt not reachable yet", error=exc.message)
     domain_type = resolve_domain_type(settings.domain_type)
 
     nc = await connect(settings, f"vmflow-host-worker-{settings.host_id}")
