@@ -23,7 +23,8 @@ DEFAULT_RUN_DIR = Path(os.environ.get("VMFLOW_RUN_DIR", stack.REPO_DIR / "run"))
 API_URL = os.environ.get("VMFLOW_API_URL", "http://127.0.0.1:8000")
 
 # Steps a VM operation goes through, to draw a progress bar.
-_STEPS = {"ProvisionVm": 7, "DeleteVm": 6, "VmPowerAction": 4, "LiveMigrate": 5, "HostMaintenance": 4}
+_STEPS = {"ProvisionVm": 7, "DeleteVm": 6, "VmPowerAction": 4, "LiveMigrate": 5, "HostMaintenance": 4,
+          "HostFailover": 3, "RestartVm": 7}
 
 
 @app.command()
@@ -180,14 +181,35 @@ def host_activate(host_id: str) -> None:
     console.print(f"{host['id']}: {host['state']}")
 
 
+@host_app.command("confirm-fenced")
+def host_confirm_fenced(host_id: str, wait: bool = True) -> None:
+    """Say a failed host is off after its fencing failed: its HA VMs restart elsewhere. Only
+    when you checked it really is off: its guests would otherwise run twice."""
+    accepted = _api(lambda: _client().call("POST", f"/v1/hosts/{host_id}/confirm-fenced"))
+    _follow(_client(), accepted, wait)
+
+
+@host_app.command("list")
+def host_list() -> None:
+    """Hosts with their state, liveness and use."""
+    table = Table("host", "state", "liveness", "memory MiB used/total", "why")
+    for h in _api(lambda: _client().call("GET", "/v1/hosts")):
+        table.add_row(h["id"], h["state"], h["liveness"], f"{h['used']['memory_mib']}/{h['capacity']['memory_mib']}",
+                      h["state_reason"] or h["disabled_reason"])
+    console.print(table)
+
+
 @app.command("bench")
 def bench(what: str = typer.Argument("provision"), count: int = typer.Option(5, min=1, max=50),
           memory_mib: int = 128,
           storage: str = typer.Option("shared", help="migration: where the root disk lives, shared or local"),
+          cut: str = typer.Option("power", help="failover: pull a host's 'power' or cut its 'network'"),
           run_dir: Path = typer.Option(DEFAULT_RUN_DIR, help="stack to measure (must be up)")) -> None:
     """provision: provisioning latency through the platform vs the bare libvirt baseline, same
     run. placement: the scheduler at 100 to 10,000 mock hosts vs a bare NATS echo (no stack).
-    migration: live migration through the platform vs a bare libvirt migration, same run."""
+    migration: live migration through the platform vs a bare libvirt migration, same run.
+    failover: a host's power pulled (or link cut) to its HA guest's boot marker elsewhere, by
+    phase, vs the same guest booted directly through libvirt, same run."""
     from deploy import bench as bench_module
 
     if what == "placement":
@@ -202,8 +224,13 @@ def bench(what: str = typer.Argument("provision"), count: int = typer.Option(5, 
             raise typer.BadParameter("--storage: 'shared' or 'local'")
         bench_migration.run_migration_bench(run_dir.resolve(), count, console.print, storage)
         return
+    if what == "failover":
+        from deploy import bench_failover
+
+        bench_failover.run_failover_bench(run_dir.resolve(), count, cut, console.print)
+        return
     if what != "provision":
-        raise typer.BadParameter("'provision', 'placement' or 'migration'")
+        raise typer.BadParameter("'provision', 'placement', 'migration' or 'failover'")
     bench_module.run_provision_bench(run_dir.resolve(), count, memory_mib, console.print)
 
 

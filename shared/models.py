@@ -280,6 +280,7 @@ class HostAdmin:
     enabled: bool
     reason: str = ""
     mode: HostMode | None = None  # None: ACTIVE when enabled, else DISABLED
+    operation_id: str = ""  # the operation that put the host in this mode (a failover, ...)
 
 
 @dataclass(frozen=True)
@@ -313,6 +314,8 @@ class HostView:
     disabled_reason: str = ""
     allocations: tuple[Allocation, ...] = ()
     state_reason: str = ""  # why a host is failed, fenced, silent, ...
+    operation_id: str = ""  # the failover (or maintenance) that put it in its state
+    liveness: str = "unknown"  # the liveness monitor's verdict: up, worker_silent, failed, held
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,8 @@ class HostFailover:
         self._progress.begin("", host)
         self._progress.note(f"{host} failed: {inp.reason}")
         self._progress.advance("fence")
-        await steps.set_host_admin(HostAdmin(host, False, f"failed: {inp.reason}; fencing", HostMode.FENCING))
+        await steps.set_host_admin(HostAdmin(host, False, f"failed: {inp.reason}; fencing", HostMode.FENCING,
+                                             op_id))
         await self._fence(inp)
         self._progress.advance("restart")
         vms = (await steps.vms_on_host(host)).vms
@@ -88,7 +89,7 @@ class HostFailover:
         return summary
 
     async def _fence(self, inp: FailoverInput) -> None:
-        host = inp.host_id
+        host, op_id = inp.host_id, workflow.info().workflow_id
         try:
             result = await steps.fence(FenceRequest(host, "off"), inp.fence_attempts)
             self._progress.note(f"fenced: {host} is {result.power}")
@@ -96,11 +97,11 @@ class HostFailover:
             _code, message = steps.failure_message(exc)
             reason = f"fencing failed after {inp.fence_attempts} attempts: {message}; confirm by hand that it is off"
             self._progress.note(reason)
-            await steps.set_host_admin(HostAdmin(host, False, reason, HostMode.FENCE_FAILED))
+            await steps.set_host_admin(HostAdmin(host, False, reason, HostMode.FENCE_FAILED, op_id))
             self._progress.advance("awaiting_confirmation")
             await workflow.wait_condition(lambda: self._confirmed)
             self._progress.note(f"an operator confirmed {host} is off")
-        await steps.set_host_admin(HostAdmin(host, False, f"fenced: {inp.reason}", HostMode.FENCED))
+        await steps.set_host_admin(HostAdmin(host, False, f"fenced: {inp.reason}", HostMode.FENCED, op_id))
 
     async def _restart_round(self, vms: list[VmSummary], inp: FailoverInput, round_no: int) -> list[VmSummary]:
         """Restart ``vms`` elsewhere, at most ``inp.concurrency`` at once, highest priority first

@@ -5,7 +5,9 @@ Two channels vouch for a host, and they travel different paths:
 - its peers: each host-worker reaches the other hosts' libvirtd over the hosts' network and
   reports when it last did.
 
-A host has failed only when neither channel has vouched for ``failure_timeout_s``. A worker
+A host has failed only when its own heartbeat is silent (or says its libvirt is gone) for
+``failure_timeout_s`` and its live peers report, in heartbeats they did manage to send, that
+they could not reach its libvirt for that long either. A worker
 that is silent while peers still reach its libvirt is a dead worker on a live host: bring the
 worker back, never power the host off. When more than ``fleet_silence_fraction`` of the fleet
 goes silent at once, the fault is the control plane or the network, not the hosts: nobody is
@@ -40,7 +42,9 @@ class HostSignals:
     host_id: str
     heartbeat_age_s: float
     libvirt_ok: bool  # what the host's last heartbeat said of its own libvirt
-    peer_reach_age_s: float | None  # freshest report by a live peer of reaching its libvirt
+    # The peers' word, from their latest heartbeats: how long the peer that reached this host's
+    # libvirt most recently had been unable to, when it last reported. None: no live peer reports.
+    peer_silence_s: float | None
     live_peers: int  # peers whose own heartbeats are fresh: witnesses for the second channel
 
 
@@ -53,23 +57,25 @@ class Verdict:
 
 def signals_from_heartbeats(beats: Mapping[str, HostHeartbeat], now_s: float,
                             policy: LivenessPolicy) -> list[HostSignals]:
-    """Each host's channels as of ``now_s``. Only peers whose own heartbeat is fresh count as
-    witnesses: a silent peer's last word says nothing about now."""
-    fresh = {h for h, b in beats.items() if now_s - b.sent_at_s <= policy.failure_timeout_s}
-    reached: dict[str, float] = {}
-    for witness in fresh:
-        for peer in beats[witness].peers_reached:
-            if peer.host_id != witness:
-                reached[peer.host_id] = max(reached.get(peer.host_id, 0.0), peer.reached_at_s)
+    """Each host's channels as of ``now_s``. Only peers whose own heartbeat is fresh are
+    witnesses, and a witness speaks of the moment it reported: "I had not reached it for 6 s
+    when I said so" is evidence; a witness that could not report (NATS away) says nothing."""
+    fresh = {h: b for h, b in beats.items() if now_s - b.sent_at_s <= policy.failure_timeout_s}
     signals = []
     for host_id, beat in sorted(beats.items()):
-        peer_at = reached.get(host_id)
+        silences = []
+        for witness_id, witness in fresh.items():
+            if witness_id == host_id:
+                continue
+            reached = next((p.reached_at_s for p in witness.peers_reached if p.host_id == host_id), None)
+            since = reached if reached is not None else witness.worker_started_at_s
+            silences.append(max(0.0, witness.sent_at_s - since))
         signals.append(HostSignals(
             host_id=host_id,
             heartbeat_age_s=max(0.0, now_s - beat.sent_at_s),
             libvirt_ok=beat.libvirt_ok,
-            peer_reach_age_s=None if peer_at is None else max(0.0, now_s - peer_at),
-            live_peers=len(fresh - {host_id}),
+            peer_silence_s=min(silences) if silences else None,
+            live_peers=len(silences),
         ))
     return signals
 
@@ -84,14 +90,13 @@ def judge_fleet(signals: Sequence[HostSignals], policy: LivenessPolicy, now_s: f
     verdicts = []
     for s in signals:
         own = s.heartbeat_age_s <= timeout_s and s.libvirt_ok
-        peers = s.peer_reach_age_s is not None and s.peer_reach_age_s <= timeout_s
+        peers = s.peer_silence_s is not None and s.peer_silence_s < timeout_s
         if own:
             verdicts.append(Verdict(s.host_id, Liveness.UP, "heartbeating"))
         elif peers:
-            what = "silent" if s.heartbeat_age_s > timeout_s else "reports its libvirt unreachable"
+            what = "is silent" if s.heartbeat_age_s > timeout_s else "reports its libvirt unreachable"
             verdicts.append(Verdict(s.host_id, Liveness.WORKER_SILENT,
-                                    f"its worker is {what}, but peers reach its libvirt "
-                                    f"({s.peer_reach_age_s:.1f} s ago)"))
+                                    f"its worker {what}, but peers reach its libvirt"))
         else:
             verdicts.append(_failed_or_held(s, policy, now_s, quiet_until_s, fleet_silent, len(silent),
                                             len(signals)))
@@ -100,10 +105,11 @@ def judge_fleet(signals: Sequence[HostSignals], policy: LivenessPolicy, now_s: f
 
 def _failed_or_held(s: HostSignals, policy: LivenessPolicy, now_s: float, quiet_until_s: float,
                     fleet_silent: bool, silent_count: int, fleet_size: int) -> Verdict:
-    peer_seen = "never" if s.peer_reach_age_s is None else f"{s.peer_reach_age_s:.1f} s ago"
     heard = (f"no heartbeat for {s.heartbeat_age_s:.1f} s" if s.heartbeat_age_s > policy.failure_timeout_s
              else "its libvirt is unreachable")
-    reason = f"{heard}; peers last reached its libvirt {peer_seen}"
+    if s.peer_silence_s is None:
+        return Verdict(s.host_id, Liveness.HELD, f"{heard}; held: no live peer can confirm it")
+    reason = f"{heard}; {s.live_peers} peer(s) cannot reach its libvirt for {s.peer_silence_s:.1f} s"
     if fleet_silent:
         return Verdict(s.host_id, Liveness.HELD,
                        f"{reason}; held: {silent_count} of {fleet_size} hosts are silent at once "
@@ -111,8 +117,6 @@ def _failed_or_held(s: HostSignals, policy: LivenessPolicy, now_s: float, quiet_
     if now_s < quiet_until_s:
         return Verdict(s.host_id, Liveness.HELD,
                        f"{reason}; held for {quiet_until_s - now_s:.0f} s more after an outage or a restart")
-    if s.live_peers == 0:
-        return Verdict(s.host_id, Liveness.HELD, f"{reason}; held: no live peer can confirm it")
     return Verdict(s.host_id, Liveness.FAILED, reason)
 
 

@@ -48,6 +48,8 @@ class LivenessMonitor:
         self._temporal: Client | None = None
         self._quiet_until_s = clock() + policy.grace_after_outage_s  # judge no one right after start
         self._started: set[str] = set()
+        self._failing: set[str] = set()  # hosts with a failover started, until they are seen up again
+        self._last_good_s: dict[str, float] = {}  # each host's last heartbeat that vouched for its libvirt
 
     def judge(self) -> list[Verdict]:
         now_s = self._clock()
@@ -57,6 +59,9 @@ class LivenessMonitor:
         return judge_fleet(signals, self._policy, now_s, self._quiet_until_s)
 
     async def tick(self) -> None:
+        for host_id, beat in self._scheduler.heartbeats.items():
+            if beat.libvirt_ok:
+                self._last_good_s[host_id] = max(self._last_good_s.get(host_id, 0.0), beat.sent_at_s)
         for verdict in self.judge():
             previous = self._scheduler.liveness.get(verdict.host_id)
             self._scheduler.set_liveness(verdict)
@@ -64,15 +69,19 @@ class LivenessMonitor:
                 log.info("host liveness", host_id=verdict.host_id, liveness=verdict.liveness.value,
                          reason=verdict.reason)
                 await self._publish(events.HostLiveness(verdict.host_id, verdict.liveness.value, verdict.reason))
-            if verdict.liveness is Liveness.FAILED:
+            if verdict.liveness is Liveness.UP:
+                self._failing.discard(verdict.host_id)
+            elif verdict.liveness is Liveness.FAILED:
                 await self._fail_over(verdict)
 
     async def _fail_over(self, verdict: Verdict) -> None:
         host_id = verdict.host_id
         admin = self._scheduler.admin.get(host_id)
-        if admin is not None and admin.mode in _HANDLED:
+        if host_id in self._failing or (admin is not None and admin.mode in _HANDLED):
             return
-        epoch = int(self._scheduler.heartbeats[host_id].sent_at_s)
+        # The failure's epoch: when the host was last good. A worker restarting on a dead host
+        # (heartbeats that say libvirt is unreachable) does not make it a new failure.
+        epoch = int(self._last_good_s.get(host_id) or self._scheduler.heartbeats[host_id].sent_at_s)
         workflow_id = failover_workflow_id(host_id, epoch)
         if workflow_id in self._started:
             return
@@ -91,6 +100,7 @@ class LivenessMonitor:
             log.warning("failover not started yet", host_id=host_id, error=str(exc) or type(exc).__name__)
             return
         self._started.add(workflow_id)
+        self._failing.add(host_id)
 
     async def _publish(self, event: events.HostLiveness) -> None:
         try:

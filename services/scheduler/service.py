@@ -178,6 +178,8 @@ class Scheduler:
             cluster=state.cluster,
             disabled_reason=state.disabled_reason,
             state_reason=reason,
+            operation_id=admin.operation_id if admin else "",
+            liveness=verdict.liveness.value if verdict is not None else "unknown",
             allocations=state.allocations if with_allocations else (),
         )
 

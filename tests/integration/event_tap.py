@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import httpx
 
@@ -24,7 +25,7 @@ class EventTap:
             self._ready.set()
             for line in response.iter_lines():
                 if line.startswith("data: "):
-                    self.events.append(json.loads(line[6:]))
+                    self.events.append({**json.loads(line[6:]), "received_s": time.time()})
                 if self._stop.is_set():
                     return
 

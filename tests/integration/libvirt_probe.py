@@ -17,7 +17,8 @@ class LibvirtProbe:
                               capture_output=True, text=True, timeout=30, check=check)
 
     def domain_uuids(self, host_id: str) -> set[str]:
-        out = self.virsh(host_id, "list", "--all", "--uuid").stdout
+        """Domains defined on the host; none when its libvirtd is not there (a powered-off host)."""
+        out = self.virsh(host_id, "list", "--all", "--uuid", check=False).stdout
         return {line.strip() for line in out.splitlines() if line.strip()}
 
     def state(self, host_id: str, vm_id: str) -> str:

@@ -75,3 +75,20 @@ def test_a_lone_host_is_never_declared_failed_without_a_witness():
 def test_one_of_two_hosts_failing_is_a_failure_not_an_outage():
     fleet = [beat("h1", 9), beat("h2", 1, reached={"h1": 9})]
     assert verdicts(fleet)["h1"] is Liveness.FAILED
+
+
+def test_a_control_plane_outage_seen_from_staggered_heartbeats_fails_no_one():
+    # NATS went away 5.6 s ago. h1's last beat is just past the timeout, h2's and h3's not yet:
+    # the fleet guard cannot see an outage, but the witnesses' last words were that they had
+    # just reached h1. Their silence since is theirs, not evidence about h1.
+    fleet = [beat("h1", 5.6, reached={"h2": 5.7, "h3": 5.7}),
+             beat("h2", 4.9, reached={"h1": 5.0, "h3": 5.0}),
+             beat("h3", 4.7, reached={"h1": 4.8, "h2": 4.8})]
+    assert verdicts(fleet)["h1"] is Liveness.WORKER_SILENT
+
+
+def test_peers_must_have_watched_the_host_fail_for_the_whole_timeout():
+    fleet = [beat("h1", 9), beat("h2", 1, reached={"h1": 4}), beat("h3", 1, reached={"h1": 4})]
+    assert verdicts(fleet)["h1"] is Liveness.WORKER_SILENT  # they last reached it 3 s before reporting
+    fleet = [beat("h1", 9), beat("h2", 1, reached={"h1": 7}), beat("h3", 1, reached={"h1": 7})]
+    assert verdicts(fleet)["h1"] is Liveness.FAILED

@@ -17,7 +17,7 @@ from shared.errors import Conflict
 from shared.migration import MaintenanceInput
 from shared.models import HostAdmin, HostMode, HostView
 from workflows.maintenance import maintenance_workflow_id
-from shared.names import ORCHESTRATOR_QUEUE, failover_workflow_id
+from shared.names import ORCHESTRATOR_QUEUE
 
 router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
 
@@ -38,6 +38,9 @@ class HostPublic(BaseModel):
         "up, down, disabled, maintenance, maintenance_failed, worker_silent (its worker is silent but "
         "peers reach its libvirt), failed, fencing, fenced, fence_failed"))
     state_reason: str = ""
+    operation_id: str = Field(default="", description="the failover or maintenance that put the host in its state")
+    liveness: str = Field(default="unknown", description=(
+        "the liveness monitor's verdict from the host's heartbeat and its peers: up, worker_silent, failed, held"))
     disabled_reason: str
     domain_type: str
     cluster: str
@@ -65,7 +68,7 @@ def _public(h: HostView, names: dict[str, str] | None = None) -> HostPublic:
             for a in h.allocations
         ]
     return HostPublic(
-        id=h.host_id, state=h.state, state_reason=h.state_reason, disabled_reason=h.disabled_reason, domain_type=h.domain_type,
+        id=h.host_id, state=h.state, state_reason=h.state_reason, operation_id=h.operation_id, liveness=h.liveness, disabled_reason=h.disabled_reason, domain_type=h.domain_type,
         cluster=h.cluster, labels=list(h.labels),
         capacity={"vcpus": h.vcpus_total, "memory_mib": h.memory_mib_total, "disk_gib": h.disk_gib_total},
         used={"vcpus": h.vcpus_used, "memory_mib": h.memory_mib_used, "disk_gib": h.disk_gib_used},
@@ -105,6 +108,16 @@ async def disable_host(host_id: str, body: DisableRequest = Body(default_factory
 
 @router.post("/{host_id}/enable", response_model=HostPublic)
 async def enable_host(host_id: str, p: Platform = Depends(get_platform)):
+    """Return a host to service: a disabled one, or a fenced one that is back (its stale copies
+    are removed as soon as its worker reports). Refused while its failover is fencing it or
+    waits for a confirmation."""
+    view = await p.scheduler.host(host_id)
+    if view.state in (HostMode.FENCING.value, HostMode.FENCE_FAILED.value):
+        raise Conflict(f"host {host_id} is {view.state}; wait for its failover ({view.operation_id}) or "
+                       "confirm it is off (POST /v1/hosts/{id}/confirm-fenced)")
+    if view.state == HostMode.FENCED.value and view.liveness != "up":
+        raise Conflict(f"host {host_id} is fenced and has not reported in since ({view.liveness}): "
+                       "power it on and wait for its worker first")
     return await _detailed(p, await p.scheduler.set_host_admin(HostAdmin(host_id, True)))
 
 
@@ -147,19 +160,9 @@ async def confirm_fenced(host_id: str, p: Platform = Depends(get_platform)):
     if view.state != HostMode.FENCE_FAILED.value:
         raise Conflict(f"host {host_id} is {view.state}: only a failed host whose fencing failed "
                        "(fence_failed) waits for a confirmation")
-    op_id = await _running_failover(p, host_id)
-    if op_id is None:
-        raise Conflict(f"host {host_id} has no failover waiting for a confirmation")
+    op_id = view.operation_id
     await p.temporal.get_workflow_handle(op_id).signal("confirm_fenced")
     return ConfirmFenced(operation_id=op_id, host=await _detailed(p, await p.scheduler.host(host_id)))
-
-
-async def _running_failover(p: Platform, host_id: str) -> str | None:
-    prefix = failover_workflow_id(host_id, 0)[:-1]
-    async for execution in p.temporal.list_workflows('WorkflowType = "HostFailover" AND ExecutionStatus = "Running"'):
-        if execution.id.startswith(prefix):
-            return execution.id
-    return None
 
 
 @router.delete("/{host_id}/maintenance", response_model=HostPublic)
