@@ -38,7 +38,7 @@ _WARM_START_TIMEOUT_S = 30.0
 _COMMAND_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 5.0
 # What a lab host runs. Other programs in its namespace (a test's virsh, say) are not ours to kill.
-_HOST_PROGRAMS = ("tini", "libvirtd", "qemu-system-")
+_HOST_PROGRAMS = ("tini", "libvirtd", "virtlockd", "qemu-system-")
 # Daemons started by this process, kept so that stop_lab reaps them instead of leaving zombies.
 _children: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -243,6 +243,14 @@ def _prepare_host_dirs(host: LabHost, lab: Lab, shared: Sequence[Path]) -> None:
     )
     (etc / "libvirtd.conf").write_text(_libvirtd_conf(host))
     (etc / "qemu.conf").write_text(_qemu_conf(host))
+    # Disk leases (libvirt's lockd): each disk a domain runs on holds a lease in a lockspace on
+    # the shared storage, so a second QEMU cannot start on it while the first holds it.
+    if shared:
+        lockspace = shared[0] / "leases"
+        lockspace.mkdir(parents=True, exist_ok=True)
+        (etc / "qemu-lockd.conf").write_text(_conf_text({
+            "auto_disk_leases": 1, "require_lease_for_disks": 1, "file_lockspace_dir": str(lockspace),
+        }))
     # Hosts resolve their own hostname and their peers' without DNS, which the lab lacks.
     peers = "".join(f"{h.address}\t{h.namespace} {h.host_id}\n" for h in lab.hosts)
     (root / "etc/hosts").write_text(f"127.0.0.1\tlocalhost\n::1\tlocalhost\n{peers}")
@@ -265,6 +273,7 @@ def _qemu_conf(host: LabHost) -> str:
     return _conf_text({
         "user": "+0", "group": "+0", "dynamic_ownership": 0, "security_driver": "none",
         "migration_address": host.address, "migration_host": host.address, "stdio_handler": "file",
+        "lock_manager": "lockd",
     })  # fmt: skip
 
 
@@ -378,6 +387,7 @@ def _launch_script(host: LabHost, shared: Sequence[Path]) -> str:
         lines.append(f"mkdir -p /{rel} && mount --rbind {q(str(root / rel))} /{rel}")
     lines.append(f"mount --bind {q(str(root / 'etc/hosts'))} /etc/hosts")
     lines.append(f"hostname {q(host.namespace)}")
+    lines.append("virtlockd -d")  # the disk leases' lock daemon, on the host's private /run
     # tini reaps QEMU's double-forked parents at once (PID 1 here takes 1.5-2 s per destroy).
     lines.append("exec tini -s -- libvirtd --listen")
     return "\n".join(lines)

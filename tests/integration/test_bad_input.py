@@ -58,6 +58,9 @@ def expect_error(api, method: str, path: str, status: int, reason: str, **kwargs
         ({"vcpus": "two"}, "vcpus: Input should be a valid integer"),
         ({"host": "h1"}, "host: Extra inputs are not permitted"),
         ({"placement_group_id": "pg-nope"}, "unknown placement group 'pg-nope'"),
+        ({"ha": True, "storage": "local"}, "ha: a VM whose root disk is on its host's own pool cannot restart"),
+        ({"restart_priority": -1}, "restart_priority: Input should be greater than or equal to 0"),
+        ({"on_crash": "reboot-forever"}, "on_crash: Input should be 'restart' or 'none'"),
         ({"required_labels": ["<gpu>"]}, "required_labels: label '<gpu>' must be"),
         ({"storage": "nfs"}, "storage: Input should be 'shared' or 'local'"),
     ],
@@ -160,3 +163,12 @@ def test_host_refusing_the_domain_fails_cleanly_and_compensates(api, world, brok
                    for h in api.call("GET", "/v1/hosts"))
 
     wait_until(lambda: not allocated_anywhere(), 10, what="no capacity held for the failed VM")
+
+
+def test_confirm_fenced_is_refused_for_a_host_that_is_up_or_unknown(api, world):
+    before = world()
+    error = expect_error(api, "POST", "/v1/hosts/h1/confirm-fenced", 409, "only a failed host whose fencing failed")
+    assert error.code == "conflict"
+    expect_error(api, "POST", "/v1/hosts/h99/confirm-fenced", 404, "no host 'h99'")
+    assert [h["state"] for h in api.call("GET", "/v1/hosts")] == ["up", "up", "up"]
+    assert world() == before

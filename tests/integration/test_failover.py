@@ -249,3 +249,25 @@ def test_after_down_and_up_the_vms_that_ran_run_again(stack_cfg, api, probe, cle
                120, interval_s=0.5, what="the VM that ran to run again")
     wait_until(lambda: stopped["id"] in probe.domain_uuids("h2"), 60, what="the stopped VM to be defined again")
     assert vm_view(api, stopped["id"])["state"] == "stopped" and probe.state("h2", stopped["id"]) == "shut off"
+
+
+def test_a_second_qemu_cannot_take_the_disk_lease_of_a_running_vm(stack_cfg, api, probe, cleanup):
+    """The second guard behind fencing: a copy of a running VM started on another host (what a
+    failover without fencing would do) is refused by the disk lease, before QEMU even opens the
+    disk; QEMU's own image lock alone would not hold on real NFS."""
+    vm = provision_on(api, "h1")
+    cleanup.append(vm["id"])
+    xml = probe.virsh("h1", "dumpxml", "--inactive", f"vm-{vm['id']}").stdout
+    path = stack_cfg.root / f"copy-{vm['id']}.xml"
+    path.write_text(xml)
+    probe.virsh("h2", "define", str(path))
+    try:
+        started = probe.virsh("h2", "start", f"vm-{vm['id']}", check=False)
+        assert started.returncode != 0
+        assert "Lockspace resource" in started.stderr and "is locked" in started.stderr, started.stderr
+        # (the platform may already be removing the stray definition from h2: it is a stale copy)
+        assert probe.state("h2", vm["id"]) in ("shut off", "absent") and probe.state("h1", vm["id"]) == "running"
+    finally:
+        probe.virsh("h2", "undefine", f"vm-{vm['id']}", check=False)
+    # The copy left on h2 was never the VM's: the inventory still names h1, and only h1 runs it.
+    assert vm_view(api, vm["id"])["host_id"] == "h1" and probe.where(vm["id"]) == ["h1"]
