@@ -275,7 +275,8 @@ def _hosts_up(cfg: StackConfig) -> int:
         hosts = httpx.get(f"{cfg.api_url}/v1/hosts", timeout=3).json()
     except (httpx.HTTPError, ValueError):
         return 0
-    return sum(1 for h in hosts if isinstance(h, dict) and h.get("state") == "up")
+    # Reporting in is what counts: a host an operator left disabled or fenced is still up.
+    return sum(1 for h in hosts if isinstance(h, dict) and (h.get("state") == "up" or h.get("liveness") == "up"))
 
 
 def down(run_dir: Path, say=print) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import subprocess
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+from deploy.lab_faults import wait_for_value
 
 
 class LibvirtProbe:
@@ -38,11 +39,8 @@ class LibvirtProbe:
 
 
 def wait_until(check, timeout_s: float = 30.0, interval_s: float = 0.2, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout_s} s")
-        time.sleep(interval_s)
+    """The first truthy answer of ``check``; a test failure after ``timeout_s``."""
+    try:
+        return wait_for_value(check, timeout_s, what, interval_s)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None

@@ -5,6 +5,10 @@ outside vmflow: every host's libvirt, the guests' own consoles."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import hashlib
+import os
+import signal
 import subprocess
 import time
 import uuid
@@ -217,6 +221,26 @@ def test_control_plane_restarts_fail_nothing_over_and_refuse_no_provision(stack_
     assert [h["state"] for h in api.call("GET", "/v1/hosts")] == ["up", "up", "up"]
 
 
+def test_a_hung_worker_on_a_live_host_is_not_a_dead_host(stack_cfg, api, probe, cleanup):
+    """The worker freezes (SIGSTOP: alive to its supervisor, silent to everyone): its peers still
+    reach the host's libvirt, so the host is worker_silent, never fenced, and its guest runs on."""
+    vm = provision_on(api, "h2", ha=True)
+    cleanup.append(vm["id"])
+    failovers = _failovers(stack_cfg)
+    worker = processes.read_pid(stack_cfg.root, "host-worker-h2")
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        wait_until(lambda: host_state(api, "h2") == "worker_silent", 20, what="h2 to be worker_silent")
+        assert "peers reach its libvirt" in api.call("GET", "/v1/hosts/h2")["state_reason"]
+        time.sleep(8)  # well past the failure timeout
+        assert host_state(api, "h2") == "worker_silent"
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    wait_until(lambda: host_state(api, "h2") == "up", 20, what="h2 up again")
+    assert _failovers(stack_cfg) == failovers
+    assert probe.where(vm["id"]) == ["h2"] and vm_view(api, vm["id"])["state"] == "running"
+
+
 def test_an_operation_resumes_soon_after_every_host_worker_died(stack_cfg, api, cleanup):
     accepted = api.create_vm(f"wk-{uuid.uuid4().hex[:6]}", 1, 128, 1, "lab-guest")
     cleanup.append(accepted["vm"]["id"])
@@ -251,23 +275,39 @@ def test_after_down_and_up_the_vms_that_ran_run_again(stack_cfg, api, probe, cle
     assert vm_view(api, stopped["id"])["state"] == "stopped" and probe.state("h2", stopped["id"]) == "shut off"
 
 
-def test_a_second_qemu_cannot_take_the_disk_lease_of_a_running_vm(stack_cfg, api, probe, cleanup):
-    """The second guard behind fencing: a copy of a running VM started on another host (what a
-    failover without fencing would do) is refused by the disk lease, before QEMU even opens the
-    disk; QEMU's own image lock alone would not hold on real NFS."""
+def lease_holders(stack_cfg, disk: str) -> list[str]:
+    """Which processes hold the disk's lease (libvirt's lockd names it by the path's SHA-256)."""
+    lease = stack_cfg.pool_dir / "leases" / hashlib.sha256(disk.encode()).hexdigest()
+    out = subprocess.run(["lslocks", "-n", "-o", "PID,PATH"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.split()[-1] == str(lease)]
+
+
+def lease_is_free(stack_cfg, disk: str) -> bool:
+    """Try to take the lease from outside, as a second host's lock daemon would."""
+    lease = stack_cfg.pool_dir / "leases" / hashlib.sha256(disk.encode()).hexdigest()
+    fd = os.open(lease, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # releases it if taken
+    return True
+
+
+def test_a_running_vms_disk_carries_a_lease_no_other_host_can_take(stack_cfg, api, probe, cleanup):
+    """The second guard behind fencing: while a guest runs, its host's lock daemon holds a lease
+    on each of its disks, in a lockspace on the shared pool; another host's daemon cannot take
+    it, so a second QEMU on that disk never gets its CPUs started (libvirt's lockd; QEMU's own
+    image lock alone does not hold on real NFS). The lease goes with the guest."""
     vm = provision_on(api, "h1")
     cleanup.append(vm["id"])
-    xml = probe.virsh("h1", "dumpxml", "--inactive", f"vm-{vm['id']}").stdout
-    path = stack_cfg.root / f"copy-{vm['id']}.xml"
-    path.write_text(xml)
-    probe.virsh("h2", "define", str(path))
-    try:
-        started = probe.virsh("h2", "start", f"vm-{vm['id']}", check=False)
-        assert started.returncode != 0
-        assert "Lockspace resource" in started.stderr and "is locked" in started.stderr, started.stderr
-        # (the platform may already be removing the stray definition from h2: it is a stale copy)
-        assert probe.state("h2", vm["id"]) in ("shut off", "absent") and probe.state("h1", vm["id"]) == "running"
-    finally:
-        probe.virsh("h2", "undefine", f"vm-{vm['id']}", check=False)
-    # The copy left on h2 was never the VM's: the inventory still names h1, and only h1 runs it.
-    assert vm_view(api, vm["id"])["host_id"] == "h1" and probe.where(vm["id"]) == ["h1"]
+    disk = str(probe.disk_path("h1", vm["id"]))
+    holders = lease_holders(stack_cfg, disk)
+    assert len(holders) == 1
+    assert subprocess.run(["ip", "netns", "identify", holders[0]], capture_output=True, text=True
+                          ).stdout.strip() == f"{stack_cfg.lab_name}-h1"
+    assert not lease_is_free(stack_cfg, disk)
+    op = api.wait_operation(api.call("POST", f"/v1/vms/{vm['id']}/stop", json={"force": True})["operation_id"])
+    assert op["state"] == "succeeded", op
+    assert lease_holders(stack_cfg, disk) == [] and lease_is_free(stack_cfg, disk)
