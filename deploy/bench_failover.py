@@ -23,8 +23,8 @@ from deploy import lab, lab_faults
 from deploy.bench import (
     BenchError,
     LatencyStats,
-    _boot_directly_once,
     _bench_image,
+    _boot_directly_once,
     _running_stack,
     summarize,
 )

@@ -15,6 +15,42 @@ def host_queue(host_id: str) -> str:
     return f"host.{host_id}"
 
 
+# Workflow ids: built from the business key, so a retried request cannot start the same work twice.
+
+def provision_workflow_id(vm_id: str) -> str:
+    """A VM is provisioned once, ever (its id is never reused: REJECT_DUPLICATE)."""
+    return f"vm-{vm_id}-provision"
+
+
+def delete_workflow_id(vm_id: str) -> str:
+    return f"vm-{vm_id}-delete"
+
+
+def power_workflow_id(vm_id: str, action: str, op_suffix: str) -> str:
+    return f"vm-{vm_id}-{action}-{op_suffix}"
+
+
+def migrate_workflow_id(vm_id: str, op_suffix: str) -> str:
+    return f"vm-{vm_id}-migrate-{op_suffix}"
+
+
+def maintenance_workflow_id(host_id: str) -> str:
+    return f"host-{host_id}-maintenance"
+
+
+def image_operation_id(name: str, action: str) -> str:
+    """One create and one delete per image name at a time: a second is refused by Temporal."""
+    return f"image-{name}-{action}"
+
+
+def volume_operation_id(name: str, action: str, suffix: str | None = None) -> str:
+    return f"volume-{name}-{action}" + (f"-{suffix}" if suffix else "")
+
+
+def vm_storage_operation_id(vm_id: str, action: str, suffix: str) -> str:
+    return f"vm-{vm_id}-{action}-{suffix}"
+
+
 def failover_workflow_id(host_id: str, epoch: int) -> str:
     """One failure of one host fails over once: the epoch is its last heartbeat's second."""
     return f"host-{host_id}-failover-{epoch}"

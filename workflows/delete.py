@@ -6,14 +6,16 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from shared.models import DeleteInput, OperationProgress, VmRecordUpdate, VmRef, VmState
+    from shared.models import (
+        DeleteInput,
+        OperationProgress,
+        VmRecordUpdate,
+        VmRef,
+        VmState,
+    )
 
 from workflows import steps
 from workflows.progress import ProgressTracker
-
-
-def delete_workflow_id(vm_id: str) -> str:
-    return f"vm-{vm_id}-delete"
 
 
 @workflow.defn(name="DeleteVm")

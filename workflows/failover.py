@@ -18,7 +18,6 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from shared.failover import failover_order
-    from shared.names import restart_workflow_id
     from shared.models import (
         FailoverInput,
         FenceRequest,
@@ -30,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         VmState,
         VmSummary,
     )
+    from shared.names import restart_workflow_id
 
 from workflows import steps
 from workflows.progress import ProgressTracker
@@ -61,32 +61,54 @@ class HostFailover:
         await steps.set_host_admin(HostAdmin(host, False, f"failed: {inp.reason}; fencing", HostMode.FENCING,
                                              op_id))
         await self._fence(inp)
-        self._progress.advance("restart")
-        vms = (await steps.vms_on_host(host)).vms
-        restart, leave, busy = failover_order(vms)
-        for vm in busy:
-            self._progress.note(f"{vm.name}: {vm.state.value}, held by another operation; left to it")
-        for vm in leave:
-            why = "its root disk is on the host's own pool" if vm.ha else "not HA"
-            error = f"host {host} failed and was fenced; {why}: start it again once the host is back"
-            await steps.update_record(VmRecordUpdate(vm.vm_id, op_id, "failed_over", state=VmState.ERROR,
-                                                     error=error))
-            self._progress.note(f"{vm.name}: left in error ({why})")
-        pending = await self._restart_round(restart, inp, 0)
-        rounds = 0
-        while pending and rounds < inp.capacity_retry_rounds:
-            rounds += 1
-            self._progress.advance("waiting_for_capacity")
-            await workflow.sleep(timedelta(seconds=inp.capacity_retry_s))
-            self._progress.advance("restart")
-            pending = await self._restart_round(pending, inp, rounds)
+        restarted, left, waiting = await self._restart_until_done(inp, op_id)
         self._progress.advance("done")
-        moved = len(restart) - len(pending)
-        summary = f"{moved} of {len(restart)} HA VM(s) restarted off {host}; {len(leave)} left in error"
-        if pending:
-            raise ApplicationError(f"{summary}; no capacity for {', '.join(vm.name for vm in pending)}",
+        summary = f"{restarted} HA VM(s) restarted off {host}; {left} left in error"
+        if waiting:
+            raise ApplicationError(f"{summary}; no capacity for {', '.join(waiting)}",
                                    type="no_valid_host", non_retryable=True)
         return summary
+
+    async def _restart_until_done(self, inp: FailoverInput, op_id: str) -> tuple[int, int, list[str]]:
+        """Rounds of restarts until no HA VM is left on the host (or the rounds run out). The
+        host's VMs are listed anew each round: one restarted elsewhere is gone from it, one an
+        operation held a moment ago may be free now, one that found no capacity is still there.
+        Returns (restarted, left in error, names of the HA VMs still waiting for capacity)."""
+        restarted, left = 0, 0
+        given_up: set[str] = set()  # failed for a reason other than capacity: their error says why
+        noted: set[str] = set()
+        for round_no in range(inp.capacity_retry_rounds + 1):
+            restart, leave, busy = failover_order((await steps.vms_on_host(inp.host_id)).vms)
+            for vm in leave:
+                if vm.vm_id not in noted:
+                    noted.add(vm.vm_id)
+                    left += 1
+                    await self._leave(vm, inp, op_id)
+            for vm in busy:
+                if vm.vm_id not in noted:
+                    noted.add(vm.vm_id)
+                    self._progress.note(f"{vm.name}: {vm.state.value}, held by another operation; "
+                                        "restarted once it is free if HA")
+            restart = [vm for vm in restart if vm.vm_id not in given_up]
+            if not restart and not busy:
+                return restarted, left, []
+            if restart:
+                self._progress.advance("restart")
+                outcomes = await self._restart_round(restart, inp, round_no)
+                restarted += sum(1 for ok in outcomes.values() if ok is True)
+                given_up |= {vm_id for vm_id, ok in outcomes.items() if ok is None}
+                if not busy and all(ok is not False for ok in outcomes.values()):
+                    return restarted, left, []
+            self._progress.advance("waiting_for_capacity")
+            await workflow.sleep(timedelta(seconds=inp.capacity_retry_s))
+        restart, _leave, _busy = failover_order((await steps.vms_on_host(inp.host_id)).vms)
+        return restarted, left, [vm.name for vm in restart if vm.vm_id not in given_up]
+
+    async def _leave(self, vm: VmSummary, inp: FailoverInput, op_id: str) -> None:
+        why = "its root disk is on the host's own pool" if vm.ha else "not HA"
+        error = f"host {inp.host_id} failed and was fenced; {why}: start it again once the host is back"
+        await steps.update_record(VmRecordUpdate(vm.vm_id, op_id, "failed_over", state=VmState.ERROR, error=error))
+        self._progress.note(f"{vm.name}: left in error ({why})")
 
     async def _fence(self, inp: FailoverInput) -> None:
         host, op_id = inp.host_id, workflow.info().workflow_id
@@ -103,14 +125,16 @@ class HostFailover:
             self._progress.note(f"an operator confirmed {host} is off")
         await steps.set_host_admin(HostAdmin(host, False, f"fenced: {inp.reason}", HostMode.FENCED, op_id))
 
-    async def _restart_round(self, vms: list[VmSummary], inp: FailoverInput, round_no: int) -> list[VmSummary]:
+    async def _restart_round(self, vms: list[VmSummary], inp: FailoverInput, round_no: int) -> dict[str, bool | None]:
         """Restart ``vms`` elsewhere, at most ``inp.concurrency`` at once, highest priority first
-        (each waits for a slot in order). Returns those that found no capacity."""
+        (each waits for a slot in order). Per VM: True restarted, False no capacity (try again
+        later), None failed for another reason (given up, its error says why)."""
         limit = asyncio.Semaphore(max(1, inp.concurrency))
         outcomes = await asyncio.gather(*(self._restart(vm, inp, round_no, limit) for vm in vms))
-        return [vm for vm, retry in zip(vms, outcomes) if retry]
+        return {vm.vm_id: ok for vm, ok in zip(vms, outcomes)}
 
-    async def _restart(self, vm: VmSummary, inp: FailoverInput, round_no: int, limit: asyncio.Semaphore) -> bool:
+    async def _restart(self, vm: VmSummary, inp: FailoverInput, round_no: int,
+                       limit: asyncio.Semaphore) -> bool | None:
         async with limit:
             child_id = restart_workflow_id(vm.vm_id, f"failover-{inp.host_id}-{inp.epoch}-{round_no}")
             try:
@@ -123,6 +147,6 @@ class HostFailover:
             except Exception as exc:
                 code, message = steps.failure_message(exc)
                 self._progress.note(f"{vm.name}: {message}")
-                return code == "no_valid_host"
+                return False if code == "no_valid_host" else None
         self._progress.note(f"{vm.name}: restarted on {target}")
-        return False
+        return True

@@ -14,16 +14,13 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from shared.migration import MaintenanceInput, MigrateInput
     from shared.models import HostAdmin, HostMode, OperationProgress, VmState, VmSummary
+    from shared.names import migrate_workflow_id
 
 from workflows import steps
-from workflows.migrate import LiveMigrate, migrate_workflow_id
+from workflows.migrate import LiveMigrate
 from workflows.progress import ProgressTracker
 
 _MOVABLE = (VmState.RUNNING, VmState.STOPPED)
-
-
-def maintenance_workflow_id(host_id: str) -> str:
-    return f"host-{host_id}-maintenance"
 
 
 @workflow.defn(name="HostMaintenance")

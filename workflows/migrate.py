@@ -33,10 +33,6 @@ from workflows import steps
 from workflows.progress import ProgressTracker
 
 
-def migrate_workflow_id(vm_id: str, op_suffix: str) -> str:
-    return f"vm-{vm_id}-migrate-{op_suffix}"
-
-
 @workflow.defn(name="LiveMigrate")
 class LiveMigrate:
     def __init__(self) -> None:

@@ -26,10 +26,6 @@ _TRANSITIONAL = {
 }
 
 
-def power_workflow_id(vm_id: str, action: PowerAction, op_suffix: str) -> str:
-    return f"vm-{vm_id}-{action.value}-{op_suffix}"
-
-
 @workflow.defn(name="VmPowerAction")
 class VmPowerAction:
     def __init__(self) -> None:

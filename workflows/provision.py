@@ -28,10 +28,6 @@ from workflows.saga import Saga
 PROVISION_ID_REUSE = WorkflowIDReusePolicy.REJECT_DUPLICATE
 
 
-def provision_workflow_id(vm_id: str) -> str:
-    return f"vm-{vm_id}-provision"
-
-
 @workflow.defn(name="ProvisionVm")
 class ProvisionVm:
     def __init__(self) -> None:

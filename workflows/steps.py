@@ -15,7 +15,6 @@ from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from shared.errors import ERROR_CODES
-    from shared.names import FENCING_QUEUE, INVENTORY_QUEUE, ORCHESTRATOR_QUEUE, STORAGE_QUEUE, host_queue
     from shared.migration import MigrateRequest, MigrateResult
     from shared.models import (
         BeginOperation,
@@ -41,6 +40,13 @@ with workflow.unsafe.imports_passed_through():
         Volume,
         VolumeRef,
         VolumeRequest,
+    )
+    from shared.names import (
+        FENCING_QUEUE,
+        INVENTORY_QUEUE,
+        ORCHESTRATOR_QUEUE,
+        STORAGE_QUEUE,
+        host_queue,
     )
 
 

@@ -36,19 +36,6 @@ from workflows.progress import ProgressTracker
 from workflows.saga import Saga
 
 
-def image_operation_id(name: str, action: str) -> str:
-    """One create and one delete per image name at a time: a second is refused by Temporal."""
-    return f"image-{name}-{action}"
-
-
-def volume_operation_id(name: str, action: str, suffix: str | None = None) -> str:
-    return f"volume-{name}-{action}" + (f"-{suffix}" if suffix else "")
-
-
-def vm_storage_operation_id(vm_id: str, action: str, suffix: str) -> str:
-    return f"vm-{vm_id}-{action}-{suffix}"
-
-
 class StorageOperation:
     """What every storage workflow shares: the progress query and the outcome handling."""
 

@@ -7,6 +7,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from services.scheduler.client import SchedulerActivities
+from shared.names import ORCHESTRATOR_QUEUE
 from shared.temporal import ActivityContext
 from workflows.delete import DeleteVm
 from workflows.failover import HostFailover
@@ -16,7 +17,6 @@ from workflows.power import VmPowerAction
 from workflows.provision import ProvisionVm
 from workflows.restart import RestartVm
 from workflows.stale import RemoveStaleCopy
-from shared.names import ORCHESTRATOR_QUEUE
 from workflows.storage_ops import STORAGE_WORKFLOWS
 
 WORKFLOWS = [ProvisionVm, DeleteVm, VmPowerAction, LiveMigrate, HostMaintenance, RestartVm, HostFailover,

@@ -31,8 +31,8 @@ from services.api.settings import ApiSettings
 from services.scheduler.client import SchedulerClient
 from services.storage.client import StorageClient
 from shared.messaging import EventPublisher, connect, ensure_event_stream
-from shared.temporal import ActivityContext, connect_temporal
 from shared.names import INVENTORY_QUEUE
+from shared.temporal import ActivityContext, connect_temporal
 
 log = structlog.get_logger(__name__)
 

@@ -12,7 +12,14 @@ from services.api.models import vm_summary
 from shared import subjects
 from shared.errors import Conflict, NotFound
 from shared.messaging import EventPublisher
-from shared.models import BeginOperation, GroupRule, HostRef, VmList, VmRecordUpdate, VmRef
+from shared.models import (
+    BeginOperation,
+    GroupRule,
+    HostRef,
+    VmList,
+    VmRecordUpdate,
+    VmRef,
+)
 
 
 class InventoryActivities:

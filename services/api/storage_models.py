@@ -17,6 +17,7 @@ from services.api.models import Vm
 from services.api.platform import Platform
 from shared.errors import Conflict, InvalidRequest, ServiceUnavailable
 from shared.models import VmState
+from shared.names import ORCHESTRATOR_QUEUE
 from shared.storage_models import (
     CloneMode,
     ImageFormat,
@@ -29,7 +30,6 @@ from shared.storage_models import (
     check_snapshot_name,
     check_volume_name,
 )
-from shared.names import ORCHESTRATOR_QUEUE
 
 _PATH = Field(default=None, min_length=1, max_length=4096)
 

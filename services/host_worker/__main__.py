@@ -19,7 +19,12 @@ from shared import subjects
 from shared.errors import VmflowError
 from shared.lifecycle import run_until_signalled
 from shared.logging import configure_logging
-from shared.messaging import EventPublisher, connect, ensure_event_stream, heartbeat_bucket
+from shared.messaging import (
+    EventPublisher,
+    connect,
+    ensure_event_stream,
+    heartbeat_bucket,
+)
 from shared.temporal import ActivityContext, connect_temporal
 
 log = structlog.get_logger("services.host_worker")

@@ -24,7 +24,13 @@ from shared import subjects
 from shared.errors import Conflict, HypervisorError, InvalidRequest, NotFound, Timeout
 from shared.messaging import EventPublisher
 from shared.migration import MigrateRequest, MigrateResult, MigrationProgress
-from shared.models import BootWaitRequest, DomainRef, DomainSpec, DomainStatus, StopRequest
+from shared.models import (
+    BootWaitRequest,
+    DomainRef,
+    DomainSpec,
+    DomainStatus,
+    StopRequest,
+)
 from shared.storage_models import DiskAttachment
 
 log = structlog.get_logger(__name__)

@@ -25,7 +25,13 @@ from services.host_worker.domain_xml import (
     with_disk_sources,
 )
 from services.host_worker.migration import CompletedMigration
-from shared.errors import HostUnavailable, HypervisorError, InvalidRequest, NotFound, VmflowError
+from shared.errors import (
+    HostUnavailable,
+    HypervisorError,
+    InvalidRequest,
+    NotFound,
+    VmflowError,
+)
 from shared.migration import MigrationProgress
 from shared.models import DomainSummary
 

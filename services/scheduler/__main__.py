@@ -7,7 +7,12 @@ import asyncio
 import structlog
 
 from services.scheduler.monitor import LivenessMonitor, run_monitor
-from services.scheduler.service import Scheduler, follow_heartbeats, follow_host_admin, start_service
+from services.scheduler.service import (
+    Scheduler,
+    follow_heartbeats,
+    follow_host_admin,
+    start_service,
+)
 from services.scheduler.settings import SchedulerSettings
 from shared.lifecycle import run_until_signalled
 from shared.logging import configure_logging

@@ -9,6 +9,11 @@ from pydantic import ValidationError
 from services.api.routes.operations import OPERATION_ID
 from services.api.storage_models import ImageCreate, SnapshotCreate, VolumeCreate
 from shared.errors import InvalidRequest
+from shared.names import (
+    image_operation_id,
+    vm_storage_operation_id,
+    volume_operation_id,
+)
 from shared.storage_models import (
     check_name,
     check_snapshot_name,
@@ -17,7 +22,6 @@ from shared.storage_models import (
     root_vm_id,
     volume_event,
 )
-from workflows.storage_ops import image_operation_id, vm_storage_operation_id, volume_operation_id
 
 VM_ID = "6c280603-c8d2-416e-9055-62035da46861"
 BAD_NAMES = ["", "x" * 64, "../etc", "a/b", "a.b", "-a", "a-", "a b", "$(reboot)", "a\nb", "é", "a;b", ".."]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -40,7 +41,13 @@ from shared.models import (
     VolumeRef,
     VolumeRequest,
 )
-from shared.names import FENCING_QUEUE, INVENTORY_QUEUE, ORCHESTRATOR_QUEUE, STORAGE_QUEUE, host_queue
+from shared.names import (
+    FENCING_QUEUE,
+    INVENTORY_QUEUE,
+    ORCHESTRATOR_QUEUE,
+    STORAGE_QUEUE,
+    host_queue,
+)
 from workflows.failover import HostFailover
 from workflows.restart import RestartVm
 
@@ -102,11 +109,13 @@ class World:
 
         @activity.defn(name="inventory.vms_on_host")
         async def vms_on_host(ref: HostRef) -> VmList:
-            return VmList(tuple(self.vms))
+            return VmList(tuple(vm for vm in self.vms if vm.host_id == ref.host_id))
 
         @activity.defn(name="inventory.update_vm")
         async def update_vm(update: VmRecordUpdate) -> None:
             self.records[self.names[update.vm_id]] = update
+            self.vms = [replace(vm, state=update.state or vm.state, host_id=update.host_id or vm.host_id)
+                        if vm.vm_id == update.vm_id else vm for vm in self.vms]
 
         @activity.defn(name="inventory.begin_operation")
         async def begin(req: BeginOperation) -> None:
@@ -176,7 +185,7 @@ async def test_failover_fences_first_then_restarts_ha_vms_by_priority(env):
             execution_timeout=timedelta(seconds=60))
     finally:
         await stop_workers(workers)
-    assert result == "2 of 2 HA VM(s) restarted off h1; 1 left in error"
+    assert result == "2 HA VM(s) restarted off h1; 1 left in error"
     assert world.calls[0] == "fence:h1"
     assert [c for c in world.calls if c.startswith("start:")] == ["start:high@h2", "start:low@h2"]
     assert world.modes == ["fencing", "fenced"]
@@ -200,7 +209,7 @@ async def test_when_fencing_fails_nothing_restarts_until_an_operator_confirms(en
         await asyncio.sleep(1)
         assert not any(c.startswith("start:") for c in world.calls)
         await handle.signal("confirm_fenced")
-        assert await handle.result() == "1 of 1 HA VM(s) restarted off h1; 0 left in error"
+        assert await handle.result() == "1 HA VM(s) restarted off h1; 0 left in error"
     finally:
         await stop_workers(workers)
     assert world.modes == ["fencing", "fence_failed", "fenced"]
@@ -216,7 +225,7 @@ async def test_vms_without_capacity_are_retried_when_it_appears(env):
             task_queue=ORCHESTRATOR_QUEUE, execution_timeout=timedelta(seconds=60))
     finally:
         await stop_workers(workers)
-    assert result.startswith("1 of 1")
+    assert result.startswith("1 HA VM(s) restarted")
     assert world.records["web"].state is VmState.RUNNING
 
 
@@ -234,3 +243,36 @@ async def test_a_restart_that_fails_leaves_no_definition_and_no_claim(env):
     assert "the guest stopped while booting" in str(caught.value.cause)
     assert world.calls[-2:] == ["evict:web@h2", "release"]
     assert world.records["web"].state is VmState.ERROR and world.records["web"].error.startswith("host h1 failed")
+
+
+async def test_a_vm_held_by_another_operation_is_restarted_once_it_is_free(env):
+    busy = replace(summary("busy"), state=VmState.RECOVERING)
+    world = World([busy])
+    listed = 0
+    original = world.activities
+
+    def activities():
+        queues = original()
+
+        @activity.defn(name="inventory.vms_on_host")
+        async def vms_on_host(ref: HostRef) -> VmList:
+            nonlocal listed
+            listed += 1
+            if listed == 2:  # its own operation ended meanwhile, in error on the dead host
+                world.vms = [replace(vm, state=VmState.ERROR) for vm in world.vms]
+            return VmList(tuple(vm for vm in world.vms if vm.host_id == ref.host_id))
+
+        queues[INVENTORY_QUEUE] = [vms_on_host, *[a for a in queues[INVENTORY_QUEUE]
+                                                  if a.__temporal_activity_definition.name != "inventory.vms_on_host"]]
+        return queues
+
+    world.activities = activities
+    workers = await start_workers(env, world)
+    try:
+        result = await env.client.execute_workflow(
+            HostFailover.run, failover(capacity_retry_s=0.2), id=f"host-h1-failover-{uuid.uuid4().hex}",
+            task_queue=ORCHESTRATOR_QUEUE, execution_timeout=timedelta(seconds=60))
+    finally:
+        await stop_workers(workers)
+    assert result == "1 HA VM(s) restarted off h1; 0 left in error"
+    assert world.records["busy"].state is VmState.RUNNING and world.records["busy"].host_id == "h2"

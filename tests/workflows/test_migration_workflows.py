@@ -15,7 +15,12 @@ from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
-from shared.migration import MaintenanceInput, MigrateInput, MigrateRequest, MigrateResult
+from shared.migration import (
+    MaintenanceInput,
+    MigrateInput,
+    MigrateRequest,
+    MigrateResult,
+)
 from shared.models import (
     BeginOperation,
     BootWaitRequest,
@@ -35,9 +40,9 @@ from shared.models import (
     VmSummary,
     VolumeRef,
 )
+from shared.names import INVENTORY_QUEUE, ORCHESTRATOR_QUEUE, STORAGE_QUEUE, host_queue
 from workflows.maintenance import HostMaintenance
 from workflows.migrate import LiveMigrate
-from shared.names import INVENTORY_QUEUE, ORCHESTRATOR_QUEUE, STORAGE_QUEUE, host_queue
 
 HOSTS = ("h1", "h2")
 

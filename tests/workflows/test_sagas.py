@@ -34,10 +34,10 @@ from shared.models import (
     VolumeRef,
     VolumeRequest,
 )
+from shared.names import INVENTORY_QUEUE, ORCHESTRATOR_QUEUE, STORAGE_QUEUE, host_queue
 from workflows.delete import DeleteVm
 from workflows.power import VmPowerAction
 from workflows.provision import PROVISION_ID_REUSE, ProvisionVm
-from shared.names import INVENTORY_QUEUE, ORCHESTRATOR_QUEUE, STORAGE_QUEUE, host_queue
 
 IMAGE = Image("img", "", "/img.qcow2", 1, 96, 1, None, "BOOTED")
 

@@ -13,6 +13,7 @@ from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
+from shared.names import ORCHESTRATOR_QUEUE, STORAGE_QUEUE, host_queue
 from shared.storage_models import (
     AttachmentClaim,
     AttachmentInput,
@@ -24,8 +25,12 @@ from shared.storage_models import (
     VolumeKind,
     VolumeView,
 )
-from shared.names import ORCHESTRATOR_QUEUE, STORAGE_QUEUE, host_queue
-from workflows.storage_ops import STORAGE_WORKFLOWS, AttachVolume, DetachVolume, RevertSnapshot
+from workflows.storage_ops import (
+    STORAGE_WORKFLOWS,
+    AttachVolume,
+    DetachVolume,
+    RevertSnapshot,
+)
 
 VM_ID = str(uuid.uuid4())
 VOLUME = VolumeView("d1", "shared", "/pool/volumes/d1.qcow2", VolumeKind.DATA, 1.0, 0)

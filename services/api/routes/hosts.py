@@ -16,8 +16,7 @@ from services.api.platform import Platform, get_platform
 from shared.errors import Conflict
 from shared.migration import MaintenanceInput
 from shared.models import HostAdmin, HostMode, HostView
-from workflows.maintenance import maintenance_workflow_id
-from shared.names import ORCHESTRATOR_QUEUE
+from shared.names import ORCHESTRATOR_QUEUE, maintenance_workflow_id
 
 router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
 

@@ -18,8 +18,14 @@ from services.api.storage_models import (
 )
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.models import VmState
-from shared.storage_models import DeleteImageInput, ImportImageInput, ImportRequest, TemplateInput, TemplateRequest
-from workflows.storage_ops import image_operation_id
+from shared.names import image_operation_id
+from shared.storage_models import (
+    DeleteImageInput,
+    ImportImageInput,
+    ImportRequest,
+    TemplateInput,
+    TemplateRequest,
+)
 
 router = APIRouter(prefix="/v1", tags=["storage"])
 

@@ -23,8 +23,8 @@ from services.api.storage_models import (
 )
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.models import VmState
+from shared.names import vm_storage_operation_id
 from shared.storage_models import SnapshotInput, SnapshotView, check_snapshot_name
-from workflows.storage_ops import vm_storage_operation_id
 
 router = APIRouter(prefix="/v1/vms/{vm_id}/snapshots", tags=["storage"])
 _STOPPED = (VmState.STOPPED,)

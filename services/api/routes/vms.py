@@ -22,7 +22,6 @@ from services.api.models import (
 )
 from services.api.platform import Platform, get_platform
 from shared import subjects
-from shared.storage_models import PoolKind
 from shared.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from shared.migration import ConvergencePolicy, MigrateInput
 from shared.models import (
@@ -35,11 +34,14 @@ from shared.models import (
     VmSpec,
     VmState,
 )
-from workflows.delete import delete_workflow_id
-from workflows.migrate import migrate_workflow_id
-from workflows.power import power_workflow_id
-from workflows.provision import PROVISION_ID_REUSE, provision_workflow_id
-from shared.names import ORCHESTRATOR_QUEUE
+from shared.names import (
+    ORCHESTRATOR_QUEUE,
+    delete_workflow_id,
+    migrate_workflow_id,
+    power_workflow_id,
+    provision_workflow_id,
+)
+from shared.storage_models import PoolKind
 
 router = APIRouter(prefix="/v1/vms", tags=["vms"])
 
@@ -121,7 +123,7 @@ async def create_vm(body: VmCreate, response: Response, p: Platform = Depends(ge
             ),
             id=op_id,
             task_queue=ORCHESTRATOR_QUEUE,
-            id_reuse_policy=PROVISION_ID_REUSE,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,  # a VM is provisioned once
         )
     except Exception as exc:
         await _settle_ambiguous_start(p, vm, op_id, exc)
@@ -182,7 +184,7 @@ async def delete_vm(vm_id: str, response: Response, p: Platform = Depends(get_pl
 
 async def _power(p: Platform, vm_id: str, action: PowerAction, options: PowerOptions, response: Response):
     vm = await asyncio.to_thread(p.inventory.get, vm_id, p.settings.default_tenant)
-    op_id = power_workflow_id(vm.id, action, uuid.uuid4().hex[:8])
+    op_id = power_workflow_id(vm.id, action.value, uuid.uuid4().hex[:8])
     if not await asyncio.to_thread(p.inventory.transition, vm.id, _POWER_FROM[action], _TRANSITIONAL[action], op_id):
         allowed = ", ".join(s.value for s in _POWER_FROM[action])
         raise Conflict(f"cannot {action.value} VM '{vm.name}' while it is {vm.state.value} (needs: {allowed})")

@@ -26,6 +26,7 @@ from services.api.storage_models import (
 )
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.models import VmState
+from shared.names import volume_operation_id
 from shared.storage_models import (
     AttachmentInput,
     CreateVolumeInput,
@@ -37,7 +38,6 @@ from shared.storage_models import (
     VolumeResizeRequest,
     VolumeView,
 )
-from workflows.storage_ops import volume_operation_id
 
 router = APIRouter(prefix="/v1", tags=["storage"])
 _ATTACHABLE = (VmState.RUNNING, VmState.STOPPED)
