@@ -53,11 +53,13 @@ class VmStateChanged:
 
 @dataclass(frozen=True)
 class UnmanagedDomain:
-    """A domain runs (or is defined) on a host that no inventory row owns: reported, not adopted."""
+    """A domain runs (or is defined) on a host that no inventory row owns: reported, not adopted.
+    ``defined_by_vmflow``: it carries vmflow's metadata (a VM deleted while its host was away)."""
 
     vm_id: str
     host_id: str
     state: str
+    defined_by_vmflow: bool = False
 
     @property
     def subject(self) -> str:

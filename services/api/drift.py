@@ -24,7 +24,7 @@ class Drift(StrEnum):
     CRASHED = "crashed"  # QEMU died or the guest panicked
     LOST = "lost"  # no domain on its host any more (a host rebuilt, a definition removed)
     STALE_COPY = "stale_copy"  # a domain of the VM on a host it no longer lives on
-    UNMANAGED = "unmanaged"  # a domain no inventory row owns
+    UNMANAGED = "unmanaged"  # a domain no inventory row owns: reported, never adopted nor touched
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,9 @@ class Recorded:
 
 def drift(recorded: Recorded | None, seen: Observed) -> Drift:
     if recorded is None:
-        if seen.state == "absent":
-            return Drift.NONE
-        # vmflow defined it, but its VM is gone (deleted while its host was away): a stale copy.
-        return Drift.STALE_COPY if seen.managed else Drift.UNMANAGED
+        # Not ours (or no longer: its VM was deleted while its host was away). Reported only:
+        # without a row nothing says another copy lives on, and something else may own it.
+        return Drift.NONE if seen.state == "absent" else Drift.UNMANAGED
     if recorded.state not in SETTLED_STATES or seen.at_s <= recorded.updated_at_s:
         return Drift.NONE
     if seen.host_id != recorded.host_id:

@@ -8,7 +8,7 @@ row as read, so a workflow that took the VM meanwhile always wins.
 
 Reactions: a crashed guest restarts in place per its crash policy; a VM whose domain its host
 lost is defined and started again there; a copy of a VM on a host it no longer lives on (a host
-back from being fenced) is removed; a domain vmflow never defined is reported, never adopted.
+back from being fenced) is removed; a domain no row owns is reported, never adopted nor touched.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ class RealityFollower:
             return
         self._reported.add(key)
         log.warning("unmanaged domain", vm_id=seen.vm_id, host_id=seen.host_id, state=seen.state)
-        await self._publish(events.UnmanagedDomain(seen.vm_id, seen.host_id, seen.state))
+        await self._publish(events.UnmanagedDomain(seen.vm_id, seen.host_id, seen.state, seen.managed))
 
     async def _publish(self, event: events.Event) -> None:
         try:

@@ -63,7 +63,7 @@ def test_copies_on_other_hosts_and_domains_without_a_row():
     assert drift(rec(VmState.RUNNING, host="h2"), seen("shutoff", host="h1")) is Drift.STALE_COPY
     assert drift(rec(VmState.RUNNING, host="h2"), seen("absent", host="h1")) is Drift.NONE
     assert drift(None, seen("running", managed=False)) is Drift.UNMANAGED
-    assert drift(None, seen("shutoff", managed=True)) is Drift.STALE_COPY
+    assert drift(None, seen("shutoff", managed=True)) is Drift.UNMANAGED
     assert drift(None, seen("absent")) is Drift.NONE
 
 
