@@ -91,8 +91,10 @@ async def run_activity(queue: str, name: str, arg: object, result_type: type | N
 
 
 async def on_host(host_id: str, name: str, arg: object, result_type: type | None = None,
-                  timeout: timedelta = _QUICK, heartbeat: timedelta | None = None, **options):
-    """An activity on the host's own queue; a host that picks nothing up is unavailable."""
+                  timeout: timedelta = _QUICK, heartbeat: timedelta | None = _HOST_HEARTBEAT, **options):
+    """An activity on the host's own queue; a host that picks nothing up is unavailable. Every
+    host activity heartbeats while it runs (the worker does it for each), so one whose worker
+    died goes on with the worker that replaced it within ``_HOST_HEARTBEAT``."""
     return await run_activity(host_queue(host_id), name, arg, result_type, timeout, heartbeat,
                       schedule_to_start_timeout=_HOST_PICKUP, **options)
 

@@ -77,7 +77,7 @@ async def main(settings: HostWorkerSettings) -> None:
             host.migrate_domain,
             host.evict_domain,
         ],
-        interceptors=[ActivityContext()],
+        interceptors=[ActivityContext(heartbeat_every_s=2.0, reporting=("host.migrate_domain",))],
         # Send heartbeats at least every 5 s rather than at 80% of the timeout, so a host busy
         # booting guests still reports long before the server gives up on it.
         max_heartbeat_throttle_interval=timedelta(seconds=5),
