@@ -8,6 +8,8 @@ recorded in error on the host it was on, with the reason.
 
 from __future__ import annotations
 
+import asyncio
+
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
@@ -17,6 +19,7 @@ with workflow.unsafe.imports_passed_through():
         BeginOperation,
         BootWaitRequest,
         DomainSpec,
+        DomainStatus,
         OperationProgress,
         PlacementRequest,
         RestartInput,
@@ -51,11 +54,13 @@ class RestartVm:
         saga = Saga()
         try:
             self._progress.advance("begin")
-            await steps.begin_operation(BeginOperation(vm.vm_id, op_id, (*SETTLED_STATES, VmState.RECOVERING),
-                                                       VmState.RECOVERING))
+            # Where the disk is only reads; it goes along with taking the VM, to save a round trip.
+            _held, root = await asyncio.gather(
+                steps.begin_operation(BeginOperation(vm.vm_id, op_id, (*SETTLED_STATES, VmState.RECOVERING),
+                                                     VmState.RECOVERING)),
+                steps.locate_root(vm.vm_id),  # NotFound: the disk is gone, nothing to restart
+            )
             host_id = inp.host_id
-            self._progress.advance("locate_disk")
-            root = await steps.locate_root(vm.vm_id)  # NotFound: the disk is gone, nothing to restart
             if vm.storage is PoolKind.LOCAL and root.host_id not in (None, host_id):
                 raise ApplicationError(f"its root disk is on {root.host_id}'s own pool, not on {host_id}",
                                        type="conflict", non_retryable=True)
@@ -66,9 +71,7 @@ class RestartVm:
                 status = await steps.domain_status(host_id, BootWaitRequest(vm.vm_id, 0, volume.image.boot_marker))
                 before_markers = status.marker_count
             if status is None or status.state == "absent":
-                host_id, volume = await self._define(inp, host_id, saga)
-                # The console log lives on with the VM: count the boots it shows already.
-                status = await steps.domain_status(host_id, BootWaitRequest(vm.vm_id, 0, volume.image.boot_marker))
+                host_id, volume, status = await self._define(inp, host_id, saga)
                 before_markers = status.marker_count
             final = VmState.STOPPED
             if inp.power_on:
@@ -98,26 +101,35 @@ class RestartVm:
         pool = local_pool_name(host_id) if vm.storage is PoolKind.LOCAL else None
         return VolumeRequest(vm.vm_id, vm.image, vm.disk_gib, pool)
 
-    async def _define(self, inp: RestartInput, host_id: str | None, saga: Saga) -> tuple[str, Volume]:
+    async def _define(self, inp: RestartInput, host_id: str | None, saga: Saga) -> tuple[str, Volume, DomainStatus]:
         """Place the VM (on ``host_id`` only, or anywhere but the excluded hosts) and define it
-        there on its existing root disk. Returns the host and the disk."""
+        there on its existing root disk. Returns the host, the disk, and the domain's status as
+        the definition was made (with the boots its console log shows already: the log lives on
+        with the VM). Lookups that do not depend on each other run together."""
         vm = inp.vm
         self._progress.advance("place")
         saga.on_failure("release claim", lambda: steps.release_claim(vm.vm_id))
         local = vm.storage is PoolKind.LOCAL
-        placement = await steps.place(PlacementRequest(
+        place = steps.place(PlacementRequest(
             vm.vm_id, vm.vcpus, vm.memory_mib, vm.disk_gib if local else 0,
             required_labels=vm.required_labels, group=vm.group,
             exclude_hosts=inp.exclude_hosts, only_host=host_id,
         ))
+        if local:  # the disk's pool is the chosen host's
+            placement = await place
+            volume = await steps.create_volume(self._volume_request(inp, placement.host_id))
+        else:
+            placement, volume = await asyncio.gather(place, steps.create_volume(self._volume_request(inp, "")))
         target = placement.host_id
-        volume = await steps.create_volume(self._volume_request(inp, target))
         self._progress.advance("define", target)
         if target != vm.host_id:  # a definition made here, on a new host, goes again on failure
             saga.on_failure("remove the new definition", lambda: steps.evict_domain(target, vm.vm_id))
-        await steps.define_domain(target, DomainSpec(
-            vm_id=vm.vm_id, vm_name=vm.name, tenant=vm.tenant, vcpus=vm.vcpus, memory_mib=vm.memory_mib,
-            disk_path=volume.path, domain_type=placement.domain_type, boot=volume.image.boot,
-            disk_gib=volume.size_gib if local else 0, group_id=vm.group.group_id if vm.group else None,
-        ))
-        return target, volume
+        _defined, status = await asyncio.gather(
+            steps.define_domain(target, DomainSpec(
+                vm_id=vm.vm_id, vm_name=vm.name, tenant=vm.tenant, vcpus=vm.vcpus, memory_mib=vm.memory_mib,
+                disk_path=volume.path, domain_type=placement.domain_type, boot=volume.image.boot,
+                disk_gib=volume.size_gib if local else 0, group_id=vm.group.group_id if vm.group else None,
+            )),
+            steps.domain_status(target, BootWaitRequest(vm.vm_id, 0, volume.image.boot_marker)),
+        )
+        return target, volume, status
