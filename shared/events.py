@@ -52,6 +52,61 @@ class VmStateChanged:
 
 
 @dataclass(frozen=True)
+class VmCreated:
+    vm_id: str
+    tenant: str
+    name: str
+    operation_id: str
+
+    @property
+    def subject(self) -> str:
+        return subjects.vm_event(self.tenant, self.vm_id, "created")
+
+
+@dataclass(frozen=True)
+class VmMoved:
+    """The VM changed hosts (a migration, a failover)."""
+
+    vm_id: str
+    tenant: str
+    from_host_id: str
+    host_id: str
+    operation_id: str
+
+    @property
+    def subject(self) -> str:
+        return subjects.vm_event(self.tenant, self.vm_id, "moved")
+
+
+@dataclass(frozen=True)
+class VmDeleted:
+    vm_id: str
+    tenant: str
+    name: str
+    reason: str  # "deleted", or why its provisioning failed
+
+    @property
+    def subject(self) -> str:
+        return subjects.vm_event(self.tenant, self.vm_id, "deleted")
+
+
+@dataclass(frozen=True)
+class OperationStep:
+    """An operation reached a step; ``outcome`` is progress, succeeded or failed."""
+
+    operation_id: str
+    tenant: str
+    vm_id: str
+    step: str
+    error: str | None
+    outcome: str = "progress"
+
+    @property
+    def subject(self) -> str:
+        return subjects.op_event(self.tenant, self.operation_id, self.outcome)
+
+
+@dataclass(frozen=True)
 class UnmanagedDomain:
     """A domain runs (or is defined) on a host that no inventory row owns: reported, not adopted.
     ``defined_by_vmflow``: it carries vmflow's metadata (a VM deleted while its host was away)."""
@@ -91,7 +146,8 @@ class HostFenced:
         return subjects.host_event(self.host_id, f"fence_{self.outcome}")
 
 
-Event = DomainLifecycle | VmStateChanged | UnmanagedDomain | HostLiveness | HostFenced
+Event = (DomainLifecycle | VmStateChanged | VmCreated | VmMoved | VmDeleted | OperationStep | UnmanagedDomain
+         | HostLiveness | HostFenced)
 
 
 async def publish(publisher: Any, event: Event, event_id: str | None = None) -> None:

@@ -9,7 +9,7 @@ from temporalio import activity
 
 from services.api.db import Inventory
 from services.api.models import vm_summary
-from shared import subjects
+from shared import events
 from shared.errors import Conflict, NotFound
 from shared.messaging import EventPublisher
 from shared.models import (
@@ -43,23 +43,15 @@ class InventoryActivities:
         if vm is None:
             raise NotFound(f"VM {update.vm_id} has no inventory row any more")
         if moved_from and moved_from != vm.host_id:
-            await self._events.publish(
-                subjects.vm_event(vm.tenant, vm.id, "moved"),
-                {"vm_id": vm.id, "from_host_id": moved_from, "host_id": vm.host_id, "operation_id": update.op_id},
-                event_id=f"{update.op_id}-moved",
-            )
+            await events.publish(self._events, events.VmMoved(vm.id, vm.tenant, moved_from, vm.host_id or "",
+                                                              update.op_id), event_id=f"{update.op_id}-moved")
         if update.state is not None:
-            await self._events.publish(
-                subjects.vm_event(vm.tenant, vm.id, "state"),
-                {"vm_id": vm.id, "state": vm.state, "host_id": vm.host_id, "error": vm.error},
-                event_id=f"{update.op_id}-{update.step}-state",
-            )
-        op_type = update.step if update.step in ("succeeded", "failed") else "progress"
-        await self._events.publish(
-            subjects.op_event(vm.tenant, update.op_id, op_type),
-            {"operation_id": update.op_id, "vm_id": vm.id, "step": update.step, "error": update.error},
-            event_id=f"{update.op_id}-{update.step}",
-        )
+            changed = events.VmStateChanged(vm.id, vm.tenant, vm.state.value, vm.host_id, vm.error,
+                                            f"operation {update.op_id}")
+            await events.publish(self._events, changed, event_id=f"{update.op_id}-{update.step}-state")
+        outcome = update.step if update.step in ("succeeded", "failed") else "progress"
+        step = events.OperationStep(update.op_id, vm.tenant, vm.id, update.step, update.error, outcome)
+        await events.publish(self._events, step, event_id=f"{update.op_id}-{update.step}")
 
     @activity.defn(name="inventory.forget_vm")
     async def forget_vm(self, ref: VmRef) -> None:
@@ -68,16 +60,10 @@ class InventoryActivities:
         if vm is None:
             return
         outcome = "failed" if ref.error else "succeeded"
-        await self._events.publish(
-            subjects.vm_event(vm.tenant, vm.id, "deleted"),
-            {"vm_id": vm.id, "name": vm.name, "reason": ref.error or "deleted"},
-            event_id=f"{ref.op_id}-deleted",
-        )
-        await self._events.publish(
-            subjects.op_event(vm.tenant, ref.op_id, outcome),
-            {"operation_id": ref.op_id, "vm_id": vm.id, "error": ref.error},
-            event_id=f"{ref.op_id}-{outcome}",
-        )
+        await events.publish(self._events, events.VmDeleted(vm.id, vm.tenant, vm.name, ref.error or "deleted"),
+                             event_id=f"{ref.op_id}-deleted")
+        await events.publish(self._events, events.OperationStep(ref.op_id, vm.tenant, vm.id, outcome, ref.error,
+                                                                outcome), event_id=f"{ref.op_id}-{outcome}")
 
     @activity.defn(name="inventory.begin_operation")
     async def begin_operation(self, req: BeginOperation) -> None:

@@ -21,7 +21,7 @@ from services.api.models import (
     vm_summary,
 )
 from services.api.platform import Platform, get_platform
-from shared import subjects
+from shared import events
 from shared.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from shared.migration import ConvergencePolicy, MigrateInput
 from shared.models import (
@@ -128,8 +128,7 @@ async def create_vm(body: VmCreate, response: Response, p: Platform = Depends(ge
     except Exception as exc:
         await _settle_ambiguous_start(p, vm, op_id, exc)
     vm = await asyncio.to_thread(p.inventory.update, vm.id, last_operation_id=op_id)
-    await p.events.publish(subjects.vm_event(tenant, vm.id, "created"),
-                           {"vm_id": vm.id, "name": vm.name, "operation_id": op_id})
+    await events.publish(p.events, events.VmCreated(vm.id, tenant, vm.name, op_id))
     return _accepted(response, op_id, vm)
 
 
