@@ -30,18 +30,6 @@ class VmState(StrEnum):
 SETTLED_STATES = (VmState.RUNNING, VmState.STOPPED, VmState.CRASHED, VmState.ERROR)
 
 
-class CrashAction(StrEnum):
-    RESTART = "restart"  # start it again in place, up to a number of times in a window
-    NONE = "none"  # leave it crashed for its owner
-
-
-@dataclass(frozen=True)
-class CrashPolicy:
-    action: CrashAction = CrashAction.RESTART
-    max_restarts: int = 3
-    window_s: float = 600.0
-
-
 class PowerAction(StrEnum):
     START = "start"
     STOP = "stop"
@@ -395,52 +383,6 @@ class OperationProgress:
     steps_done: tuple[str, ...] = field(default_factory=tuple)
     host_id: str | None = None
     details: tuple[str, ...] = ()  # readable lines, e.g. each VM's fate during host maintenance
-
-
-@dataclass(frozen=True)
-class RestartInput:
-    """Start a VM again without its owner asking: after a crash (in place), after its domain was
-    lost (in place, defined anew), or after its host failed (``host_id`` None: placed elsewhere,
-    never on ``exclude_hosts``). ``power_on`` False only defines it (a stopped VM)."""
-
-    vm: VmSummary
-    reason: str
-    host_id: str | None
-    exclude_hosts: tuple[str, ...] = ()
-    power_on: bool = True
-    boot_timeout_s: float = 120.0
-
-
-@dataclass(frozen=True)
-class FailoverInput:
-    host_id: str
-    epoch: int  # the failure's epoch: the last heartbeat's second, so one failure fails over once
-    reason: str
-    concurrency: int = 4
-    boot_timeout_s: float = 120.0
-    fence_attempts: int = 4
-    capacity_retry_s: float = 15.0
-    capacity_retry_rounds: int = 240  # an hour at the default interval
-
-
-@dataclass(frozen=True)
-class StaleCopy:
-    host_id: str
-    vm_id: str
-
-
-@dataclass(frozen=True)
-class FenceRequest:
-    host_id: str
-    action: str = "off"  # off, on, status, reboot (the fence-agents actions)
-
-
-@dataclass(frozen=True)
-class FenceResult:
-    host_id: str
-    action: str
-    power: str  # "off", "on" or "unknown" as the agent's status says afterwards
-    output: str = ""
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,16 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from shared.failover import failover_order
-    from shared.models import (
+    from shared.failover import (
         FailoverInput,
         FenceRequest,
+        RestartInput,
+        failover_order,
+    )
+    from shared.models import (
         HostAdmin,
         HostMode,
         OperationProgress,
-        RestartInput,
         VmRecordUpdate,
         VmState,
         VmSummary,

@@ -14,6 +14,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from shared.failover import RestartInput
     from shared.models import (
         SETTLED_STATES,
         BeginOperation,
@@ -22,7 +23,6 @@ with workflow.unsafe.imports_passed_through():
         DomainStatus,
         OperationProgress,
         PlacementRequest,
-        RestartInput,
         VmRecordUpdate,
         VmState,
         Volume,

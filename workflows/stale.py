@@ -7,7 +7,7 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from shared.models import StaleCopy
+    from shared.failover import StaleCopy
 
 from workflows import steps
 

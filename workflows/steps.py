@@ -15,6 +15,7 @@ from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from shared.errors import ERROR_CODES
+    from shared.failover import FenceRequest, FenceResult
     from shared.migration import MigrateRequest, MigrateResult
     from shared.models import (
         BeginOperation,
@@ -23,8 +24,6 @@ with workflow.unsafe.imports_passed_through():
         DomainRef,
         DomainSpec,
         DomainStatus,
-        FenceRequest,
-        FenceResult,
         HostAdmin,
         HostRef,
         HostView,

@@ -11,7 +11,8 @@ from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field as SqlField
 from sqlmodel import SQLModel
 
-from shared.models import CrashAction, GroupPolicy, GroupRule, VmState, VmSummary
+from shared.failover import CrashAction
+from shared.models import GroupPolicy, GroupRule, VmState, VmSummary
 from shared.storage_models import PoolKind
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")

@@ -28,16 +28,9 @@ from services.api.db import Inventory
 from services.api.drift import Drift, Observed, Recorded, drift, observed_from_lifecycle
 from services.api.models import Vm, vm_summary
 from shared import codec, events, subjects
-from shared.failover import restarts_again
+from shared.failover import CrashPolicy, RestartInput, StaleCopy, restarts_again
 from shared.messaging import EventPublisher, heartbeat_bucket
-from shared.models import (
-    CrashPolicy,
-    GroupRule,
-    HostHeartbeat,
-    RestartInput,
-    StaleCopy,
-    VmState,
-)
+from shared.models import GroupRule, HostHeartbeat, VmState
 from shared.names import ORCHESTRATOR_QUEUE, restart_workflow_id, stale_copy_workflow_id
 
 log = structlog.get_logger(__name__)

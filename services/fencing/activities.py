@@ -11,8 +11,8 @@ from services.fencing.agent import load_config, power
 from services.fencing.settings import FencerSettings
 from shared import events
 from shared.errors import FenceFailed
+from shared.failover import FenceRequest, FenceResult
 from shared.messaging import EventPublisher
-from shared.models import FenceRequest, FenceResult
 
 log = structlog.get_logger(__name__)
 

@@ -25,8 +25,9 @@ from services.scheduler.liveness import (
 )
 from services.scheduler.service import Scheduler
 from shared import events
+from shared.failover import FailoverInput
 from shared.messaging import EventPublisher
-from shared.models import FailoverInput, HostMode
+from shared.models import HostMode
 from shared.names import ORCHESTRATOR_QUEUE, failover_workflow_id
 
 log = structlog.get_logger(__name__)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from services.api.drift import Drift, Observed, Recorded, drift, observed_from_lifecycle
-from shared.failover import failover_order, restarts_again
-from shared.models import CrashAction, CrashPolicy, VmState, VmSummary
+from shared.failover import CrashAction, CrashPolicy, failover_order, restarts_again
+from shared.models import VmState, VmSummary
 from shared.storage_models import PoolKind
 
 

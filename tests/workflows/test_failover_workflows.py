@@ -15,6 +15,7 @@ from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
+from shared.failover import FailoverInput, FenceRequest, FenceResult, RestartInput
 from shared.models import (
     BeginOperation,
     BootWaitRequest,
@@ -22,16 +23,12 @@ from shared.models import (
     DomainRef,
     DomainSpec,
     DomainStatus,
-    FailoverInput,
-    FenceRequest,
-    FenceResult,
     HostAdmin,
     HostRef,
     HostView,
     Image,
     Placement,
     PlacementRequest,
-    RestartInput,
     RootDisk,
     VmList,
     VmRecordUpdate,
