@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import structlog
+from nats.aio.client import Client as NatsClient
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
@@ -13,14 +14,27 @@ from temporalio.worker import (
     ActivityInboundInterceptor,
     ExecuteActivityInput,
     Interceptor,
+    Worker,
 )
 
 from shared.errors import VmflowError
+from shared.lifecycle import run_until_signalled
 from shared.settings import CommonSettings
 
 
 async def connect_temporal(settings: CommonSettings) -> Client:
     return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+
+
+async def serve(worker: Worker, nc: NatsClient) -> None:
+    """Run ``worker`` until the process is told to stop, then shut it down and drain NATS."""
+    run = asyncio.create_task(worker.run())
+    try:
+        await run_until_signalled()
+    finally:
+        await worker.shutdown()
+        run.cancel()
+        await nc.drain()
 
 
 class _ActivityContext(ActivityInboundInterceptor):

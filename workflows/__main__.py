@@ -7,11 +7,10 @@ import asyncio
 import structlog
 
 from services.scheduler.client import SchedulerActivities, SchedulerClient
-from shared.lifecycle import run_until_signalled
 from shared.logging import configure_logging
 from shared.messaging import connect
 from shared.settings import CommonSettings
-from shared.temporal import connect_temporal
+from shared.temporal import connect_temporal, serve
 from workflows.worker import orchestrator_worker
 
 log = structlog.get_logger("workflows")
@@ -21,14 +20,8 @@ async def main(settings: CommonSettings) -> None:
     nc = await connect(settings, "vmflow-orchestrator")
     client = await connect_temporal(settings)
     worker = orchestrator_worker(client, SchedulerActivities(SchedulerClient(nc)))
-    run = asyncio.create_task(worker.run())
     log.info("orchestrator ready", temporal=settings.temporal_address)
-    try:
-        await run_until_signalled()
-    finally:
-        await worker.shutdown()
-        run.cancel()
-        await nc.drain()
+    await serve(worker, nc)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,10 @@ from temporalio.worker import Worker
 
 from services.fencing.activities import FenceActivities
 from services.fencing.settings import FencerSettings
-from shared.lifecycle import run_until_signalled
 from shared.logging import configure_logging
 from shared.messaging import EventPublisher, connect, ensure_event_stream
 from shared.names import FENCING_QUEUE
-from shared.temporal import ActivityContext, connect_temporal
+from shared.temporal import ActivityContext, connect_temporal, serve
 
 log = structlog.get_logger("services.fencing")
 
@@ -25,14 +24,8 @@ async def main(settings: FencerSettings) -> None:
     fencer = FenceActivities(settings, EventPublisher(js, "fencer"))
     client = await connect_temporal(settings)
     worker = Worker(client, task_queue=FENCING_QUEUE, activities=[fencer.run], interceptors=[ActivityContext()])
-    run = asyncio.create_task(worker.run())
     log.info("fencer ready", config=settings.fence_config)
-    try:
-        await run_until_signalled()
-    finally:
-        await worker.shutdown()
-        run.cancel()
-        await nc.drain()
+    await serve(worker, nc)
 
 
 if __name__ == "__main__":

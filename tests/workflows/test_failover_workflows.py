@@ -59,7 +59,8 @@ def summary(name: str, ha: bool = True, priority: int = 0) -> VmSummary:
 
 class World:
     def __init__(self, vms: list[VmSummary], fence_fails: bool = False, full_until: int = 0,
-                 fail_at: str | None = None) -> None:
+                 fail_at: str | None = None, held_for_listings: int = 0) -> None:
+        self.held_for_listings = held_for_listings  # VMs held by an operation end it in error then
         self.vms = vms
         self.fence_fails = fence_fails
         self.full_until = full_until  # placement finds no capacity this many times
@@ -106,6 +107,10 @@ class World:
 
         @activity.defn(name="inventory.vms_on_host")
         async def vms_on_host(ref: HostRef) -> VmList:
+            if self.held_for_listings > 0:
+                self.held_for_listings -= 1
+                if self.held_for_listings == 0:  # their own operations ended, in error on the dead host
+                    self.vms = [replace(vm, state=VmState.ERROR) for vm in self.vms]
             return VmList(tuple(vm for vm in self.vms if vm.host_id == ref.host_id))
 
         @activity.defn(name="inventory.update_vm")
@@ -172,16 +177,20 @@ def failover(epoch: int | None = None, **kwargs) -> FailoverInput:
     return FailoverInput("h1", epoch or int(uuid.uuid4().int % 10**9), "no heartbeat", concurrency=1, **kwargs)
 
 
-async def test_failover_fences_first_then_restarts_ha_vms_by_priority(env):
-    vms = [summary("low", priority=1), summary("high", priority=5), summary("plain", ha=False)]
-    world = World(vms)
+async def run_failover(env, world: World, inp: FailoverInput) -> str:
     workers = await start_workers(env, world)
     try:
-        result = await env.client.execute_workflow(
-            HostFailover.run, failover(), id=f"host-h1-failover-{uuid.uuid4().hex}", task_queue=ORCHESTRATOR_QUEUE,
+        return await env.client.execute_workflow(
+            HostFailover.run, inp, id=f"host-h1-failover-{uuid.uuid4().hex}", task_queue=ORCHESTRATOR_QUEUE,
             execution_timeout=timedelta(seconds=60))
     finally:
         await stop_workers(workers)
+
+
+async def test_failover_fences_first_then_restarts_ha_vms_by_priority(env):
+    vms = [summary("low", priority=1), summary("high", priority=5), summary("plain", ha=False)]
+    world = World(vms)
+    result = await run_failover(env, world, failover())
     assert result == "2 HA VM(s) restarted off h1; 1 left in error"
     assert world.calls[0] == "fence:h1"
     assert [c for c in world.calls if c.startswith("start:")] == ["start:high@h2", "start:low@h2"]
@@ -215,13 +224,7 @@ async def test_when_fencing_fails_nothing_restarts_until_an_operator_confirms(en
 
 async def test_vms_without_capacity_are_retried_when_it_appears(env):
     world = World([summary("web")], full_until=2)
-    workers = await start_workers(env, world)
-    try:
-        result = await env.client.execute_workflow(
-            HostFailover.run, failover(capacity_retry_s=0.2), id=f"host-h1-failover-{uuid.uuid4().hex}",
-            task_queue=ORCHESTRATOR_QUEUE, execution_timeout=timedelta(seconds=60))
-    finally:
-        await stop_workers(workers)
+    result = await run_failover(env, world, failover(capacity_retry_s=0.2))
     assert result.startswith("1 HA VM(s) restarted")
     assert world.records["web"].state is VmState.RUNNING
 
@@ -243,33 +246,7 @@ async def test_a_restart_that_fails_leaves_no_definition_and_no_claim(env):
 
 
 async def test_a_vm_held_by_another_operation_is_restarted_once_it_is_free(env):
-    busy = replace(summary("busy"), state=VmState.RECOVERING)
-    world = World([busy])
-    listed = 0
-    original = world.activities
-
-    def activities():
-        queues = original()
-
-        @activity.defn(name="inventory.vms_on_host")
-        async def vms_on_host(ref: HostRef) -> VmList:
-            nonlocal listed
-            listed += 1
-            if listed == 2:  # its own operation ended meanwhile, in error on the dead host
-                world.vms = [replace(vm, state=VmState.ERROR) for vm in world.vms]
-            return VmList(tuple(vm for vm in world.vms if vm.host_id == ref.host_id))
-
-        queues[INVENTORY_QUEUE] = [vms_on_host, *[a for a in queues[INVENTORY_QUEUE]
-                                                  if a.__temporal_activity_definition.name != "inventory.vms_on_host"]]
-        return queues
-
-    world.activities = activities
-    workers = await start_workers(env, world)
-    try:
-        result = await env.client.execute_workflow(
-            HostFailover.run, failover(capacity_retry_s=0.2), id=f"host-h1-failover-{uuid.uuid4().hex}",
-            task_queue=ORCHESTRATOR_QUEUE, execution_timeout=timedelta(seconds=60))
-    finally:
-        await stop_workers(workers)
+    world = World([replace(summary("busy"), state=VmState.RECOVERING)], held_for_listings=2)
+    result = await run_failover(env, world, failover(capacity_retry_s=0.2))
     assert result == "1 HA VM(s) restarted off h1; 0 left in error"
     assert world.records["busy"].state is VmState.RUNNING and world.records["busy"].host_id == "h2"
