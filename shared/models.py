@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from shared.networks import NicSpec
 from shared.storage_models import PoolKind
 
 
@@ -181,6 +182,8 @@ class DomainSpec:
     boot: BootSpec | None = None
     disk_gib: int = 0  # what the VM takes of the host's own storage (0: its disks are shared)
     group_id: str | None = None
+    nics: tuple[NicSpec, ...] = ()
+    seed: bool = False  # attach the VM's cloud-init seed (written by host.prepare_vm)
 
 
 @dataclass(frozen=True)

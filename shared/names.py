@@ -62,3 +62,13 @@ def restart_workflow_id(vm_id: str, key: str) -> str:
 
 def stale_copy_workflow_id(vm_id: str, host_id: str) -> str:
     return f"vm-{vm_id}-stale-{host_id}"
+
+
+def network_workflow_id(network_id: str, action: str) -> str:
+    """One create and one delete per network, ever (network ids are never reused)."""
+    return f"network-{network_id}-{action}"
+
+
+def nic_workflow_id(vm_id: str, action: str, port_id: str) -> str:
+    """Plugging or pulling one NIC: the port id is the business key."""
+    return f"vm-{vm_id}-nic-{action}-{port_id}"

@@ -6,6 +6,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from shared.guest import VmRelease
     from shared.models import (
         DeleteInput,
         OperationProgress,
@@ -14,7 +15,7 @@ with workflow.unsafe.imports_passed_through():
         VmState,
     )
 
-from workflows import steps
+from workflows import network_steps, steps
 from workflows.progress import ProgressTracker
 
 
@@ -39,6 +40,8 @@ class DeleteVm:
             if inp.host_id:
                 self._progress.advance("undefine")
                 await steps.undefine_domain(inp.host_id, inp.vm_id)
+                self._progress.advance("release_host")
+                await network_steps.release_host(inp.host_id, VmRelease(inp.vm_id, remove_seed=True))
             self._progress.advance("delete_volume")
             await steps.delete_volume(inp.vm_id)
             self._progress.advance("release_claim")

@@ -16,6 +16,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
+    from shared.guest import VmRelease
     from shared.migration import DiskMove, MigrateInput, MigrateRequest, whereabouts
     from shared.models import (
         BeginOperation,
@@ -29,7 +30,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from shared.storage_models import PoolKind, local_pool_name
 
-from workflows import steps
+from workflows import network_steps, steps
 from workflows.progress import ProgressTracker
 
 
@@ -58,8 +59,9 @@ class LiveMigrate:
                 self._progress.advance("begin")
                 await steps.begin_operation(BeginOperation(vm.vm_id, op_id, (settled,), VmState.MIGRATING))
             self._progress.advance("check")
-            status, root = await asyncio.gather(steps.domain_status(source, BootWaitRequest(vm.vm_id, 0)),
-                                                steps.locate_root(vm.vm_id))
+            status, root, setup = await asyncio.gather(
+                steps.domain_status(source, BootWaitRequest(vm.vm_id, 0)), steps.locate_root(vm.vm_id),
+                network_steps.vm_setup(vm.vm_id))
             expected = "running" if live else "shutoff"
             if status.state != expected:
                 raise ApplicationError(f"the VM is {status.state} on {source}, expected {expected}",
@@ -78,6 +80,9 @@ class LiveMigrate:
                 group=vm.group, exclude_hosts=(source,), only_host=target,
             ))
             target = placement.host_id
+            # The VM's networks (and seed) are in place on the target before it arrives there.
+            self._progress.advance("prepare_host", target)
+            await network_steps.prepare_host(target, setup)
             moves: tuple[DiskMove, ...] = ()
             if root.host_id is not None:
                 self._disk_pools = (root.pool, local_pool_name(target))
@@ -97,7 +102,7 @@ class LiveMigrate:
                                     f"(limit {result.final_downtime_limit_ms} ms), "
                                     f"{result.data_transferred_mib} MiB copied"
                                     + (", finished in post-copy" if result.post_copy else ""))
-            await self._record_move(vm.vm_id, op_id, settled, target)
+            await self._record_move(vm.vm_id, op_id, settled, source, target)
             return target
         except BaseException as exc:
             cancelled = is_cancelled_exception(exc) or isinstance(exc, asyncio.CancelledError)
@@ -110,23 +115,33 @@ class LiveMigrate:
                 # The move itself completed; only its answer went missing (e.g. the source's
                 # worker died while libvirt finished the job).
                 self._progress.note(f"the move completed although {message}")
-                await self._record_move(vm.vm_id, op_id, settled, where)
+                await self._record_move(vm.vm_id, op_id, settled, source, where)
                 return where
             where = await self._record_failure(vm.vm_id, op_id, settled, source, target, where, confirmed, error)
+            if confirmed and target and where == source:
+                await self._release(target, vm.vm_id)
             self._progress.note(f"the VM stays on {where}")
             self._progress.advance("cancelled" if cancelled else "failed")
             if cancelled:
                 raise
             raise ApplicationError(f"{error}; the VM is on {where}", type=code, non_retryable=True) from None
 
-    async def _record_move(self, vm_id: str, op_id: str, settled: VmState, target: str) -> None:
+    async def _record_move(self, vm_id: str, op_id: str, settled: VmState, source: str, target: str) -> None:
         self._progress.advance("record")
-        record = steps.update_record(VmRecordUpdate(vm_id, op_id, "succeeded", state=settled, host_id=target))
+        work = [steps.update_record(VmRecordUpdate(vm_id, op_id, "succeeded", state=settled, host_id=target)),
+                self._release(source, vm_id)]
         if self._disk_pools:  # the copy left on the source goes meanwhile
-            await asyncio.gather(record, steps.drop_root(RootDiskRef(vm_id, self._disk_pools[0])))
-        else:
-            await record
+            work.append(steps.drop_root(RootDiskRef(vm_id, self._disk_pools[0])))
+        await asyncio.gather(*work)
         self._progress.advance("done")
+
+    async def _release(self, host_id: str, vm_id: str) -> None:
+        """The host the VM left drops what it carried for it; one that cannot be reached does so
+        when its worker next reconciles, so this never fails the move."""
+        try:
+            await network_steps.release_host(host_id, VmRelease(vm_id))
+        except Exception as exc:
+            workflow.logger.warning("VM %s: %s keeps its networks for now: %s", vm_id, host_id, exc)
 
     async def _locate(self, vm_id: str, source: str, target: str | None) -> tuple[str, bool]:
         """Where the VM is after a failure, asking both hosts' libvirt at once: (host, confirmed)."""

@@ -16,7 +16,7 @@ with workflow.unsafe.imports_passed_through():
         VmState,
     )
 
-from workflows import steps
+from workflows import network_steps, steps
 from workflows.progress import ProgressTracker
 
 _TRANSITIONAL = {
@@ -56,6 +56,8 @@ class VmPowerAction:
                 self._progress.advance("reboot")
                 await steps.reboot_domain(inp.host_id, stop)
             else:
+                self._progress.advance("prepare")
+                await network_steps.prepare_host(inp.host_id, await network_steps.vm_setup(inp.vm_id))
                 self._progress.advance("start")
                 await steps.start_domain(inp.host_id, inp.vm_id)
             if final is VmState.RUNNING:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from temporalio import workflow
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from shared.guest import VmRelease
     from shared.models import (
         BootWaitRequest,
         DomainSpec,
@@ -20,7 +23,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from shared.storage_models import PoolKind, local_pool_name
 
-from workflows import steps
+from workflows import network_steps, steps
 from workflows.progress import ProgressTracker
 from workflows.saga import Saga
 
@@ -48,18 +51,25 @@ class ProvisionVm:
             self._progress.advance("place")
             saga.on_failure("release claim", lambda: steps.release_claim(inp.vm_id))
             local = inp.spec.storage is PoolKind.LOCAL  # else the disk takes nothing of the host's
-            placement = await steps.place(
-                PlacementRequest(
+            placement, setup = await asyncio.gather(
+                steps.place(PlacementRequest(
                     inp.vm_id, inp.spec.vcpus, inp.spec.memory_mib, inp.spec.disk_gib if local else 0,
                     domain_types=inp.domain_types, required_labels=inp.required_labels, group=inp.group,
-                )
+                )),
+                network_steps.vm_setup(inp.vm_id),
             )
             host_id = placement.host_id
             self._progress.advance("create_volume", host_id)
             await steps.update_record(VmRecordUpdate(inp.vm_id, op_id, "create_volume", host_id=host_id))
             saga.on_failure("delete volume", lambda: steps.delete_volume(inp.vm_id))
             pool = local_pool_name(host_id) if local else None
-            volume = await steps.create_volume(VolumeRequest(inp.vm_id, inp.spec.image, inp.spec.disk_gib, pool))
+            saga.on_failure("release networks and seed",
+                            lambda: network_steps.release_host(host_id, VmRelease(inp.vm_id, remove_seed=True)))
+            # The disk and the host's side of the guest (networks, seed) do not wait for each other.
+            volume, _prepared = await asyncio.gather(
+                steps.create_volume(VolumeRequest(inp.vm_id, inp.spec.image, inp.spec.disk_gib, pool)),
+                network_steps.prepare_host(host_id, setup),
+            )
 
             self._progress.advance("define")
             saga.on_failure("undefine domain", lambda: steps.undefine_domain(host_id, inp.vm_id))
@@ -70,6 +80,7 @@ class ProvisionVm:
                     vcpus=inp.spec.vcpus, memory_mib=inp.spec.memory_mib,
                     disk_path=volume.path, domain_type=placement.domain_type, boot=volume.image.boot,
                     disk_gib=volume.size_gib if local else 0, group_id=inp.group.group_id if inp.group else None,
+                    nics=setup.nics, seed=setup.seed is not None,
                 ),
             )
             self._progress.advance("start")

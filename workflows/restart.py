@@ -15,6 +15,7 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from shared.failover import RestartInput
+    from shared.guest import VmRelease, VmSetup
     from shared.models import (
         SETTLED_STATES,
         BeginOperation,
@@ -30,7 +31,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from shared.storage_models import PoolKind, local_pool_name
 
-from workflows import steps
+from workflows import network_steps, steps
 from workflows.progress import ProgressTracker
 from workflows.saga import Saga
 
@@ -55,10 +56,11 @@ class RestartVm:
         try:
             self._progress.advance("begin")
             # Where the disk is only reads; it goes along with taking the VM, to save a round trip.
-            _held, root = await asyncio.gather(
+            _held, root, setup = await asyncio.gather(
                 steps.begin_operation(BeginOperation(vm.vm_id, op_id, (*SETTLED_STATES, VmState.RECOVERING),
                                                      VmState.RECOVERING)),
                 steps.locate_root(vm.vm_id),  # NotFound: the disk is gone, nothing to restart
+                network_steps.vm_setup(vm.vm_id),
             )
             host_id = inp.host_id
             if vm.storage is PoolKind.LOCAL and root.host_id not in (None, host_id):
@@ -71,12 +73,14 @@ class RestartVm:
                 status = await steps.domain_status(host_id, BootWaitRequest(vm.vm_id, 0, volume.image.boot_marker))
                 before_markers = status.marker_count
             if status is None or status.state == "absent":
-                host_id, volume, status = await self._define(inp, host_id, saga)
+                host_id, volume, status = await self._define(inp, host_id, setup, saga)
                 before_markers = status.marker_count
             final = VmState.STOPPED
             if inp.power_on:
                 final = VmState.RUNNING
                 if status.state != "running":  # running already (it came back by itself): done
+                    self._progress.advance("prepare", host_id)
+                    await network_steps.prepare_host(host_id, setup)  # a host that restarted lost them
                     self._progress.advance("start", host_id)
                     await steps.start_domain(host_id, vm.vm_id)
                     self._progress.advance("wait_booted", host_id)
@@ -101,7 +105,8 @@ class RestartVm:
         pool = local_pool_name(host_id) if vm.storage is PoolKind.LOCAL else None
         return VolumeRequest(vm.vm_id, vm.image, vm.disk_gib, pool)
 
-    async def _define(self, inp: RestartInput, host_id: str | None, saga: Saga) -> tuple[str, Volume, DomainStatus]:
+    async def _define(self, inp: RestartInput, host_id: str | None, setup: VmSetup,
+                      saga: Saga) -> tuple[str, Volume, DomainStatus]:
         """Place the VM (on ``host_id`` only, or anywhere but the excluded hosts) and define it
         there on its existing root disk. Returns the host, the disk, and the domain's status as
         the definition was made (with the boots its console log shows already: the log lives on
@@ -124,11 +129,14 @@ class RestartVm:
         self._progress.advance("define", target)
         if target != vm.host_id:  # a definition made here, on a new host, goes again on failure
             saga.on_failure("remove the new definition", lambda: steps.evict_domain(target, vm.vm_id))
+            saga.on_failure("release networks", lambda: network_steps.release_host(target, VmRelease(vm.vm_id)))
+        await network_steps.prepare_host(target, setup)
         _defined, status = await asyncio.gather(
             steps.define_domain(target, DomainSpec(
                 vm_id=vm.vm_id, vm_name=vm.name, tenant=vm.tenant, vcpus=vm.vcpus, memory_mib=vm.memory_mib,
                 disk_path=volume.path, domain_type=placement.domain_type, boot=volume.image.boot,
                 disk_gib=volume.size_gib if local else 0, group_id=vm.group.group_id if vm.group else None,
+                nics=setup.nics, seed=setup.seed is not None,
             )),
             steps.domain_status(target, BootWaitRequest(vm.vm_id, 0, volume.image.boot_marker)),
         )

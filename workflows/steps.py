@@ -94,8 +94,8 @@ async def on_host(host_id: str, name: str, arg: object, result_type: type | None
     """An activity on the host's own queue; a host that picks nothing up is unavailable. Every
     host activity heartbeats while it runs (the worker does it for each), so one whose worker
     died goes on with the worker that replaced it within ``_HOST_HEARTBEAT``."""
-    return await run_activity(host_queue(host_id), name, arg, result_type, timeout, heartbeat,
-                      schedule_to_start_timeout=_HOST_PICKUP, **options)
+    options.setdefault("schedule_to_start_timeout", _HOST_PICKUP)
+    return await run_activity(host_queue(host_id), name, arg, result_type, timeout, heartbeat, **options)
 
 
 # Placement waits out a moment of silence (a NATS or scheduler restart: heartbeats missing, no

@@ -13,6 +13,7 @@ from workflows.delete import DeleteVm
 from workflows.failover import HostFailover
 from workflows.maintenance import HostMaintenance
 from workflows.migrate import LiveMigrate
+from workflows.networks import NETWORK_WORKFLOWS
 from workflows.power import VmPowerAction
 from workflows.provision import ProvisionVm
 from workflows.restart import RestartVm
@@ -20,7 +21,7 @@ from workflows.stale import RemoveStaleCopy
 from workflows.storage_ops import STORAGE_WORKFLOWS
 
 WORKFLOWS = [ProvisionVm, DeleteVm, VmPowerAction, LiveMigrate, HostMaintenance, RestartVm, HostFailover,
-             RemoveStaleCopy, *STORAGE_WORKFLOWS]
+             RemoveStaleCopy, *STORAGE_WORKFLOWS, *NETWORK_WORKFLOWS]
 
 
 def orchestrator_worker(client: Client, scheduler: SchedulerActivities) -> Worker:

@@ -7,12 +7,13 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, update
+from sqlalchemy import delete, event, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, create_engine, select, text
 
 from services.api.models import PlacementGroup, Vm, utcnow
+from services.api.network_models import Port
 from shared.errors import Conflict, NotFound
 from shared.models import VmState
 
@@ -126,10 +127,12 @@ class Inventory:
             return vm
 
     def remove(self, vm_id: str) -> Vm | None:
+        """Delete the VM's row and its ports (their addresses are free again)."""
         with Session(self._engine) as session:
             vm = session.get(Vm, vm_id)
             if vm is None:
                 return None
+            session.exec(delete(Port).where(Port.vm_id == vm_id))
             session.delete(vm)
             session.commit()
             return vm

@@ -7,10 +7,11 @@ import uuid
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlalchemy import JSON, Column, Text, UniqueConstraint
 from sqlmodel import Field as SqlField
 from sqlmodel import SQLModel
 
+from services.api.guest_config import CloudInit, NicPublic, NicRequest, check_nic_count
 from shared.failover import CrashAction
 from shared.models import GroupPolicy, GroupRule, VmState, VmSummary
 from shared.storage_models import PoolKind
@@ -41,6 +42,7 @@ class VmBase(SQLModel):
     ha: bool = False
     restart_priority: int = 0
     on_crash: CrashAction = CrashAction.RESTART
+    hostname: str | None = SqlField(default=None, max_length=63)
 
 
 class Vm(VmBase, table=True):
@@ -57,12 +59,16 @@ class Vm(VmBase, table=True):
     error: str | None = None
     # When the guest crashed lately (epoch seconds): how many restarts in place its policy allows.
     crash_history: list[float] = SqlField(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # The cloud-init seed's contents (with hostname): kept so that a restart elsewhere rebuilds it.
+    user_data: str | None = SqlField(default=None, sa_column=Column(Text, nullable=True))
+    ssh_authorized_keys: list[str] = SqlField(default_factory=list, sa_column=Column(JSON, nullable=False))
     created_at: datetime = SqlField(default_factory=utcnow)
     updated_at: datetime = SqlField(default_factory=utcnow)
 
 
-class VmCreate(BaseModel):
-    """Limits that depend on configuration or on the image are checked by the route."""
+class VmCreate(CloudInit):
+    """Limits that depend on configuration or on the image are checked by the route. A VM gets a
+    cloud-init seed disk when it asks for any of hostname, user_data or ssh_authorized_keys."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -83,6 +89,13 @@ class VmCreate(BaseModel):
         "failover order: higher restarts first"))
     on_crash: CrashAction = Field(default=CrashAction.RESTART, description=(
         "when the guest crashes: 'restart' it in place (at most 3 times in 10 minutes) or 'none'"))
+    networks: list[NicRequest] = Field(default=[], description=(
+        "one NIC per entry, in this order: a network from /v1/networks and optionally its address"))
+
+    @field_validator("networks")
+    @classmethod
+    def _networks(cls, value: list[NicRequest]) -> list[NicRequest]:
+        return check_nic_count(value)
 
     @field_validator("name")
     @classmethod
@@ -116,6 +129,7 @@ class VmPublic(VmBase):
     error: str | None
     created_at: datetime
     updated_at: datetime
+    nics: list[NicPublic] = []
 
 
 class PowerOptions(BaseModel):

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from fastapi import Request
+from fastapi import Header, Request
 from nats.aio.client import Client as NatsClient
 from temporalio.client import Client as TemporalClient
 
 from services.api.db import Inventory
+from services.api.network_store import NetworkStore
 from services.api.settings import ApiSettings
 from services.scheduler.client import SchedulerClient
 from services.storage.client import StorageClient
+from shared.errors import InvalidRequest
 from shared.messaging import EventPublisher
 
 
@@ -24,7 +27,21 @@ class Platform:
     events: EventPublisher
     scheduler: SchedulerClient
     storage: StorageClient
+    network_store: NetworkStore
 
 
 def get_platform(request: Request) -> Platform:
     return request.app.state.platform
+
+
+_TENANT_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def current_tenant(request: Request, x_vmflow_tenant: str | None = Header(default=None)) -> str:
+    """The tenant a request acts for: the X-Vmflow-Tenant header, else the configured default.
+    Authentication (tokens scoped to a tenant) will replace the header."""
+    if x_vmflow_tenant is None:
+        return get_platform(request).settings.default_tenant
+    if not _TENANT_PATTERN.fullmatch(x_vmflow_tenant):
+        raise InvalidRequest("X-Vmflow-Tenant: 1-63 lower-case letters, digits or '-'")
+    return x_vmflow_tenant

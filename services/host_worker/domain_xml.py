@@ -19,7 +19,13 @@ def domain_name(vm_id: str) -> str:
 
 
 def console_path(console_dir: str, vm_id: str) -> str:
+    """The log of the interactive console (ttyS0)."""
     return f"{console_dir.rstrip('/')}/{vm_id}.log"
+
+
+def serial_log_path(console_dir: str, vm_id: str) -> str:
+    """The file behind the second serial port (ttyS1)."""
+    return f"{console_dir.rstrip('/')}/{vm_id}.serial1.log"
 
 
 def build_domain_xml(spec: DomainSpec, console_dir: str) -> str:
@@ -67,11 +73,15 @@ def _add_devices(domain: ET.Element, spec: DomainSpec, console_dir: str) -> None
     ET.SubElement(disk, "driver", name="qemu", type="qcow2")
     ET.SubElement(disk, "source", file=spec.disk_path)
     ET.SubElement(disk, "target", dev="vda", bus="virtio")
-    # A file-backed serial console that survives restarts (append) and that the host-worker
-    # reads to tell that the guest booted.
-    serial = ET.SubElement(devices, "serial", type="file")
-    ET.SubElement(serial, "source", path=console_path(console_dir, spec.vm_id), append="on")
+    # The interactive console (ttyS0): a pty libvirt streams to users, logged to a file that
+    # survives restarts (append) and that the host-worker reads to tell that the guest booted.
+    serial = ET.SubElement(devices, "serial", type="pty")
+    ET.SubElement(serial, "log", file=console_path(console_dir, spec.vm_id), append="on")
     ET.SubElement(serial, "target", port="0")
+    # A second port (ttyS1), only ever a file: a guest's own diagnostics, kept off the console.
+    serial_log = ET.SubElement(devices, "serial", type="file")
+    ET.SubElement(serial_log, "source", path=serial_log_path(console_dir, spec.vm_id), append="on")
+    ET.SubElement(serial_log, "target", port="1")
     ET.SubElement(devices, "memballoon", model="none")
 
 

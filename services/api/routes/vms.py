@@ -20,7 +20,7 @@ from services.api.models import (
     VmPublic,
     vm_summary,
 )
-from services.api.platform import Platform, get_platform
+from services.api.platform import Platform, current_tenant, get_platform
 from shared import events
 from shared.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from shared.migration import ConvergencePolicy, MigrateInput
@@ -58,13 +58,21 @@ _TRANSITIONAL = {
 _DELETABLE = (VmState.RUNNING, VmState.STOPPED, VmState.ERROR, VmState.CRASHED, VmState.DELETING)
 
 
-def _accepted(response: Response, op_id: str, vm: Vm) -> OperationAccepted:
+async def vm_public(p: Platform, vms: list[Vm]) -> list[VmPublic]:
+    """The VMs as users see them, each with its NICs."""
+    nics = await asyncio.to_thread(p.network_store.nics_of, [vm.id for vm in vms])
+    return [VmPublic.model_validate(vm, from_attributes=True).model_copy(update={"nics": nics.get(vm.id, [])})
+            for vm in vms]
+
+
+async def _accepted(p: Platform, response: Response, op_id: str, vm: Vm) -> OperationAccepted:
     response.status_code = 202
     response.headers["Location"] = f"/v1/operations/{op_id}"
-    return OperationAccepted(operation_id=op_id, vm=VmPublic.model_validate(vm, from_attributes=True))
+    [public] = await vm_public(p, [vm])
+    return OperationAccepted(operation_id=op_id, vm=public)
 
 
-async def _check_spec(p: Platform, body: VmCreate) -> Image:
+async def _check_spec(p: Platform, body: VmCreate, tenant: str) -> Image:
     """Raises InvalidRequest naming every problem at once; returns the image."""
     s = p.settings
     problems = []
@@ -89,7 +97,7 @@ async def _check_spec(p: Platform, body: VmCreate) -> Image:
             problems.append(f"disk_gib: image '{image.name}' needs at least {image.min_disk_gib}")
     if body.placement_group_id is not None:
         try:
-            await asyncio.to_thread(p.inventory.get_group, body.placement_group_id, s.default_tenant)
+            await asyncio.to_thread(p.inventory.get_group, body.placement_group_id, tenant)
         except NotFound:
             problems.append(f"placement_group_id: unknown placement group '{body.placement_group_id}'")
     if problems:
@@ -97,19 +105,21 @@ async def _check_spec(p: Platform, body: VmCreate) -> Image:
     return image
 
 
-async def _group_rule(p: Platform, group_id: str | None) -> GroupRule | None:
+async def _group_rule(p: Platform, group_id: str | None, tenant: str) -> GroupRule | None:
     if group_id is None:
         return None
-    group = await asyncio.to_thread(p.inventory.get_group, group_id, p.settings.default_tenant)
+    group = await asyncio.to_thread(p.inventory.get_group, group_id, tenant)
     return GroupRule(group.id, group.policy, group.hard)
 
 
 @router.post("", status_code=202, response_model=OperationAccepted)
-async def create_vm(body: VmCreate, response: Response, p: Platform = Depends(get_platform)):
-    """Provision a VM: 202 at once; follow the operation for its progress."""
-    image = await _check_spec(p, body)
-    tenant = p.settings.default_tenant
-    vm = await asyncio.to_thread(p.inventory.add, Vm(tenant=tenant, **body.model_dump()))
+async def create_vm(body: VmCreate, response: Response, p: Platform = Depends(get_platform),
+                    tenant: str = Depends(current_tenant)):
+    """Provision a VM: 202 at once; follow the operation for its progress. Its NICs' addresses
+    are allocated here, with the row: a full subnet or a taken address is refused at once."""
+    image = await _check_spec(p, body, tenant)
+    row = Vm(tenant=tenant, **body.model_dump(exclude={"networks"}))
+    vm = await asyncio.to_thread(p.network_store.add_vm, row, body.networks)
     op_id = provision_workflow_id(vm.id)
     try:
         await p.temporal.start_workflow(
@@ -119,7 +129,7 @@ async def create_vm(body: VmCreate, response: Response, p: Platform = Depends(ge
                 boot_timeout_s=p.settings.boot_timeout_s,
                 domain_types=image.domain_types,
                 required_labels=tuple(vm.required_labels),
-                group=await _group_rule(p, vm.placement_group_id),
+                group=await _group_rule(p, vm.placement_group_id, tenant),
             ),
             id=op_id,
             task_queue=ORCHESTRATOR_QUEUE,
@@ -129,7 +139,7 @@ async def create_vm(body: VmCreate, response: Response, p: Platform = Depends(ge
         await _settle_ambiguous_start(p, vm, op_id, exc)
     vm = await asyncio.to_thread(p.inventory.update, vm.id, last_operation_id=op_id)
     await events.publish(p.events, events.VmCreated(vm.id, tenant, vm.name, op_id))
-    return _accepted(response, op_id, vm)
+    return await _accepted(p, response, op_id, vm)
 
 
 async def _settle_ambiguous_start(p: Platform, vm: Vm, op_id: str, exc: Exception) -> None:
@@ -154,19 +164,22 @@ async def _settle_ambiguous_start(p: Platform, vm: Vm, op_id: str, exc: Exceptio
 
 
 @router.get("", response_model=list[VmPublic])
-async def list_vms(p: Platform = Depends(get_platform)):
-    return await asyncio.to_thread(p.inventory.list, p.settings.default_tenant)
+async def list_vms(p: Platform = Depends(get_platform), tenant: str = Depends(current_tenant)):
+    return await vm_public(p, await asyncio.to_thread(p.inventory.list, tenant))
 
 
 @router.get("/{vm_id}", response_model=VmPublic)
-async def get_vm(vm_id: str, p: Platform = Depends(get_platform)):
-    return await asyncio.to_thread(p.inventory.get, vm_id, p.settings.default_tenant)
+async def get_vm(vm_id: str, p: Platform = Depends(get_platform), tenant: str = Depends(current_tenant)):
+    [vm] = await vm_public(p, [await asyncio.to_thread(p.inventory.get, vm_id, tenant)])
+    return vm
 
 
 @router.delete("/{vm_id}", status_code=202, response_model=OperationAccepted)
-async def delete_vm(vm_id: str, response: Response, p: Platform = Depends(get_platform)):
-    """Delete a VM with its domain and volume. Repeating the request returns the same operation."""
-    vm = await asyncio.to_thread(p.inventory.get, vm_id, p.settings.default_tenant)
+async def delete_vm(vm_id: str, response: Response, p: Platform = Depends(get_platform),
+                    tenant: str = Depends(current_tenant)):
+    """Delete a VM with its domain, volume, seed and addresses. Repeating the request returns
+    the same operation."""
+    vm = await asyncio.to_thread(p.inventory.get, vm_id, tenant)
     op_id = delete_workflow_id(vm.id)
     if not await asyncio.to_thread(p.inventory.transition, vm.id, _DELETABLE, VmState.DELETING, op_id):
         raise Conflict(f"VM '{vm.name}' is {vm.state.value}; wait for its operation to finish")
@@ -178,11 +191,12 @@ async def delete_vm(vm_id: str, response: Response, p: Platform = Depends(get_pl
         )
     except WorkflowAlreadyStartedError:
         pass  # the same delete is already under way
-    return _accepted(response, op_id, await asyncio.to_thread(p.inventory.get, vm.id))
+    return await _accepted(p, response, op_id, await asyncio.to_thread(p.inventory.get, vm.id))
 
 
-async def _power(p: Platform, vm_id: str, action: PowerAction, options: PowerOptions, response: Response):
-    vm = await asyncio.to_thread(p.inventory.get, vm_id, p.settings.default_tenant)
+async def _power(p: Platform, vm_id: str, action: PowerAction, options: PowerOptions, response: Response,
+                 tenant: str):
+    vm = await asyncio.to_thread(p.inventory.get, vm_id, tenant)
     op_id = power_workflow_id(vm.id, action.value, uuid.uuid4().hex[:8])
     if not await asyncio.to_thread(p.inventory.transition, vm.id, _POWER_FROM[action], _TRANSITIONAL[action], op_id):
         allowed = ", ".join(s.value for s in _POWER_FROM[action])
@@ -198,35 +212,36 @@ async def _power(p: Platform, vm_id: str, action: PowerAction, options: PowerOpt
     except Exception as exc:
         await asyncio.to_thread(p.inventory.update, vm.id, state=vm.state)
         raise ServiceUnavailable(f"could not start the {action.value} operation: {exc}") from exc
-    return _accepted(response, op_id, await asyncio.to_thread(p.inventory.get, vm.id))
+    return await _accepted(p, response, op_id, await asyncio.to_thread(p.inventory.get, vm.id))
 
 
 @router.post("/{vm_id}/start", status_code=202, response_model=OperationAccepted)
-async def start_vm(vm_id: str, response: Response, p: Platform = Depends(get_platform)):
-    return await _power(p, vm_id, PowerAction.START, PowerOptions(), response)
+async def start_vm(vm_id: str, response: Response, p: Platform = Depends(get_platform),
+                   tenant: str = Depends(current_tenant)):
+    return await _power(p, vm_id, PowerAction.START, PowerOptions(), response, tenant)
 
 
 @router.post("/{vm_id}/stop", status_code=202, response_model=OperationAccepted)
 async def stop_vm(vm_id: str, response: Response, options: PowerOptions = Body(default_factory=PowerOptions),
-                  p: Platform = Depends(get_platform)):
+                  p: Platform = Depends(get_platform), tenant: str = Depends(current_tenant)):
     """Graceful shutdown, forced after ``timeout_s``; ``force`` powers off at once."""
-    return await _power(p, vm_id, PowerAction.STOP, options, response)
+    return await _power(p, vm_id, PowerAction.STOP, options, response, tenant)
 
 
 @router.post("/{vm_id}/reboot", status_code=202, response_model=OperationAccepted)
 async def reboot_vm(vm_id: str, response: Response, options: PowerOptions = Body(default_factory=PowerOptions),
-                    p: Platform = Depends(get_platform)):
+                    p: Platform = Depends(get_platform), tenant: str = Depends(current_tenant)):
     """Stop (graceful, then forced after ``timeout_s``) and start again."""
-    return await _power(p, vm_id, PowerAction.REBOOT, options, response)
+    return await _power(p, vm_id, PowerAction.REBOOT, options, response, tenant)
 
 
 @router.post("/{vm_id}/migrate", status_code=202, response_model=OperationAccepted)
 async def migrate_vm(vm_id: str, response: Response,
                      options: MigrateOptions = Body(default_factory=MigrateOptions),
-                     p: Platform = Depends(get_platform)):
+                     p: Platform = Depends(get_platform), tenant: str = Depends(current_tenant)):
     """Live-migrate a running VM, or move a stopped VM's definition, to another host (the
     scheduler's pick unless ``target_host_id`` is given). One move per VM at a time: 409."""
-    vm = await asyncio.to_thread(p.inventory.get, vm_id, p.settings.default_tenant)
+    vm = await asyncio.to_thread(p.inventory.get, vm_id, tenant)
     if options.target_host_id is not None:
         if options.target_host_id == vm.host_id:
             raise InvalidRequest(f"VM '{vm.name}' already runs on {vm.host_id}")
@@ -234,7 +249,7 @@ async def migrate_vm(vm_id: str, response: Response,
             await p.scheduler.host(options.target_host_id)
         except NotFound:
             raise InvalidRequest(f"target_host_id: unknown host '{options.target_host_id}'") from None
-    before = vm_summary(vm, await _group_rule(p, vm.placement_group_id))
+    before = vm_summary(vm, await _group_rule(p, vm.placement_group_id, tenant))
     op_id = migrate_workflow_id(vm.id, uuid.uuid4().hex[:8])
     movable = (VmState.RUNNING, VmState.STOPPED)
     if not await asyncio.to_thread(p.inventory.begin_operation, vm.id, op_id, movable, VmState.MIGRATING):
@@ -249,4 +264,4 @@ async def migrate_vm(vm_id: str, response: Response,
     except Exception as exc:
         await asyncio.to_thread(p.inventory.update, vm.id, state=vm.state)
         raise ServiceUnavailable(f"could not start the migration: {exc}") from exc
-    return _accepted(response, op_id, await asyncio.to_thread(p.inventory.get, vm.id))
+    return await _accepted(p, response, op_id, await asyncio.to_thread(p.inventory.get, vm.id))
