@@ -13,6 +13,8 @@ from temporalio.worker import Worker
 from services.api.db import Inventory, make_engine, migrate
 from services.api.errors import install_error_handlers
 from services.api.inventory_activities import InventoryActivities
+from services.api.network_activities import NetworkActivities
+from services.api.network_store import NetworkStore
 from services.api.platform import Platform
 from services.api.reality import RealityFollower, follow_host_reports, follow_lifecycle
 from services.api.routes import (
@@ -20,6 +22,8 @@ from services.api.routes import (
     health,
     hosts,
     images,
+    networks,
+    nics,
     operations,
     placement_groups,
     pools,
@@ -43,6 +47,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         engine = make_engine(settings.database_url)
         await asyncio.to_thread(migrate, engine)
         inventory = Inventory(engine)
+        network_store = NetworkStore(engine)
         nc = await connect(settings, "vmflow-api")
         js = nc.jetstream()
         await ensure_event_stream(js, settings.event_stream)
@@ -56,13 +61,15 @@ def create_app(settings: ApiSettings) -> FastAPI:
             events=publisher,
             scheduler=SchedulerClient(nc, settings.request_timeout_s),
             storage=StorageClient(nc, settings.request_timeout_s),
+            network_store=network_store,
         )
         activities = InventoryActivities(inventory, publisher)
+        network_activities = NetworkActivities(network_store, app.state.platform.scheduler)
         worker = Worker(
             temporal,
             task_queue=INVENTORY_QUEUE,
             activities=[activities.update_vm, activities.forget_vm, activities.begin_operation,
-                        activities.vms_on_host],
+                        activities.vms_on_host, *network_activities.all()],
             interceptors=[ActivityContext()],
         )
         run = asyncio.create_task(worker.run())
@@ -93,7 +100,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for router in (vms.router, placement_groups.router, hosts.router, operations.router, images.router,
-                   pools.router, volumes.router, snapshots.router, events.router, health.router):
+    for router in (vms.router, nics.router, networks.router, placement_groups.router, hosts.router,
+                   operations.router, images.router, pools.router, volumes.router, snapshots.router, events.router,
+                   health.router):
         app.include_router(router)
     return app
