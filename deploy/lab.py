@@ -38,7 +38,7 @@ _WARM_START_TIMEOUT_S = 30.0
 _COMMAND_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 5.0
 # What a lab host runs. Other programs in its namespace (a test's virsh, say) are not ours to kill.
-_HOST_PROGRAMS = ("tini", "libvirtd", "virtlockd", "qemu-system-")
+_HOST_PROGRAMS = ("tini", "libvirtd", "virtlockd", "qemu-system-", "dnsmasq")
 # Daemons started by this process, kept so that stop_lab reaps them instead of leaving zombies.
 _children: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -134,6 +134,7 @@ def power_off_host(name: str, state_dir: Path, host_id: str) -> None:
         _signal(pid, signal.SIGKILL)
     _wait_gone(victims, _STOP_TIMEOUT_S)
     (state_dir / "hosts" / host_id / "libvirtd.pid").unlink(missing_ok=True)
+    _drop_host_networks(name, host_id)
 
 
 def power_on_host(name: str, state_dir: Path, host_id: str) -> None:
@@ -344,7 +345,8 @@ def _ip_batch(namespace: str, commands: Sequence[str]) -> None:
 
 def _lab_namespaces(name: str) -> list[str]:
     listed = _run(["ip", "netns", "list"], check=False)
-    pattern = re.compile(re.escape(name) + r"-(sw|h\d+)")
+    # A host's own namespaces (its networks' DHCP servers) are named <name>-h<N>-<what>.
+    pattern = re.compile(re.escape(name) + r"-(sw|h\d+(-[a-z0-9-]+)?)")
     return [n for n in (line.split(" ")[0] for line in listed.splitlines()) if pattern.fullmatch(n)]
 
 
@@ -441,6 +443,25 @@ def _stop_host(name: str, state_dir: Path, host_id: str) -> None:
     for pid in leftovers:
         _signal(pid, signal.SIGKILL)
     _wait_gone(leftovers, _STOP_TIMEOUT_S)
+    _drop_host_networks(name, host_id)
+
+
+def _drop_host_networks(name: str, host_id: str) -> None:
+    """What a host held of its VMs' networks in memory goes with its power, as a reboot loses it:
+    the DHCP servers and their namespaces, the bridges and tunnels, the filter rules."""
+    namespace = f"{name}-{host_id}"
+    for inner in (n for n in _lab_namespaces(name) if n.startswith(namespace + "-")):
+        pids = [p for p in (_pids_in_namespace(inner) or set()) if _runs_host_program(p)]
+        for pid in pids:
+            _signal(pid, signal.SIGKILL)
+        _wait_gone(pids, _STOP_TIMEOUT_S)
+        _run(["ip", "netns", "del", inner], check=False)
+    if _pids_in_namespace(namespace) is None:
+        return
+    links = _run(["ip", "-n", namespace, "-o", "link", "show"], check=False)
+    for link in re.findall(r"^\d+: (vn[bxd]-\d+)[@:]", links, re.M):
+        _run(["ip", "-n", namespace, "link", "del", link], check=False)
+    _run(["ip", "netns", "exec", namespace, "nft", "flush", "ruleset"], check=False)
 
 
 def _remove_domains(uri: str) -> None:

@@ -231,6 +231,11 @@ def start_host_worker(cfg: StackConfig, host: lab.LabHost) -> None:
         "VMFLOW_LOCAL_DISK_DIR": str(cfg.local_pool_dir(host.host_id)),  # its own disk, not the shared one
         "VMFLOW_LABELS": json.dumps(cfg.labels_of(host.host_id)),
         "VMFLOW_MIGRATION_URI": host.tcp_uri,
+        # Seeds on shared storage: a VM that moves finds its seed where it arrives.
+        "VMFLOW_SEED_DIR": str(cfg.pool_dir / "seeds"),
+        # The hosts share one kernel: their DHCP namespaces carry the host's name.
+        "VMFLOW_NETNS_PREFIX": f"{host.namespace}-",
+        "VMFLOW_NETWORK_STATE_DIR": str(cfg.root / "networks" / host.host_id),
     }, REPO_DIR)
 
 

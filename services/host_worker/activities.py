@@ -75,7 +75,8 @@ class HostActivities:
             )
         self.tenants[spec.vm_id] = spec.tenant
         Path(self._settings.console_dir).mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(self._hv.define, build_domain_xml(spec, self._settings.console_dir))
+        xml = build_domain_xml(spec, self._settings.console_dir, self._settings.seed_dir)
+        await asyncio.to_thread(self._hv.define, xml)
 
     @activity.defn(name="host.start_domain")
     async def start_domain(self, ref: DomainRef) -> None:

@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 
 from shared.errors import Conflict, InvalidRequest
 from shared.models import DomainSpec
+from shared.networks import NicSpec
 
 METADATA_NS = "http://vmflow.local/xmlns/vm/1"
 METADATA_PREFIX = "vmflow"
@@ -28,9 +29,18 @@ def serial_log_path(console_dir: str, vm_id: str) -> str:
     return f"{console_dir.rstrip('/')}/{vm_id}.serial1.log"
 
 
-def build_domain_xml(spec: DomainSpec, console_dir: str) -> str:
+def seed_path(seed_dir: str, vm_id: str) -> str:
+    """The VM's NoCloud seed image on the host."""
+    return f"{seed_dir.rstrip('/')}/{vm_id}.iso"
+
+
+SEED_TARGET = "vdz"  # the last virtio letter, so data disks keep vdb, vdc, ...
+
+
+def build_domain_xml(spec: DomainSpec, console_dir: str, seed_dir: str = "") -> str:
     """The persistent definition of ``spec``. Every user-supplied string goes through
-    ElementTree, so names with XML special characters cannot change the document's shape."""
+    ElementTree, so names with XML special characters cannot change the document's shape.
+    ``seed_dir`` is where the host keeps seed images (needed when ``spec.seed``)."""
     domain = ET.Element("domain", type=spec.domain_type)
     ET.SubElement(domain, "name").text = domain_name(spec.vm_id)
     ET.SubElement(domain, "uuid").text = spec.vm_id
@@ -51,7 +61,7 @@ def build_domain_xml(spec: DomainSpec, console_dir: str) -> str:
     ET.SubElement(domain, "on_poweroff").text = "destroy"
     ET.SubElement(domain, "on_reboot").text = "restart"
     ET.SubElement(domain, "on_crash").text = "destroy"
-    _add_devices(domain, spec, console_dir)
+    _add_devices(domain, spec, console_dir, seed_dir)
     ET.indent(domain)
     return ET.tostring(domain, encoding="unicode") + "\n"
 
@@ -67,12 +77,18 @@ def _add_os(domain: ET.Element, spec: DomainSpec) -> None:
     ET.SubElement(os_el, "cmdline").text = spec.boot.cmdline
 
 
-def _add_devices(domain: ET.Element, spec: DomainSpec, console_dir: str) -> None:
+def _add_devices(domain: ET.Element, spec: DomainSpec, console_dir: str, seed_dir: str) -> None:
     devices = ET.SubElement(domain, "devices")
     disk = ET.SubElement(devices, "disk", type="file", device="disk")
     ET.SubElement(disk, "driver", name="qemu", type="qcow2")
     ET.SubElement(disk, "source", file=spec.disk_path)
     ET.SubElement(disk, "target", dev="vda", bus="virtio")
+    if spec.seed:
+        if not seed_dir:
+            raise InvalidRequest("the VM has a seed but the host has no seed directory")
+        devices.append(_seed_disk(seed_path(seed_dir, spec.vm_id)))
+    for nic in spec.nics:
+        devices.append(_interface(nic))
     # The interactive console (ttyS0): a pty libvirt streams to users, logged to a file that
     # survives restarts (append) and that the host-worker reads to tell that the guest booted.
     serial = ET.SubElement(devices, "serial", type="pty")
@@ -132,6 +148,49 @@ def with_disk_sources(domain_xml: str, moves: dict[str, str]) -> str:
     if missing:
         raise InvalidRequest(f"the domain has no disk at {', '.join(sorted(missing))}")
     return ET.tostring(root, encoding="unicode")
+
+
+def _seed_disk(path: str) -> ET.Element:
+    # A raw ISO 9660 image labelled cidata on a read-only virtio disk: what cloud-init's NoCloud
+    # datasource looks for. Read-only disks are not copied by a storage migration.
+    disk = ET.Element("disk", type="file", device="disk")
+    ET.SubElement(disk, "driver", name="qemu", type="raw")
+    ET.SubElement(disk, "source", file=path)
+    ET.SubElement(disk, "target", dev=SEED_TARGET, bus="virtio")
+    ET.SubElement(disk, "readonly")
+    return disk
+
+
+# -- NICs -------------------------------------------------------------------------------------------------------------
+
+NIC_ALIAS_PREFIX = "ua-"  # libvirt keeps user aliases that start so: the NIC's port id finds it again
+
+
+def _interface(nic: NicSpec) -> ET.Element:
+    interface = ET.Element("interface", type="bridge")
+    ET.SubElement(interface, "mac", address=nic.mac)
+    ET.SubElement(interface, "source", bridge=nic.bridge)
+    ET.SubElement(interface, "model", type="virtio")
+    ET.SubElement(interface, "mtu", size=str(nic.mtu))
+    ET.SubElement(interface, "alias", name=NIC_ALIAS_PREFIX + nic.port_id)
+    return interface
+
+
+def interface_xml(nic: NicSpec) -> str:
+    """The device XML to hot-plug ``nic``."""
+    return ET.tostring(_interface(nic), encoding="unicode")
+
+
+def interface_macs(domain_xml: str) -> set[str]:
+    """The MACs of a definition's NICs, lower case."""
+    root = ET.fromstring(domain_xml)
+    return {(mac.get("address") or "").lower() for mac in root.findall("devices/interface/mac")}
+
+
+def interface_bridges(domain_xml: str) -> set[str]:
+    """The bridges a definition's NICs are on."""
+    root = ET.fromstring(domain_xml)
+    return {source.get("bridge", "") for source in root.findall("devices/interface/source") if source.get("bridge")}
 
 
 def disk_device_xml(disk_path: str, target: str) -> str:

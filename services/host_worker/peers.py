@@ -47,6 +47,11 @@ class PeerProbe:
         if beat.host_id != self._host_id and address is not None:
             self._addresses[beat.host_id] = address
 
+    def addresses(self) -> set[str]:
+        """The peers' addresses on the hosts' network (where their libvirtd listens): the far
+        ends of this host's VXLAN tunnels."""
+        return {host for host, _port in self._addresses.values()}
+
     def reached(self) -> tuple[PeerReach, ...]:
         return tuple(PeerReach(h, t) for h, t in sorted(self._reached.items()))
 

@@ -21,3 +21,12 @@ class HostWorkerSettings(CommonSettings):
     peer_probe_timeout_s: float = 1.0
     libvirt_threads: int = 32
     console_poll_interval_s: float = 0.05
+    # Networks: this host's end of the VXLAN tunnels (default: the host of migration_uri), the
+    # prefix of the DHCP namespaces it makes (distinct per host when several share a kernel, as
+    # in the lab), where it keeps dnsmasq's files, and where VMs' cloud-init seeds go (shared
+    # storage, so a VM that moves finds its seed where it arrives).
+    overlay_address: str = ""
+    netns_prefix: str = "vmflow-"
+    network_state_dir: str = "/var/lib/vmflow/networks"
+    seed_dir: str = "/var/lib/vmflow/seeds"
+    peer_sync_interval_s: float = 5.0

@@ -45,6 +45,7 @@ from shared.names import (
     STORAGE_QUEUE,
     host_queue,
 )
+from tests.workflows.guest_fakes import GuestHosts
 from workflows.failover import HostFailover
 from workflows.restart import RestartVm
 
@@ -69,6 +70,7 @@ class World:
         self.modes: list[str] = []
         self.records: dict[str, VmRecordUpdate] = {}
         self.names = {vm.vm_id: vm.name for vm in vms}
+        self.guests = GuestHosts()
 
     def activities(self):
         @activity.defn(name="fence.run")
@@ -153,8 +155,8 @@ class World:
             ORCHESTRATOR_QUEUE: [set_admin, place, release],
             FENCING_QUEUE: [fence],
             STORAGE_QUEUE: [locate, create_volume],
-            INVENTORY_QUEUE: [vms_on_host, update_vm, begin],
-            **{host_queue(h): host_activities(h) for h in HOSTS},
+            INVENTORY_QUEUE: [vms_on_host, update_vm, begin, *self.guests.inventory_activities()],
+            **{host_queue(h): host_activities(h) + self.guests.host_activities(h) for h in HOSTS},
         }
 
 

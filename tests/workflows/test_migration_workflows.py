@@ -41,6 +41,7 @@ from shared.models import (
     VolumeRef,
 )
 from shared.names import INVENTORY_QUEUE, ORCHESTRATOR_QUEUE, STORAGE_QUEUE, host_queue
+from tests.workflows.guest_fakes import GuestHosts
 from workflows.maintenance import HostMaintenance
 from workflows.migrate import LiveMigrate
 
@@ -60,6 +61,7 @@ class Fleet:
         self.unreachable: set[str] = set()  # hosts whose libvirt does not answer
         self.lose_answer: set[str] = set()  # VMs whose move completes but whose answer is lost
         self.lose_after_refusal: set[str] = set()  # hosts that stop answering when a move fails
+        self.guests = GuestHosts()  # which host prepared or released each VM's networks
         self.refuse = refuse  # VMs whose migration fails
         self.slow_s = slow_s
         self.calls: list[str] = []
@@ -171,13 +173,15 @@ async def run(env, fleet: Fleet, vms: list[VmSummary], workflow_run, arg, workfl
                                                workflows=[LiveMigrate, HostMaintenance],
                                                activities=fleet.control_activities()))
         await stack.enter_async_context(Worker(env.client, task_queue=INVENTORY_QUEUE,
-                                               activities=fleet.inventory_activities(vms)))
+                                               activities=fleet.inventory_activities(vms)
+                                               + fleet.guests.inventory_activities()))
         await stack.enter_async_context(Worker(env.client, task_queue=STORAGE_QUEUE,
                                                activities=fleet.storage_activities()))
         for host in HOSTS:
             # As the host-worker does: heartbeats (and so cancellations) travel within seconds.
             await stack.enter_async_context(Worker(env.client, task_queue=host_queue(host),
-                                                   activities=fleet.host_activities(host),
+                                                   activities=fleet.host_activities(host)
+                                                   + fleet.guests.host_activities(host),
                                                    max_heartbeat_throttle_interval=timedelta(seconds=1)))
         handle = await env.client.start_workflow(workflow_run, arg, id=workflow_id, task_queue=ORCHESTRATOR_QUEUE)
         if cancel_after_s is not None:

@@ -13,6 +13,7 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from shared.guest import SeedSpec, VmRelease, VmSetup, VmSetupRequest
 from shared.models import (
     BootWaitRequest,
     ClaimRelease,
@@ -35,11 +36,14 @@ from shared.models import (
     VolumeRequest,
 )
 from shared.names import INVENTORY_QUEUE, ORCHESTRATOR_QUEUE, STORAGE_QUEUE, host_queue
+from shared.networks import NetworkPlumbing, NicSpec
 from workflows.delete import DeleteVm
 from workflows.power import VmPowerAction
 from workflows.provision import PROVISION_ID_REUSE, ProvisionVm
 
 IMAGE = Image("img", "", "/img.qcow2", 1, 96, 1, None, "BOOTED")
+NETWORK = NetworkPlumbing("net-1", 1000, "10.0.0.0/24", dhcp_address="10.0.0.1", dhcp_mac="52:54:00:00:00:01")
+NIC = NicSpec("port-1", "net-1", 1000, "52:54:00:00:00:02", "10.0.0.2")
 
 
 class World:
@@ -48,9 +52,14 @@ class World:
     def __init__(self, fail_at: str | None = None) -> None:
         self.fail_at = fail_at
         self.calls: list[str] = []
+        # Steps that run beside others (their order against them is not fixed) are kept apart.
+        self.side_calls: list[str] = []
+        self.calls_at_side = 0
 
-    def _do(self, name: str) -> None:
-        self.calls.append(name)
+    def _do(self, name: str, side: bool = False) -> None:
+        (self.side_calls if side else self.calls).append(name)
+        if side:
+            self.calls_at_side = len(self.calls)
         if name == self.fail_at:
             raise ApplicationError(f"{name} refused", type="hypervisor_error", non_retryable=True)
 
@@ -113,11 +122,26 @@ class World:
         async def forget_vm(ref: VmRef) -> None:
             self._do("forget")
 
+        @activity.defn(name="inventory.vm_setup")
+        async def vm_setup(req: VmSetupRequest) -> VmSetup:
+            self._do("vm_setup", side=True)
+            return VmSetup(req.vm_id, (NIC,), (NETWORK,), SeedSpec(req.vm_id, "web"))
+
+        @activity.defn(name="host.prepare_vm")
+        async def prepare_vm(setup: VmSetup) -> None:
+            assert setup.nics == (NIC,)
+            self._do("prepare", side=True)
+
+        @activity.defn(name="host.release_vm")
+        async def release_vm(release: VmRelease) -> None:
+            self._do("release_host")
+
         return {
             ORCHESTRATOR_QUEUE: [place, release],
             STORAGE_QUEUE: [create_volume, delete_volume],
-            host_queue("h1"): [define, start, undefine, wait_booted, domain_status, stop, reboot],
-            INVENTORY_QUEUE: [update_vm, forget_vm],
+            host_queue("h1"): [define, start, undefine, wait_booted, domain_status, stop, reboot, prepare_vm,
+                               release_vm],
+            INVENTORY_QUEUE: [update_vm, forget_vm, vm_setup],
         }
 
 
@@ -143,16 +167,19 @@ async def test_provision_happy_path_runs_every_step_once(env):
     assert await run_with(env, world, ProvisionVm, inp, f"vm-{inp.vm_id}-provision") == "h1"
     assert world.calls == ["place", "record:create_volume", "create_volume", "define", "start",
                            "wait_booted", "record:succeeded"]
+    # The host's side of the guest (NICs, seed) is ready before the domain is defined.
+    assert world.side_calls == ["vm_setup", "prepare"]
+    assert world.calls_at_side <= world.calls.index("define")
 
 
 @pytest.mark.parametrize(
     ("fail_at", "undo"),
     [
         ("place", ["release"]),
-        ("create_volume", ["delete_volume", "release"]),
-        ("define", ["undefine", "delete_volume", "release"]),
-        ("start", ["undefine", "delete_volume", "release"]),
-        ("wait_booted", ["undefine", "delete_volume", "release"]),
+        ("create_volume", ["release_host", "delete_volume", "release"]),
+        ("define", ["undefine", "release_host", "delete_volume", "release"]),
+        ("start", ["undefine", "release_host", "delete_volume", "release"]),
+        ("wait_booted", ["undefine", "release_host", "delete_volume", "release"]),
     ],
 )
 async def test_provision_failure_undoes_earlier_steps_in_reverse(env, fail_at, undo):
@@ -180,7 +207,7 @@ async def test_delete_runs_every_step_and_marks_error_on_failure(env):
     world = World()
     vm_id = str(uuid.uuid4())
     await run_with(env, world, DeleteVm, DeleteInput(vm_id, "default", "h1"), f"vm-{vm_id}-delete")
-    assert world.calls == ["record:deleting", "undefine", "delete_volume", "release", "forget"]
+    assert world.calls == ["record:deleting", "undefine", "release_host", "delete_volume", "release", "forget"]
 
     failing = World("delete_volume")
     with pytest.raises(WorkflowFailureError):
