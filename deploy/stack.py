@@ -34,6 +34,7 @@ STACK_FILE = "stack.json"
 SUPERVISED_FILE = "supervised.json"
 FENCING_FILE = "fencing.json"
 LAB_GATEWAY = lab.GATEWAY_ADDRESS  # where lab hosts reach the control plane
+NETWORK_RUN_DIR = Path("/run/vmflow")
 
 
 @dataclass(frozen=True)
@@ -216,11 +217,19 @@ def start_services(cfg: StackConfig, hosts: tuple[lab.LabHost, ...]) -> None:
         start_host_worker(cfg, host)
 
 
+def network_state_dir(cfg: StackConfig, host_id: str) -> Path:
+    """Where a lab host's DHCP servers keep their files: under /run, which every user can
+    traverse (dnsmasq re-reads its hosts file after dropping root), gone on reboot like them."""
+    return NETWORK_RUN_DIR / cfg.lab_name / host_id
+
+
 def start_host_worker(cfg: StackConfig, host: lab.LabHost) -> None:
     """The host's worker, inside the host's network namespace: it reaches NATS and Temporal over
     the lab network (through the relays), its libvirtd over its unix socket."""
+    # nsenter, not `ip netns exec`: the worker stays in the root mount namespace, so the DHCP
+    # namespaces it makes for its networks are visible (and removable) from everywhere.
     launch(cfg, f"host-worker-{host.host_id}", [
-        "ip", "netns", "exec", host.namespace, sys.executable, "-m", "services.host_worker"], {
+        "nsenter", f"--net=/run/netns/{host.namespace}", sys.executable, "-m", "services.host_worker"], {
         **common_env(cfg),
         "VMFLOW_NATS_URL": f"nats://{LAB_GATEWAY}:{cfg.nats_port}",
         "VMFLOW_TEMPORAL_ADDRESS": f"{LAB_GATEWAY}:{cfg.temporal_port}",
@@ -235,7 +244,7 @@ def start_host_worker(cfg: StackConfig, host: lab.LabHost) -> None:
         "VMFLOW_SEED_DIR": str(cfg.pool_dir / "seeds"),
         # The hosts share one kernel: their DHCP namespaces carry the host's name.
         "VMFLOW_NETNS_PREFIX": f"{host.namespace}-",
-        "VMFLOW_NETWORK_STATE_DIR": str(cfg.root / "networks" / host.host_id),
+        "VMFLOW_NETWORK_STATE_DIR": str(network_state_dir(cfg, host.host_id)),
     }, REPO_DIR)
 
 
@@ -298,7 +307,8 @@ def down(run_dir: Path, say=print) -> None:
         for side in ("out", "in"):
             stop_process(run_dir, f"relay-{name}-{side}")
     (run_dir / SUPERVISED_FILE).unlink(missing_ok=True)
-    lab.stop_lab(cfg.lab_name, run_dir / "lab")
+    lab.stop_lab(cfg.lab_name, run_dir / "lab")  # its DHCP servers with it
+    shutil.rmtree(NETWORK_RUN_DIR / cfg.lab_name, ignore_errors=True)
     stop_process(run_dir, "temporal")
     stop_process(run_dir, "nats")
     (run_dir / STACK_FILE).unlink(missing_ok=True)

@@ -64,6 +64,14 @@ class StorageError(VmflowError):
     http_status = 502
 
 
+class NetworkError(VmflowError):
+    """A host could not build or tear down a network's plumbing (bridge, VXLAN, DHCP server,
+    nftables rules); the message names the command and what it said."""
+
+    code = "network_error"
+    http_status = 502
+
+
 class FenceFailed(VmflowError):
     """A fence agent failed, or the host is not off after it ran."""
 
@@ -106,6 +114,7 @@ _BY_CODE: dict[str, type[VmflowError]] = {
         HostUnavailable,
         HypervisorError,
         StorageError,
+        NetworkError,
         Timeout,
         ServiceUnavailable,
         FenceFailed,
