@@ -9,7 +9,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from shared.guest import NicChange, NicRef, VmRelease, VmSetup, VmSetupRequest
-    from shared.networks import HostIds, NetworkOpInput, NicSpec, PortAttached
+    from shared.networks import HostIds, NetworkOpInput, PortAttached
 
 from workflows.steps import INVENTORY_QUEUE, on_host, run_activity
 
@@ -63,5 +63,6 @@ async def forget_port(vm_id: str, port_id: str) -> None:
     await run_activity(INVENTORY_QUEUE, "inventory.forget_port", NicRef(vm_id, port_id))
 
 
-async def nic_of(vm_id: str, port_id: str) -> NicSpec:
-    return await run_activity(INVENTORY_QUEUE, "inventory.nic_spec", NicRef(vm_id, port_id), NicSpec)
+async def nic_change(vm_id: str, port_id: str) -> NicChange:
+    """The NIC and its network, as the VM's host needs them to plug or pull it."""
+    return await run_activity(INVENTORY_QUEUE, "inventory.nic_change", NicRef(vm_id, port_id), NicChange)

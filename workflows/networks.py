@@ -12,7 +12,7 @@ import asyncio
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from shared.guest import NicChange, NicOpInput, VmRelease
+    from shared.guest import NicOpInput, VmRelease
     from shared.networks import NetworkOpInput
 
 from workflows import network_steps
@@ -72,9 +72,7 @@ class AttachNic(StorageOperation):
             try:
                 saga.on_failure("free address", lambda: network_steps.forget_port(inp.vm_id, inp.port_id))
                 self._progress.advance("prepare")
-                setup = await network_steps.vm_setup(inp.vm_id)
-                nic = await network_steps.nic_of(inp.vm_id, inp.port_id)
-                change = NicChange(inp.vm_id, nic, tuple(n for n in setup.networks if n.network_id == nic.network_id))
+                change = await network_steps.nic_change(inp.vm_id, inp.port_id)
                 self._progress.advance("plug")
                 saga.on_failure("pull NIC", lambda: network_steps.detach_nic(inp.host_id, change))
                 await network_steps.attach_nic(inp.host_id, change)
@@ -100,9 +98,9 @@ class DetachNic(StorageOperation):
 
         async def body() -> str:
             self._progress.advance("unplug")
-            nic = await network_steps.nic_of(inp.vm_id, inp.port_id)
+            change = await network_steps.nic_change(inp.vm_id, inp.port_id)
             await network_steps.port_attached(inp.port_id, False)
-            await network_steps.detach_nic(inp.host_id, NicChange(inp.vm_id, nic))
+            await network_steps.detach_nic(inp.host_id, change)
             self._progress.advance("free")
             await network_steps.forget_port(inp.vm_id, inp.port_id)
             await network_steps.release_host(inp.host_id, VmRelease(inp.vm_id))

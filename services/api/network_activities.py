@@ -10,8 +10,8 @@ from temporalio import activity
 from services.api.network_models import NetworkState
 from services.api.network_store import NetworkStore
 from services.scheduler.client import SchedulerClient
-from shared.guest import NicRef, SeedSpec, VmSetup, VmSetupRequest
-from shared.networks import HostIds, NetworkOpInput, NicSpec, PortAttached
+from shared.guest import NicChange, NicRef, SeedSpec, VmSetup, VmSetupRequest
+from shared.networks import HostIds, NetworkOpInput, PortAttached
 
 
 class NetworkActivities:
@@ -21,7 +21,7 @@ class NetworkActivities:
 
     def all(self) -> list:
         return [self.vm_setup, self.network_active, self.forget_network, self.hosts_up, self.port_attached,
-                self.forget_port, self.nic_spec]
+                self.forget_port, self.nic_change]
 
     @activity.defn(name="inventory.vm_setup")
     async def vm_setup(self, req: VmSetupRequest) -> VmSetup:
@@ -62,7 +62,12 @@ class NetworkActivities:
         """Release the port's address. Idempotent."""
         await asyncio.to_thread(self._store.remove_port, ref.port_id)
 
-    @activity.defn(name="inventory.nic_spec")
-    async def nic_spec(self, ref: NicRef) -> NicSpec:
-        """The NIC as its host needs it, attached or not. Raises NotFound."""
-        return await asyncio.to_thread(self._store.nic_spec, ref.vm_id, ref.port_id)
+    @activity.defn(name="inventory.nic_change")
+    async def nic_change(self, ref: NicRef) -> NicChange:
+        """The NIC as its host needs it (attached or not) with its network's plumbing, every
+        port's DHCP entry included. Raises NotFound."""
+        return await asyncio.to_thread(self._nic_change, ref)
+
+    def _nic_change(self, ref: NicRef) -> NicChange:
+        nic = self._store.nic_spec(ref.vm_id, ref.port_id)
+        return NicChange(ref.vm_id, nic, (self._store.plumbing(nic.network_id),))

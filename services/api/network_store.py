@@ -185,15 +185,14 @@ class NetworkStore:
     def add_nic(self, vm: Vm, request: NicRequest) -> Port:
         """A port for a NIC to hot-plug, not attached yet. Same errors as ``add_vm``; Conflict
         when the VM has its most NICs already."""
-        def attempt(session: Session) -> Port:
+        def attempt(session: Session) -> str:
             slots = session.exec(select(Port.slot).where(Port.vm_id == vm.id)).all()
             if len(slots) >= MAX_NICS_PER_VM:
                 raise Conflict(f"VM '{vm.name}' has {len(slots)} NICs already; at most {MAX_NICS_PER_VM}")
             [port] = self._allocate(session, vm, [request], max(slots, default=-1) + 1, attached=False)
-            return port
+            return port.id  # the row itself expires with its session
 
-        port = self._retrying(attempt, "addresses are in high demand on this network; try again")
-        return self.port(port.id)
+        return self.port(self._retrying(attempt, "addresses are in high demand on this network; try again"))
 
     def port(self, port_id: str) -> Port:
         with Session(self._engine) as session:

@@ -117,3 +117,13 @@ def test_networks_are_per_tenant_and_get_distinct_vnis(store):
         networks.add_vm(_vm("x", tenant="t2"), [NicRequest(network_id=a.id)])
     plumbing = networks.plumbing(a.id)
     assert plumbing.vni == a.vni and plumbing.dhcp_address == "10.0.0.1" and plumbing.hosts == ()
+
+
+def test_a_hot_plugged_nic_gets_the_next_slot_and_address(store):
+    networks, _ = store
+    net = _network(networks)
+    vm = networks.add_vm(_vm("a"), [NicRequest(network_id=net.id)])
+    port = networks.add_nic(vm, NicRequest(network_id=net.id))
+    assert (port.slot, port.ip, port.attached) == (1, "10.0.0.3", False)
+    assert [n.port_id for n in networks.nic_specs(vm.id)] == [networks.nics_of([vm.id])[vm.id][0].id]
+    assert networks.nic_spec(vm.id, port.id).ip == "10.0.0.3"
