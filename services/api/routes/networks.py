@@ -32,8 +32,8 @@ async def create_network(body: NetworkCreate, response: Response, p: Platform = 
     Nothing is made on any host until a VM there needs the network."""
     subnet = parse_subnet(body.cidr, body.gateway, body.dhcp)
     row = Network(tenant=tenant, name=body.name, cidr=subnet.cidr, gateway=subnet.gateway, dhcp=body.dhcp, vni=0)
+    op_id = row.last_operation_id = network_workflow_id(row.id, "create")
     network = await asyncio.to_thread(p.network_store.add_network, row, subnet)
-    op_id = network_workflow_id(network.id, "create")
     try:
         return await start_operation(p, "CreateNetwork", NetworkOpInput(network.id, tenant, network.vni), op_id,
                                      network.id, response)

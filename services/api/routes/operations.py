@@ -18,10 +18,11 @@ from shared.models import OperationProgress
 
 router = APIRouter(prefix="/v1/operations", tags=["operations"])
 
-# vm-<id>-<action>[-<key>], the storage operations on images and volumes by name, and host
-# operations (host-<id>-maintenance, host-<id>-failover-<epoch>).
+# vm-<id>-<action>[-<key>], the storage operations on images and volumes by name, host
+# operations (host-<id>-maintenance, host-<id>-failover-<epoch>) and network-<id>-<action>.
 OPERATION_ID = re.compile(
-    r"^(vm-[0-9a-f-]{36}|volume-[A-Za-z0-9-]{1,63}|image-[A-Za-z0-9._-]{1,63}|host-[A-Za-z0-9-]{1,63})"
+    r"^(vm-[0-9a-f-]{36}|volume-[A-Za-z0-9-]{1,63}|image-[A-Za-z0-9._-]{1,63}|host-[A-Za-z0-9-]{1,63}"
+    r"|network-net-[0-9a-f]{12})"
     r"-[a-z]+(-[A-Za-z0-9-]{1,80})?$"
 )
 _STATES = {
