@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from deploy import stack
+from deploy import cli_networks, stack
+from deploy.cli_networks import parse_nic
 from deploy.client import ApiError, VmflowClient
 from shared.logging import configure_logging
 
@@ -107,10 +108,23 @@ def _api(fn):
 
 @vm_app.command("create")
 def vm_create(name: str, vcpus: int = 1, memory_mib: int = 128, disk_gib: int = 1,
-              image: str = stack.GUEST_IMAGE, storage: str = "shared", wait: bool = True) -> None:
-    """storage: 'shared' (the pool every host sees) or 'local' (the host's own pool)."""
+              image: str = stack.GUEST_IMAGE, storage: str = "shared",
+              network: list[str] = typer.Option([], help="a NIC on NETWORK_ID or NETWORK_ID=IP (repeat for more)"),
+              hostname: str = typer.Option(None, help="the guest's hostname (cloud-init seed)"),
+              user_data: Path = typer.Option(None, help="a cloud-init user-data file"),
+              ssh_key: list[Path] = typer.Option([], help="an SSH public key file (repeat for more)"),
+              wait: bool = True) -> None:
+    """storage: 'shared' (the pool every host sees) or 'local' (the host's own pool). A VM gets a
+    cloud-init seed when given a hostname, user-data or SSH keys."""
     client = _client()
-    accepted = _api(lambda: client.create_vm(name, vcpus, memory_mib, disk_gib, image, storage))
+    extra: dict = {"networks": [parse_nic(n) for n in network]}
+    if hostname:
+        extra["hostname"] = hostname
+    if user_data:
+        extra["user_data"] = user_data.read_text()
+    if ssh_key:
+        extra["ssh_authorized_keys"] = [k.read_text().strip() for k in ssh_key]
+    accepted = _api(lambda: client.create_vm(name, vcpus, memory_mib, disk_gib, image, storage, **extra))
     console.print(f"vm {accepted['vm']['id']}")
     _follow(client, accepted, wait)
 
@@ -163,6 +177,18 @@ def vm_migrate(vm_id: str, to: str = typer.Option(None, help="target host; defau
     _post_action(vm_id, "migrate", wait, body)
 
 
+@vm_app.command("console")
+def vm_console(vm_id: str,
+               retries: int = typer.Option(5, min=0, help="reconnects when the VM moves to another host"),
+               idle_exit_s: float = typer.Option(2.0, help="piped stdin: leave once the guest is quiet this long")) -> None:
+    """Attach to the VM's serial console (like virsh console); Ctrl-] leaves. With stdin not a
+    terminal, sends it and prints what the guest answers."""
+    from deploy import console_client
+
+    vm = _api(lambda: _client().call("GET", f"/v1/vms/{vm_id}"))
+    raise typer.Exit(console_client.attach(API_URL, vm_id, vm["name"], retries=retries, idle_exit_s=idle_exit_s))
+
+
 host_app = typer.Typer(no_args_is_help=True, help="Operate the fleet's hosts.")
 app.add_typer(host_app, name="host")
 
@@ -197,6 +223,9 @@ def host_list() -> None:
         table.add_row(h["id"], h["state"], h["liveness"], f"{h['used']['memory_mib']}/{h['capacity']['memory_mib']}",
                       h["state_reason"] or h["disabled_reason"])
     console.print(table)
+
+
+cli_networks.register(app, vm_app, _client, _api, _follow, console)
 
 
 @app.command("bench")

@@ -39,10 +39,11 @@ class VmflowClient:
         return response.json() if response.content else None
 
     def create_vm(self, name: str, vcpus: int, memory_mib: int, disk_gib: int, image: str,
-                  storage: str = "shared") -> dict:
+                  storage: str = "shared", **extra: Any) -> dict:
+        """``extra``: the other fields of a create (networks, hostname, user_data, ...)."""
         return self.call("POST", "/v1/vms", json={
             "name": name, "vcpus": vcpus, "memory_mib": memory_mib, "disk_gib": disk_gib, "image": image,
-            "storage": storage,
+            "storage": storage, **extra,
         })
 
     def wait_operation(self, op_id: str, timeout_s: float = 300.0,

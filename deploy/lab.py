@@ -238,6 +238,8 @@ def _prepare_host_dirs(host: LabHost, lab: Lab, shared: Sequence[Path]) -> None:
     root = host.root_dir
     for rel in PRIVATE_DIRS:
         (root / rel).mkdir(parents=True, exist_ok=True)
+    # /var/lock is /run/lock: libvirt locks a console's pty there (one session at a time).
+    (root / "run" / "lock").mkdir(exist_ok=True)
     etc = root / "etc/libvirt"
     shutil.copytree(
         "/etc/libvirt", etc, ignore=_skip_host_specific, symlinks=True, dirs_exist_ok=True

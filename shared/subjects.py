@@ -32,3 +32,26 @@ def op_event(tenant: str, op_id: str, event_type: str) -> str:
 
 def volume_event(pool: str, volume: str, event_type: str) -> str:
     return f"{EVENTS_ROOT}.volume.{_token(pool)}.{_token(volume)}.{_token(event_type)}"
+
+
+# -- the interactive serial console (shared/console.py has the protocol) ------------------------
+
+CONSOLE_SERVICE = "vmflow-console"
+CONSOLE_PREFIX = "vmflow.console"
+
+
+def console_host_group(host_id: str) -> str:
+    """The host-worker's console endpoints, e.g. ``vmflow.console.h1``."""
+    return f"{CONSOLE_PREFIX}.{_token(host_id)}"
+
+
+def console_open(host_id: str) -> str:
+    return f"{console_host_group(host_id)}.open"
+
+
+def console_output(session_id: str) -> str:
+    return f"{CONSOLE_PREFIX}.session.{_token(session_id)}.out"
+
+
+def console_input(session_id: str) -> str:
+    return f"{CONSOLE_PREFIX}.session.{_token(session_id)}.in"

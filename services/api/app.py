@@ -18,6 +18,7 @@ from services.api.network_store import NetworkStore
 from services.api.platform import Platform
 from services.api.reality import RealityFollower, follow_host_reports, follow_lifecycle
 from services.api.routes import (
+    console,
     events,
     health,
     hosts,
@@ -102,6 +103,6 @@ def create_app(settings: ApiSettings) -> FastAPI:
     install_error_handlers(app)
     for router in (vms.router, nics.router, networks.router, placement_groups.router, hosts.router,
                    operations.router, images.router, pools.router, volumes.router, snapshots.router, events.router,
-                   health.router):
+                   health.router, console.router):
         app.include_router(router)
     return app

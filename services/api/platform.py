@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from fastapi import Header, Request
 from nats.aio.client import Client as NatsClient
+from starlette.requests import HTTPConnection
 from temporalio.client import Client as TemporalClient
 
 from services.api.db import Inventory
@@ -37,11 +38,12 @@ def get_platform(request: Request) -> Platform:
 _TENANT_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
-def current_tenant(request: Request, x_vmflow_tenant: str | None = Header(default=None)) -> str:
-    """The tenant a request acts for: the X-Vmflow-Tenant header, else the configured default.
-    Authentication (tokens scoped to a tenant) will replace the header."""
+def current_tenant(connection: HTTPConnection, x_vmflow_tenant: str | None = Header(default=None)) -> str:
+    """The tenant a request (or a websocket) acts for: the X-Vmflow-Tenant header, else the
+    configured default. Authentication (tokens scoped to a tenant) will replace the header.
+    Raises InvalidRequest for a malformed tenant name."""
     if x_vmflow_tenant is None:
-        return get_platform(request).settings.default_tenant
+        return connection.app.state.platform.settings.default_tenant
     if not _TENANT_PATTERN.fullmatch(x_vmflow_tenant):
         raise InvalidRequest("X-Vmflow-Tenant: 1-63 lower-case letters, digits or '-'")
     return x_vmflow_tenant

@@ -6,13 +6,18 @@ import asyncio
 import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 
 import structlog
 from temporalio.worker import Worker
 
 from services.host_worker.activities import HostActivities
+from services.host_worker.console_sessions import ConsoleSessions
+from services.host_worker.guest_activities import GuestActivities
+from services.host_worker.guest_setup import GuestSetup, keep_reconciled
 from services.host_worker.hypervisor import Hypervisor, LifecycleEvent
-from services.host_worker.peers import PeerProbe, follow_peers
+from services.host_worker.peers import PeerProbe, follow_peers, libvirt_address
+from services.host_worker.plumbing import NetworkPlumber
 from services.host_worker.reporting import forward_lifecycle, heartbeat_loop
 from services.host_worker.settings import HostWorkerSettings
 from shared import subjects
@@ -28,6 +33,14 @@ from shared.messaging import (
 from shared.temporal import ActivityContext, connect_temporal
 
 log = structlog.get_logger("services.host_worker")
+
+
+def overlay_address(settings: HostWorkerSettings) -> str:
+    """This host's end of the VXLAN tunnels: configured, or where its libvirtd listens for peers."""
+    if settings.overlay_address:
+        return settings.overlay_address
+    address = libvirt_address(settings.migration_uri)
+    return address[0] if address else "127.0.0.1"
 
 
 def resolve_domain_type(setting: str) -> str:
@@ -56,6 +69,10 @@ async def main(settings: HostWorkerSettings) -> None:
     kv = await heartbeat_bucket(js, settings.heartbeat_bucket)
     events = EventPublisher(js, f"host-worker/{settings.host_id}")
     host = HostActivities(settings, hv, domain_type, events)
+    peers = PeerProbe(settings.host_id, settings.peer_probe_timeout_s)
+    plumber = NetworkPlumber(settings.netns_prefix, overlay_address(settings), Path(settings.network_state_dir))
+    guest_setup = GuestSetup(hv, plumber, settings.seed_dir, peers.addresses)
+    guests = GuestActivities(hv, guest_setup)
     await events.publish(subjects.host_event(settings.host_id, "registered"),
                          {"host_id": settings.host_id, "domain_type": domain_type})
 
@@ -76,18 +93,21 @@ async def main(settings: HostWorkerSettings) -> None:
             host.detach_disk,
             host.migrate_domain,
             host.evict_domain,
+            *guests.all(),
         ],
         interceptors=[ActivityContext(heartbeat_every_s=2.0, reporting=("host.migrate_domain",))],
         # Send heartbeats at least every 5 s rather than at 80% of the timeout, so a host busy
         # booting guests still reports long before the server gives up on it.
         max_heartbeat_throttle_interval=timedelta(seconds=5),
     )
-    peers = PeerProbe(settings.host_id, settings.peer_probe_timeout_s)
+    consoles = ConsoleSessions(nc, hv, settings.host_id, settings.console_dir)
+    await consoles.start()
     tasks = [
         asyncio.create_task(follow_peers(kv, peers, settings.heartbeat_interval_s)),
         asyncio.create_task(heartbeat_loop(settings, hv, kv, events, domain_type, peers)),
         asyncio.create_task(forward_lifecycle(settings, hv, host, lifecycle, events)),
         asyncio.create_task(worker.run()),
+        asyncio.create_task(keep_reconciled(guest_setup, settings.peer_sync_interval_s)),
     ]
     log.info("host-worker ready", uri=settings.libvirt_uri, domain_type=domain_type)
     try:
@@ -96,6 +116,7 @@ async def main(settings: HostWorkerSettings) -> None:
         await worker.shutdown()
         for task in tasks:
             task.cancel()
+        await consoles.stop()
         await nc.drain()
         hv.close()
 

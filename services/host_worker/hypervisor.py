@@ -6,6 +6,7 @@ are translated here, once, into ``shared.errors`` types.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -20,20 +21,26 @@ from services.host_worker.domain_xml import (
     disk_sources,
     domain_name,
     free_disk_target,
+    interface_bridges,
+    interface_macs,
+    interface_xml,
     metadata_fields,
     target_of,
     with_disk_sources,
 )
 from services.host_worker.migration import CompletedMigration
 from shared.errors import (
+    Conflict,
     HostUnavailable,
     HypervisorError,
     InvalidRequest,
     NotFound,
+    Timeout,
     VmflowError,
 )
 from shared.migration import MigrationProgress
 from shared.models import DomainSummary
+from shared.networks import NicSpec
 
 log = structlog.get_logger(__name__)
 
@@ -366,6 +373,69 @@ class Hypervisor:
         except libvirt.libvirtError as exc:
             raise translate(exc) from exc
 
+    # -- NICs ---------------------------------------------------------------------------------------
+
+    def _nic_maps(self, dom: libvirt.virDomain) -> tuple[bool, set[str], set[str]]:
+        """(running, MACs in the definition, MACs in the running guest)."""
+        running = bool(dom.isActive())
+        persistent = interface_macs(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        live = interface_macs(dom.XMLDesc(0)) if running else set()
+        return running, persistent, live
+
+    def attach_interface(self, vm_id: str, nic: NicSpec) -> None:
+        """Plug the NIC into the running guest and the definition (only the definition while
+        stopped). Already plugged is fine. Raises NotFound, HypervisorError."""
+        dom = self._require(vm_id)
+        try:
+            running, persistent, live = self._nic_maps(dom)
+            flags = 0 if nic.mac.lower() in persistent else libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            if running and nic.mac.lower() not in live:
+                flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+            if flags:
+                dom.attachDeviceFlags(interface_xml(nic), flags)
+        except libvirt.libvirtError as exc:
+            raise translate(exc) from exc
+        log.info("NIC plugged", vm_id=vm_id, mac=nic.mac, bridge=nic.bridge, live=running)
+
+    def detach_interface(self, vm_id: str, nic: NicSpec) -> None:
+        """Remove the NIC from the definition and ask the running guest to let go of it (done
+        when the guest agrees: see ``has_live_interface``). Absent is fine."""
+        dom = self._lookup(vm_id)
+        if dom is None:
+            return
+        try:
+            running, persistent, live = self._nic_maps(dom)
+            if nic.mac.lower() in persistent:
+                dom.detachDeviceFlags(interface_xml(nic), libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+            if running and nic.mac.lower() in live:
+                dom.detachDeviceFlags(interface_xml(nic), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        except libvirt.libvirtError as exc:
+            raise translate(exc) from exc
+        log.info("NIC unplug asked", vm_id=vm_id, mac=nic.mac, live=running)
+
+    def has_live_interface(self, vm_id: str, mac: str) -> bool:
+        dom = self._lookup(vm_id)
+        try:
+            return dom is not None and bool(dom.isActive()) and mac.lower() in interface_macs(dom.XMLDesc(0))
+        except libvirt.libvirtError as exc:
+            raise translate(exc) from exc
+
+    def bridges_in_use(self) -> set[str]:
+        """Every bridge a domain on this host is plugged into, running or only defined."""
+        bridges: set[str] = set()
+        try:
+            for dom in self.connection().listAllDomains():
+                try:
+                    bridges |= interface_bridges(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+                    if dom.isActive():
+                        bridges |= interface_bridges(dom.XMLDesc(0))
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                        raise
+        except libvirt.libvirtError as exc:
+            raise translate(exc) from exc
+        return bridges
+
     # -- migration ------------------------------------------------------------------------------
 
     def migrate_live(self, vm_id: str, dest_uri: str, *, disk_moves: dict[str, str] | None = None,
@@ -514,6 +584,46 @@ class Hypervisor:
                 raise translate(exc) from exc
         log.info("job aborted", vm_id=vm_id)
 
+    # -- serial console (a libvirt stream; see ConsoleStream) ------------------------------------
+
+    def open_console(self, vm_id: str, loop: asyncio.AbstractEventLoop, on_output: Callable[[bytes], None],
+                     on_end: Callable[[str], None]) -> ConsoleStream:
+        """Attach to the running domain's console (serial port 0) as a non-blocking stream on
+        the shared connection. ``on_output`` gets each chunk the guest writes, ``on_end`` is
+        called once when the stream ends by itself ("" at its end, else libvirt's error), both
+        on ``loop``. VIR_DOMAIN_CONSOLE_SAFE: refused while any other client (a second session,
+        a ``virsh console``) holds the console. The caller closes the stream. Raises NotFound,
+        Conflict (not running, or the console is taken), HostUnavailable, HypervisorError."""
+        dom = self._require(vm_id)
+        try:
+            stream = self.connection().newStream(libvirt.VIR_STREAM_NONBLOCK)
+        except libvirt.libvirtError as exc:
+            raise translate(exc) from exc
+        console = ConsoleStream(stream, loop, on_output, on_end)
+        try:
+            dom.openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_SAFE)
+            console.watch()
+        except libvirt.libvirtError as exc:
+            console.close()
+            raise _console_error(exc, vm_id) from exc
+        log.info("console opened", vm_id=vm_id)
+        return console
+
+    def state_and_reason(self, vm_id: str) -> tuple[str, str]:
+        """(state, why it is shut off: "migrated", "destroyed", ... or ""); ("absent", "") for
+        a domain not defined here."""
+        dom = self._lookup(vm_id)
+        if dom is None:
+            return "absent", ""
+        try:
+            state, reason = dom.state()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return "absent", ""
+            raise translate(exc) from exc
+        shutoff_reason = _SHUTOFF_REASONS.get(reason, "") if state == libvirt.VIR_DOMAIN_SHUTOFF else ""
+        return _STATE_NAMES.get(state, "unknown"), shutoff_reason
+
 
 # -- migration (pure) ---------------------------------------------------------------------------
 
@@ -585,3 +695,113 @@ def completed_from_job_stats(stats: dict[str, int]) -> CompletedMigration:
 def _migration_error(exc: libvirt.libvirtError, vm_id: str, dest_uri: str) -> VmflowError:
     translated = translate(exc)
     return type(translated)(f"migrating {domain_name(vm_id)} to {dest_uri}: {translated.message}")
+
+
+# -- serial console streams ------------------------------------------------------------------------
+
+_CONSOLE_CHUNK = 64 * 1024
+_CONSOLE_SEND_TIMEOUT_S = 5.0
+
+
+def _console_error(exc: libvirt.libvirtError, vm_id: str) -> VmflowError:
+    code = exc.get_error_code()
+    if code == libvirt.VIR_ERR_OPERATION_INVALID:  # "domain is not running"
+        return Conflict(f"{domain_name(vm_id)} is not running")
+    if code == libvirt.VIR_ERR_OPERATION_FAILED:  # "Active console session exists for this domain"
+        return Conflict(f"a console session is already open for this VM ({exc.get_error_message()})")
+    return translate(exc)
+
+
+class ConsoleStream:
+    """One open console. Output is read on libvirt's event thread, as it becomes readable, and
+    handed to asyncio with ``call_soon_threadsafe``; ``write`` and ``close`` block (run them in
+    a thread). The stream ends once: ``on_end`` is never called after ``close``."""
+
+    _EVENTS = libvirt.VIR_STREAM_EVENT_READABLE | libvirt.VIR_STREAM_EVENT_ERROR | libvirt.VIR_STREAM_EVENT_HANGUP
+
+    def __init__(self, stream: libvirt.virStream, loop: asyncio.AbstractEventLoop,
+                 on_output: Callable[[bytes], None], on_end: Callable[[str], None]) -> None:
+        self._stream = stream
+        self._loop = loop
+        self._on_output = on_output
+        self._on_end = on_end
+        self._lock = threading.Lock()
+        self._watching = False
+        self._ended = False  # by the stream itself (end of file, error) or by close()
+        self._at_eof = False
+        self._closed = False
+
+    def watch(self) -> None:
+        self._stream.eventAddCallback(self._EVENTS, self._on_event, None)
+        self._watching = True
+
+    def _on_event(self, stream: libvirt.virStream, events: int, _opaque: object) -> None:
+        # libvirt's event thread: read what is there, never block.
+        if self._ended:
+            return
+        while True:
+            try:
+                data = stream.recv(_CONSOLE_CHUNK)
+            except libvirt.libvirtError as exc:
+                self._end(translate(exc).message)
+                return
+            if data == -2:  # nothing more for now
+                break
+            if not data:
+                self._end("", at_eof=True)
+                return
+            self._loop.call_soon_threadsafe(self._on_output, data)
+        if events & (libvirt.VIR_STREAM_EVENT_ERROR | libvirt.VIR_STREAM_EVENT_HANGUP):
+            self._end("the console stream hung up" if events & libvirt.VIR_STREAM_EVENT_HANGUP
+                      else "the console stream failed")
+
+    def _end(self, message: str, at_eof: bool = False) -> None:
+        with self._lock:
+            if self._ended:
+                return
+            self._ended, self._at_eof = True, at_eof
+        self._unwatch()
+        self._loop.call_soon_threadsafe(self._on_end, message)
+
+    def _unwatch(self) -> None:
+        if self._watching:
+            self._watching = False
+            try:
+                self._stream.eventRemoveCallback()
+            except libvirt.libvirtError:
+                pass
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` to the guest. Raises Conflict once the stream has ended, Timeout when
+        libvirt takes none of it for a while, HostUnavailable or HypervisorError."""
+        view = memoryview(data)
+        deadline = time.monotonic() + _CONSOLE_SEND_TIMEOUT_S
+        while view:
+            if self._ended:
+                raise Conflict("the console session has ended")
+            try:
+                sent = self._stream.send(bytes(view))
+            except libvirt.libvirtError as exc:
+                raise translate(exc) from exc
+            if sent == -2:  # the stream is full: the guest reads slowly
+                if time.monotonic() > deadline:
+                    raise Timeout(f"the guest took no console input for {_CONSOLE_SEND_TIMEOUT_S:g} s")
+                time.sleep(0.01)
+                continue
+            view = view[sent:]
+
+    def close(self) -> None:
+        """Release the console (finish a stream at its end, abort one still open) so another
+        session may open it. Idempotent; never raises."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed, self._ended = True, True
+        self._unwatch()
+        try:
+            if self._at_eof:
+                self._stream.finish()
+            else:
+                self._stream.abort()
+        except libvirt.libvirtError:
+            pass  # the stream failed already: nothing left to release

@@ -31,7 +31,13 @@ import structlog
 
 from services.host_worker import plumbing_config as cfg
 from shared.errors import NetworkError
-from shared.networks import NetworkPlumbing, bridge_name, dhcp_link_name, dhcp_namespace, vxlan_name
+from shared.networks import (
+    NetworkPlumbing,
+    bridge_name,
+    dhcp_link_name,
+    dhcp_namespace,
+    vxlan_name,
+)
 
 log = structlog.get_logger(__name__)
 

@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.errors import InvalidRequest
-from shared.networks import DhcpHost, NetworkPlumbing, bridge_name, dhcp_link_name, vxlan_name
+from shared.networks import (
+    DhcpHost,
+    NetworkPlumbing,
+    bridge_name,
+    dhcp_link_name,
+    vxlan_name,
+)
 
 Command = tuple[str, ...]
 

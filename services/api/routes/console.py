@@ -15,13 +15,13 @@ import contextlib
 import uuid
 
 import structlog
-from fastapi import APIRouter, WebSocket
+from fastapi import APIRouter, Depends, WebSocket
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from services.api.platform import Platform
+from services.api.platform import Platform, current_tenant
 from shared import codec, subjects
 from shared.console import (
     FRAME_HEADER,
@@ -108,11 +108,10 @@ class HostConsole:
 
 
 @router.websocket("/{vm_id}/console")
-async def vm_console(websocket: WebSocket, vm_id: str) -> None:
+async def vm_console(websocket: WebSocket, vm_id: str, tenant: str = Depends(current_tenant)) -> None:
     """Attach to the VM's serial console (one session per VM at a time)."""
     p: Platform = websocket.app.state.platform
     config: ConsoleConfig = getattr(websocket.app.state, "console_config", _DEFAULT_CONFIG)
-    tenant = websocket.headers.get("x-vmflow-tenant") or p.settings.default_tenant
     await websocket.accept()  # before any close: a close before accepting reaches clients as HTTP 403
     try:
         console = await _open(p, vm_id, tenant)

@@ -8,7 +8,11 @@ from fastapi import APIRouter, Depends, Response
 
 from services.api.guest_config import NicPublic, NicRequest
 from services.api.platform import Platform, current_tenant, get_platform
-from services.api.storage_models import StorageOperationAccepted, require_state, start_operation
+from services.api.storage_models import (
+    StorageOperationAccepted,
+    require_state,
+    start_operation,
+)
 from shared.guest import NicOpInput
 from shared.models import VmState
 from shared.names import nic_workflow_id
