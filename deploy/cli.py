@@ -238,7 +238,9 @@ def bench(what: str = typer.Argument("provision"), count: int = typer.Option(5, 
     run. placement: the scheduler at 100 to 10,000 mock hosts vs a bare NATS echo (no stack).
     migration: live migration through the platform vs a bare libvirt migration, same run.
     failover: a host's power pulled (or link cut) to its HA guest's boot marker elsewhere, by
-    phase, vs the same guest booted directly through libvirt, same run."""
+    phase, vs the same guest booted directly through libvirt, same run. network: round trip and
+    TCP throughput between two guests on different hosts through the overlay vs the two hosts
+    directly over their link, same run."""
     from deploy import bench as bench_module
 
     if what == "placement":
@@ -258,8 +260,13 @@ def bench(what: str = typer.Argument("provision"), count: int = typer.Option(5, 
 
         bench_failover.run_failover_bench(run_dir.resolve(), count, cut, console.print)
         return
+    if what == "network":
+        from deploy import bench_network
+
+        bench_network.run_network_bench(run_dir.resolve(), count, console.print)
+        return
     if what != "provision":
-        raise typer.BadParameter("'provision', 'placement', 'migration' or 'failover'")
+        raise typer.BadParameter("'provision', 'placement', 'migration', 'failover' or 'network'")
     bench_module.run_provision_bench(run_dir.resolve(), count, memory_mib, console.print)
 
 

@@ -26,9 +26,17 @@ class LibvirtProbe:
         result = self.virsh(host_id, "domstate", vm_id, check=False)
         return result.stdout.strip() if result.returncode == 0 else "absent"
 
-    def console_path(self, host_id: str, vm_id: str) -> Path:
+    def _serial(self, host_id: str, vm_id: str, port: str) -> ET.Element:
         root = ET.fromstring(self.virsh(host_id, "dumpxml", vm_id).stdout)
-        return Path(root.find("devices/serial/source").get("path"))
+        return next(s for s in root.findall("devices/serial") if s.find("target").get("port") == port)
+
+    def console_path(self, host_id: str, vm_id: str) -> Path:
+        """The log of the VM's interactive console (ttyS0, a pty)."""
+        return Path(self._serial(host_id, vm_id, "0").find("log").get("file"))
+
+    def guest_log_path(self, host_id: str, vm_id: str) -> Path:
+        """The file behind the VM's second serial port (ttyS1), where the lab guest counts."""
+        return Path(self._serial(host_id, vm_id, "1").find("source").get("path"))
 
     def disk_path(self, host_id: str, vm_id: str) -> Path:
         root = ET.fromstring(self.virsh(host_id, "dumpxml", vm_id).stdout)

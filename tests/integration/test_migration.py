@@ -67,7 +67,7 @@ def test_a_running_guest_moves_h1_h2_h3_without_a_reboot(stack_cfg, api, probe, 
     tap = EventTap(stack_cfg.api_url)
     vm = provision(api)
     cleanup.append(vm["id"])
-    console = probe.console_path(vm["host_id"], vm["id"])
+    console = probe.guest_log_path(vm["host_id"], vm["id"])
     route = [h for h in ("h1", "h2", "h3") if h != vm["host_id"]] + [vm["host_id"]]
     for target in route:
         before = counters(console.read_text(errors="replace"))
@@ -143,7 +143,7 @@ def test_a_migration_outlives_a_crash_of_its_source_worker(stack_cfg, api, probe
     cleanup.append(vm["id"])
     source = vm["host_id"]
     target = next(h for h in ("h1", "h2", "h3") if h != source)
-    console = probe.console_path(source, vm["id"])
+    console = probe.guest_log_path(source, vm["id"])
     accepted = api.call("POST", f"/v1/vms/{vm['id']}/migrate",
                         json={"target_host_id": target, "completion_timeout_s": 600, "bandwidth_mib_s": 2})
     op_id = accepted["operation_id"]
@@ -168,7 +168,7 @@ def test_a_fast_dirtying_guest_converges_through_the_policy_or_is_aborted_in_tim
     vm = provision(api, image="lab-guest-dirty", memory_mib=256)
     cleanup.append(vm["id"])
     source = vm["host_id"]
-    console = probe.console_path(source, vm["id"])
+    console = probe.guest_log_path(source, vm["id"])
 
     def keeps_counting(why: str) -> None:
         after = counters(console.read_text(errors="replace"))[-1]

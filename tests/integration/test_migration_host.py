@@ -25,7 +25,7 @@ from temporalio.testing import ActivityEnvironment
 
 from deploy import lab, stack
 from services.host_worker.activities import HostActivities
-from services.host_worker.domain_xml import build_domain_xml, console_path
+from services.host_worker.domain_xml import build_domain_xml, serial_log_path
 from services.host_worker.hypervisor import Hypervisor
 from services.host_worker.settings import HostWorkerSettings
 from services.storage.catalog import ImageCatalog
@@ -134,7 +134,7 @@ def running_guest(stack_cfg, sides, image_name: str, memory_mib: int, start: boo
                     str(disk), "1G"], check=True)
     spec = DomainSpec(vm_id=vm_id, vm_name=f"mig-{vm_id[:6]}", tenant="migration-test", vcpus=1,
                       memory_mib=memory_mib, disk_path=str(disk), domain_type="qemu", boot=image.boot)
-    watch = ConsoleWatch(Path(console_path(str(files), vm_id)))
+    watch = ConsoleWatch(Path(serial_log_path(str(files), vm_id)))
     try:
         sides["h1"].hv.define(build_domain_xml(spec, str(files)))
         if start:

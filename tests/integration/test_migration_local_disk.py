@@ -49,7 +49,7 @@ def test_a_local_disk_moves_with_its_vm_live_and_cold(stack_cfg, api, probe, cle
     power(api, vm["id"], "stop")
     qemu_io(pool_disk(home), "write -P {} {} {}".format(*PATTERN))
     power(api, vm["id"], "start")
-    console = probe.console_path(home, vm["id"])
+    console = probe.guest_log_path(home, vm["id"])
     wait_until(lambda: counters(console.read_text(errors="replace")), 60, what="the guest to count")
 
     # Live: the guest keeps counting, its disk is now on the target's pool and only there.

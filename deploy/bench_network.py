@@ -1,0 +1,160 @@
+"""Network throughput and latency: two guests on different hosts talking through the overlay
+(bridge, VXLAN, bridge), next to the same two hosts talking directly over their link, same run.
+
+Per trial, interleaved so both see the same machine noise:
+- round trip: 20 pings 0.2 s apart, guest to guest (typed into the guest's console) and host to
+  host (busybox ping in the host's network namespace); p50 of the answers' times;
+- TCP throughput: MIB_PER_TRANSFER MiB of zeros piped into nc, guest to guest (the lab guest's
+  listener on port 5001) and host to host (a listener started in the peer's namespace).
+The guests are TCG-emulated, so their absolute figures are far below the hosts'; the ratio says
+what the path costs. The VMs and the network are deleted afterwards, whatever happened.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from statistics import median
+
+from deploy import lab
+from deploy.bench import BenchError, _running_stack
+from deploy.client import VmflowClient
+from deploy.console_driver import ConsoleDriver
+
+PINGS = 20
+MIB_PER_TRANSFER = 8
+GUEST_LISTEN_PORT = 5001
+HOST_LISTEN_PORT = 5002
+_PING_TIME = re.compile(r"time=([\d.]+) ms")
+_DD_SECONDS = re.compile(r"copied, ([\d.]+) s")
+
+
+@dataclass(frozen=True)
+class PathFigures:
+    rtt_ms: list[float]
+    throughput_mib_s: list[float]
+
+
+def _ping_times(output: str) -> list[float]:
+    return [float(t) for t in _PING_TIME.findall(output)]
+
+
+def _guest_rtt(console: ConsoleDriver, peer_ip: str) -> list[float]:
+    return _ping_times(console.run(f"ping -c {PINGS} -i 0.2 -W 1 {peer_ip}", timeout_s=PINGS * 0.2 + 30))
+
+
+def _guest_throughput(console: ConsoleDriver, peer_ip: str) -> float:
+    """MiB/s of a TCP transfer from this guest to the peer's listener (dd's own clock)."""
+    out = console.run(f"dd if=/dev/zero bs=64k count={MIB_PER_TRANSFER * 16} | nc {peer_ip} {GUEST_LISTEN_PORT}",
+                      timeout_s=180)
+    found = _DD_SECONDS.search(out)
+    if not found:
+        raise BenchError(f"no transfer time in the guest's answer: {out[-300:]!r}")
+    return MIB_PER_TRANSFER / max(float(found.group(1)), 1e-6)
+
+
+def _in_host(namespace: str, *argv: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", namespace, *argv], capture_output=True, text=True, **kwargs)
+
+
+def _host_rtt(source: lab.LabHost, target: lab.LabHost) -> list[float]:
+    out = _in_host(source.namespace, "busybox", "ping", "-c", str(PINGS), "-i", "0.2", "-W", "1", target.address,
+                   timeout=PINGS * 0.2 + 30).stdout
+    return _ping_times(out)
+
+
+def _host_throughput(source: lab.LabHost, target: lab.LabHost) -> float:
+    listener = subprocess.Popen(["ip", "netns", "exec", target.namespace, "busybox", "nc", "-l", "-p",
+                                 str(HOST_LISTEN_PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)
+        started = time.perf_counter()
+        _in_host(source.namespace, "sh", "-c", f"busybox dd if=/dev/zero bs=64k count={MIB_PER_TRANSFER * 16} "
+                 f"2>/dev/null | busybox nc {target.address} {HOST_LISTEN_PORT}", timeout=60, check=True)
+        return MIB_PER_TRANSFER / (time.perf_counter() - started)
+    finally:
+        listener.kill()
+        listener.wait(5)
+
+
+def _create_pair(client: VmflowClient, say) -> tuple[dict, list[dict], dict]:
+    suffix = uuid.uuid4().hex[:6]
+    accepted = client.call("POST", "/v1/networks", json={"name": f"bench-{suffix}", "cidr": "10.99.0.0/24"})
+    network = client.call("GET", f"/v1/networks/{accepted['target']}")
+    group = client.call("POST", "/v1/placement-groups", json={"name": f"bench-{suffix}", "policy": "anti-affinity"})
+    made = [client.create_vm(f"bench-net-{i}-{suffix}", 1, 128, 1, "lab-guest", hostname=f"bench{i}",
+                             networks=[{"network_id": network["id"]}], placement_group_id=group["id"])
+            for i in (1, 2)]
+    vms = []
+    for accepted_vm in made:
+        op = client.wait_operation(accepted_vm["operation_id"], timeout_s=240)
+        if op["state"] != "succeeded":
+            raise BenchError(f"provisioning failed: {op['error']}")
+        vms.append(client.call("GET", f"/v1/vms/{accepted_vm['vm']['id']}"))
+    say(f"guests {vms[0]['name']} on {vms[0]['host_id']} and {vms[1]['name']} on {vms[1]['host_id']}, "
+        f"network {network['cidr']} (VNI {network['vni']})")
+    return network, vms, group
+
+
+def _remove(client: VmflowClient, network: dict | None, vms: list[dict], group: dict | None) -> None:
+    for vm in vms:
+        client.wait_operation(client.call("DELETE", f"/v1/vms/{vm['id']}")["operation_id"], timeout_s=120)
+    if network:
+        client.wait_operation(client.call("DELETE", f"/v1/networks/{network['id']}")["operation_id"], timeout_s=60)
+    if group:
+        client.call("DELETE", f"/v1/placement-groups/{group['id']}")
+
+
+def _wait_addressed(console: ConsoleDriver, ip: str, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if f"inet {ip}/" in console.run("ip -4 -o addr show eth0", timeout_s=20):
+            return
+        time.sleep(1)
+    raise BenchError(f"the guest never got {ip}")
+
+
+def run_network_bench(run_dir, count: int, say=print) -> tuple[PathFigures, PathFigures]:
+    cfg = _running_stack(run_dir)
+    the_lab = lab.load_lab(cfg.lab_name, cfg.root / "lab")
+    hosts = {h.host_id: h for h in the_lab.hosts}
+    client = VmflowClient(cfg.api_url)
+    network, vms, group = None, [], None
+    overlay, direct = PathFigures([], []), PathFigures([], [])
+    try:
+        network, vms, group = _create_pair(client, say)
+        source, target = hosts[vms[0]["host_id"]], hosts[vms[1]["host_id"]]
+        peer_ip = vms[1]["nics"][0]["ip"]
+        with ConsoleDriver.for_vm(cfg.api_url, vms[0]["id"]) as console:
+            _wait_addressed(console, vms[0]["nics"][0]["ip"])
+            _guest_rtt(console, peer_ip)  # warm-up: ARP, the bridges' learning
+            for trial in range(1, count + 1):
+                overlay.rtt_ms.extend(_guest_rtt(console, peer_ip))
+                direct.rtt_ms.extend(_host_rtt(source, target))
+                overlay.throughput_mib_s.append(_guest_throughput(console, peer_ip))
+                direct.throughput_mib_s.append(_host_throughput(source, target))
+                say(f"trial {trial}: rtt p50 {median(overlay.rtt_ms):.2f} ms overlay / {median(direct.rtt_ms):.3f} ms "
+                    f"direct; TCP {overlay.throughput_mib_s[-1]:.1f} / {direct.throughput_mib_s[-1]:.1f} MiB/s")
+    finally:
+        _remove(client, network, vms, group)
+        client.close()
+    _report(overlay, direct, say)
+    return overlay, direct
+
+
+def _report(overlay: PathFigures, direct: PathFigures, say) -> None:
+    if not overlay.rtt_ms or not direct.rtt_ms:
+        raise BenchError("no round trips measured")
+    rows = [
+        ("round trip p50 (ms)", median(overlay.rtt_ms), median(direct.rtt_ms)),
+        ("round trip max (ms)", max(overlay.rtt_ms), max(direct.rtt_ms)),
+        (f"TCP, {MIB_PER_TRANSFER} MiB, p50 (MiB/s)", median(overlay.throughput_mib_s),
+         median(direct.throughput_mib_s)),
+    ]
+    say(f"{'':32}{'guests via overlay':>20}{'hosts direct':>16}{'ratio':>10}")
+    for name, guest, host in rows:
+        say(f"{name:32}{guest:>20.3f}{host:>16.3f}{guest / host:>10.2f}")
+    say(f"({len(overlay.rtt_ms)} pings and {len(overlay.throughput_mib_s)} transfers per path)")
