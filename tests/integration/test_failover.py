@@ -18,6 +18,7 @@ from temporalio.client import Client
 
 from deploy import processes, stack
 from deploy.client import ApiError
+from deploy.console_driver import ConsoleDriver
 from tests.integration.event_tap import EventTap
 from tests.integration.failover_lab import (
     DoubleRunWatcher,
@@ -31,6 +32,11 @@ from tests.integration.failover_lab import (
     set_link,
 )
 from tests.integration.libvirt_probe import wait_until
+from tests.integration.test_networks import (
+    create_network,
+    delete_network,
+    guest_address,
+)
 
 
 def qemu_pid(vm_id: str) -> int:
@@ -97,8 +103,10 @@ def test_a_guest_stopped_or_defined_outside_vmflow(stack_cfg, api, probe, cleanu
         tap.close()
 
 
-def test_host_power_loss_fails_ha_vms_over_and_the_host_comes_back_clean(stack_cfg, api, probe, cleanup):
-    ha = provision_on(api, "h3", ha=True, restart_priority=10)
+def test_host_power_loss_fails_ha_vms_over_and_the_host_comes_back_clean(stack_cfg, api, probe, failover_network,
+                                                                           cleanup):  # VMs go before the network
+    # The HA VM has a NIC: its address must be the same on its new host, as the guest sees it.
+    ha = provision_on(api, "h3", ha=True, restart_priority=10, networks=[{"network_id": failover_network}])
     plain = provision_on(api, "h3")
     cleanup.extend([ha["id"], plain["id"]])
     before = console_boots(stack_cfg, ha["id"])
@@ -113,6 +121,9 @@ def test_host_power_loss_fails_ha_vms_over_and_the_host_comes_back_clean(stack_c
         assert moved["state"] == "running" and moved["host_id"] in ("h1", "h2")
         assert probe.where(ha["id"]) == [moved["host_id"]]
         assert console_boots(stack_cfg, ha["id"]) > before  # it booted again over there
+        assert moved["nics"] == ha["nics"]
+        with ConsoleDriver.for_vm(stack_cfg.api_url, ha["id"]) as console:
+            assert guest_address(console) == ha["nics"][0]["ip"]
         left = vm_view(api, plain["id"])
         assert left["state"] == "error" and left["host_id"] == "h3" and "not HA" in left["error"]
         assert host_state(api, "h3") == "fenced"
@@ -128,6 +139,13 @@ def test_host_power_loss_fails_ha_vms_over_and_the_host_comes_back_clean(stack_c
     op = api.wait_operation(api.call("POST", f"/v1/vms/{plain['id']}/start")["operation_id"], timeout_s=120)
     assert op["state"] == "succeeded", op
     assert probe.where(plain["id"]) == ["h3"]
+
+
+@pytest.fixture
+def failover_network(api):
+    network = create_network(api, "10.49.0.0/24")
+    yield network["id"]
+    delete_network(api, network["id"])
 
 
 def test_a_partitioned_host_is_fenced_before_its_vms_run_elsewhere(stack_cfg, api, probe, cleanup):
