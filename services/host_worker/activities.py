@@ -16,7 +16,7 @@ import structlog
 from temporalio import activity
 
 from services.host_worker.console import count_marker
-from services.host_worker.domain_xml import build_domain_xml, console_path
+from services.host_worker.domain_xml import build_domain_xml, console_path, serial_log_path
 from services.host_worker.hypervisor import Hypervisor
 from services.host_worker.migration import LiveMigration, disk_moves
 from services.host_worker.settings import HostWorkerSettings
@@ -112,9 +112,10 @@ class HostActivities:
 
     @activity.defn(name="host.undefine_domain")
     async def undefine_domain(self, ref: DomainRef) -> None:
-        """Destroy, undefine, and remove the console log. Absent is fine."""
+        """Destroy, undefine, and remove the serial ports' logs. Absent is fine."""
         await asyncio.to_thread(self._hv.undefine, ref.vm_id)
         self._console(ref.vm_id).unlink(missing_ok=True)
+        Path(serial_log_path(self._settings.console_dir, ref.vm_id)).unlink(missing_ok=True)
 
     @activity.defn(name="host.evict_domain")
     async def evict_domain(self, ref: DomainRef) -> None:

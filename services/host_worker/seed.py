@@ -18,11 +18,12 @@ _MKISOFS_TIMEOUT_S = 30.0
 
 
 def seed_files(seed: SeedSpec) -> dict[str, str]:
-    """meta-data, user-data and network-config of the seed. JSON is YAML, so every value a user
-    gave is quoted safely whatever characters it holds."""
-    meta = {"instance-id": seed.instance_id, "local-hostname": seed.hostname}
+    """meta-data, user-data and network-config of the seed. meta-data is plain ``key: value``
+    lines (what the simplest readers parse; the id and hostname are checked values), keys are
+    YAML double-quoted scalars (JSON strings), so no character a user gave can change the shape."""
+    meta = f"instance-id: {seed.instance_id}\nlocal-hostname: {seed.hostname}\n"
     if seed.ssh_authorized_keys:
-        meta["public-keys"] = list(seed.ssh_authorized_keys)
+        meta += "public-keys:\n" + "".join(f"  - {json.dumps(key)}\n" for key in seed.ssh_authorized_keys)
     if seed.user_data is not None:
         user_data = seed.user_data
     else:  # cloud-config of our own: the keys, so images that read only user-data get them too
@@ -33,7 +34,7 @@ def seed_files(seed: SeedSpec) -> dict[str, str]:
     }
     network = {"version": 2, "ethernets": ethernets}
     return {
-        "meta-data": json.dumps(meta, indent=2) + "\n",
+        "meta-data": meta,
         "user-data": user_data,
         "network-config": json.dumps(network, indent=2) + "\n",
     }

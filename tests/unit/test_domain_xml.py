@@ -84,8 +84,8 @@ def test_seed_files_follow_the_nocloud_convention():
     seed = SeedSpec("vm-1", "web-1", None, ("ssh-ed25519 AAAA me@x",), ("52:54:00:aa:bb:01",))
     files = seed_files(seed)
     assert set(files) == {"meta-data", "user-data", "network-config"}
-    assert json.loads(files["meta-data"]) == {"instance-id": "vm-1", "local-hostname": "web-1",
-                                              "public-keys": ["ssh-ed25519 AAAA me@x"]}
+    assert files["meta-data"] == ('instance-id: vm-1\nlocal-hostname: web-1\n'
+                                  'public-keys:\n  - "ssh-ed25519 AAAA me@x"\n')
     assert files["user-data"].startswith("#cloud-config\n")
     assert json.loads(files["user-data"].split("\n", 1)[1]) == {"ssh_authorized_keys": ["ssh-ed25519 AAAA me@x"]}
     network = json.loads(files["network-config"])
