@@ -43,7 +43,7 @@ def _ping_times(output: str) -> list[float]:
 
 
 def _guest_rtt(console: ConsoleDriver, peer_ip: str) -> list[float]:
-    return _ping_times(console.run(f"ping -c {PINGS} -i 0.2 -W 1 {peer_ip}", timeout_s=PINGS * 0.2 + 30))
+    return _ping_times(console.run(f"ping -c {PINGS} -i 0.2 {peer_ip}", timeout_s=PINGS * 0.2 + 30))
 
 
 def _guest_throughput(console: ConsoleDriver, peer_ip: str) -> float:

@@ -6,8 +6,8 @@ guests with it, as a user would.
         out = console.run("ping -c 1 10.0.0.2", 20)
         assert console.last_status == 0
 
-``run`` appends an end marker whose echo cannot match itself (``echo "__VMFLOW"_DONE_<n>_$?``
-echoes with quotes; only its output reads ``__VMFLOW_DONE_<n>_<status>``) and returns what the
+``run`` appends an end marker whose echo cannot match itself (``echo "__VMFLOW"_DONE_<t>_<n>_$?``
+echoes with quotes; only its output reads ``__VMFLOW_DONE_<t>_<n>_<status>``, ``t`` this session's token) and returns what the
 command printed, with the echoed command line left out and ``\\r\\n`` as ``\\n``. Output is kept
 from the moment the socket opened (the console's history comes first); ``expect`` and ``run``
 consume it up to their match, so each finds only what came after the previous one.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import threading
+import uuid
 import time
 from contextlib import ExitStack
 
@@ -44,6 +45,7 @@ class ConsoleDriver:
         self._pos = 0  # where the next expect() starts looking
         self._changed = threading.Condition()
         self._runs = 0
+        self._token = uuid.uuid4().hex[:8]
         self.last_status: int | None = None
         self.close_code: int | None = None
         self.close_reason = ""
@@ -110,17 +112,19 @@ class ConsoleDriver:
                 self._changed.wait(min(left, 0.5))
 
     def run(self, cmd: str, timeout_s: float = 30.0) -> str:
-        """Run ``cmd`` in the guest's shell; its output (``last_status`` gets its exit status)."""
+        """Run ``cmd`` in the guest's shell; its output (``last_status`` gets its exit status).
+        The end marker carries this session's own token: the console's history (an earlier
+        session's commands) can never satisfy it."""
         self._runs += 1
-        n = self._runs
-        self.send(f'{cmd}; echo "__VMFLOW"_DONE_{n}_$?\n')
+        tag = f"{self._token}_{self._runs}"
+        self.send(f'{cmd}; echo "__VMFLOW"_DONE_{tag}_$?\n')
         start = self._pos
-        done = self.expect(re.compile(rf"{_MARKER}{n}_(\d+)\r?\n"), timeout_s)
+        done = self.expect(re.compile(rf"{_MARKER}{tag}_(\d+)\r?\n"), timeout_s)
         self.last_status = int(done.group(1))
         with self._changed:
             text = self._text[start: done.start()]
         # Leave out the echo of the command line: it ends with the marker's quoted form.
-        echoed = text.rfind(f'"__VMFLOW"_DONE_{n}_$?')
+        echoed = text.rfind(f'"__VMFLOW"_DONE_{tag}_$?')
         if echoed >= 0:
             line_end = text.find("\n", echoed)
             text = text[line_end + 1:] if line_end >= 0 else ""

@@ -52,7 +52,7 @@ pytestmark = [
 
 HOST = "h1"
 CONFIG = ConsoleConfig(keepalive_interval_s=0.2, session_timeout_s=1.0, settle_s=0.05)
-RUN_LINE = re.compile(r'^(.*); echo "__VMFLOW"_DONE_(\d+)_\$\?$')
+RUN_LINE = re.compile(r'^(.*); echo "__VMFLOW"_DONE_(\w+)_\$\?$')
 
 
 class FakeGuest:
