@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Build the tiny lab guest image: a Debian cloud kernel, a busybox initramfs whose /init prints a
-# boot marker and then a counter every second on the serial console, and an empty qcow2 base disk.
-# The counter is what tests watch to prove a guest kept running (e.g. across a live migration).
+# Build the tiny lab guest image: a Debian cloud kernel, a busybox initramfs and an empty qcow2 base
+# disk. The guest's /init takes its hostname and instance id from a NoCloud seed disk (label cidata)
+# when there is one, runs DHCP on every virtio NIC (also hot-plugged ones), answers HTTP on port 80
+# with its instance id and swallows TCP on port 5001 (throughput tests), prints a boot marker, and
+# then keeps a root shell on ttyS0 (the interactive console) and prints a counter every second on
+# ttyS1 (ttyS0 when the machine has no second port). The counter is what tests watch to prove a
+# guest kept running (e.g. across a live migration). Lines for the platform start with vmflow-.
 # Beside it, the variant lab-guest-dirty: the same files (hard links), booted with vmflow.dirty=1,
 # which makes /init keep rewriting a memory buffer (a guest a live migration has to chase).
 #
@@ -25,8 +29,14 @@ readonly DIRTY_CMDLINE="$KERNEL_CMDLINE vmflow.dirty=1" # /init reads it from /p
 readonly DIRTY_MIN_MEMORY_MIB=160 # the kernel's floor plus the 48 MiB buffer /init rewrites
 readonly DISK_SIZE_GIB=1
 readonly MIN_MEMORY_MIB=96 # this kernel does not boot in 64 MiB; ~72 MiB is the floor
-# Load order matters: insmod resolves no dependencies, so each module follows the ones it needs.
-readonly VIRTIO_MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk)
+# Load order matters: insmod resolves no dependencies, so each module follows the ones it needs
+# (copy_modules checks that against each module's own list). virtio_blk for the disks, virtio_net
+# (needs net_failover, which needs failover) for the NICs, isofs (needs cdrom) to read the seed;
+# af_packet, which udhcpc needs, is built into Debian's kernel and skipped, like any built-in one.
+readonly GUEST_MODULES=(
+    virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk
+    failover net_failover virtio_net af_packet cdrom isofs
+)
 readonly IMAGE_FILES=(vmlinuz initrd.gz disk.qcow2 image.json)
 readonly RECIPE_FILE=.recipe-sha256
 
@@ -135,26 +145,141 @@ copy_kernel() {
     cp "${kernels[0]}" "$dest"
 }
 
-# Copies the virtio modules that exist as files (built-in ones do not) into $2 as plain .ko, and
-# writes $2/load-order for /init. busybox insmod cannot read compressed modules, so decompress here.
-copy_virtio_modules() {
-    local kernel_root=$1 dest=$2 module path
+# Is $2 compiled into the kernel unpacked at $1? Then there is no .ko to load.
+module_is_builtin() {
+    local kernel_root=$1 module=$2
+    # A dependency is named with underscores even where its file name has dashes.
+    grep -qE "/${module//_/[-_]}\.ko$" "$kernel_root"/lib/modules/*/modules.builtin
+}
+
+# The modules a plain .ko needs, one a line: its .modinfo section holds "depends=a,b".
+module_dependencies() {
+    local ko=$1 depends
+    depends=$(tr '\0' '\n' <"$ko" | sed -n 's/^depends=//p')
+    depends=${depends%%$'\n'*}
+    [[ -z $depends ]] || tr ',' '\n' <<<"$depends"
+}
+
+# Copies the modules of GUEST_MODULES that exist as files into $2 as plain .ko, and writes
+# $2/load-order for /init. busybox insmod cannot read compressed modules, so decompress here. A
+# module that a later kernel makes depend on one not loaded before it stops the build here, rather
+# than failing to load in every guest.
+copy_modules() {
+    local kernel_root=$1 dest=$2 module path dependency
     mkdir -p "$dest"
     : >"$dest/load-order"
-    for module in "${VIRTIO_MODULES[@]}"; do
-        path=$(find "$kernel_root/lib/modules" -name "$module.ko*" -print -quit)
-        if [[ -z $path ]]; then
-            log "module $module not shipped as a file (built in?); skipping"
+    for module in "${GUEST_MODULES[@]}"; do
+        if module_is_builtin "$kernel_root" "$module"; then
+            log "module $module is built into the kernel; nothing to load"
             continue
         fi
+        path=$(find "$kernel_root/lib/modules" -name "$module.ko*" -print -quit)
+        [[ -n $path ]] || die "module $module is neither built in nor shipped in the kernel package"
         case $path in
             *.ko) cp "$path" "$dest/$module.ko" ;;
             *.ko.xz) xz -dc "$path" >"$dest/$module.ko" ;;
             *.ko.zst) zstd -qdc "$path" >"$dest/$module.ko" ;;
             *) die "unknown module compression: $path" ;;
         esac
+        while read -r dependency; do
+            grep -qx "$dependency" "$dest/load-order" || module_is_builtin "$kernel_root" "$dependency" ||
+                die "module $module needs $dependency: add it to GUEST_MODULES before $module"
+        done < <(module_dependencies "$dest/$module.ko")
         echo "$module" >>"$dest/load-order"
     done
+}
+
+# Shell functions shared by /init and the DHCP script.
+write_guest_functions() {
+    local dest=$1
+    cat >"$dest" <<'EOF'
+# Sourced by /init and /etc/udhcpc.script of the vmflow lab guest.
+
+# One line for the platform on the console (ttyS0), which reads the lines starting with vmflow-.
+# The port is opened for each line: a descriptor kept open goes dead when the console shell's
+# session ends (the kernel hangs the tty up). Once that shell runs, its prompt may hold the cursor
+# mid-line, so a line then starts on a fresh one: one message a line in the console's log.
+say() {
+    if [ -e /run/vmflow/shell-started ]; then
+        printf '\n%s\n' "$*" >/dev/ttyS0
+    else
+        printf '%s\n' "$*" >/dev/ttyS0
+    fi
+}
+EOF
+}
+
+# udhcpc runs this on each DHCP event; it configures the interface from the lease.
+write_udhcpc_script() {
+    local dest=$1
+    cat >"$dest" <<'EOF'
+#!/bin/sh
+# udhcpc calls this with the event in $1 and the lease in the environment: interface, ip, mask
+# (a prefix length), router, dns, domain and mtu (when the server sent them).
+. /lib/vmflow/functions.sh
+
+has_address() {
+    ip -4 addr show dev "$interface" | grep -q " inet $ip/$mask "
+}
+
+# One default route per interface, the metric its index: with several NICs the first one's wins,
+# and a NIC's route goes with its address, without touching the others'.
+set_default_route() {
+    read -r ifindex <"/sys/class/net/$interface/ifindex"
+    ip route replace default via "${router%% *}" dev "$interface" metric "$ifindex"
+}
+
+write_resolv_conf() {
+    {
+        [ -n "$domain" ] && echo "search $domain"
+        for server in $dns; do
+            echo "nameserver $server"
+        done
+    } >/etc/resolv.conf
+}
+
+case $1 in
+    deconfig)
+        ip link set dev "$interface" up
+        ip -4 addr flush dev "$interface"
+        ;;
+    bound | renew)
+        # A renewal of the same lease leaves the address alone: flushing it would drop the routes.
+        if [ "$1" = bound ] || ! has_address; then
+            ip -4 addr flush dev "$interface"
+            ip addr add "$ip/$mask" ${broadcast:+broadcast "$broadcast"} dev "$interface"
+            changed=1
+        fi
+        [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
+        [ -n "$router" ] && set_default_route
+        [ -n "$dns" ] && write_resolv_conf
+        [ -n "$changed" ] && say "vmflow-net $interface $ip/$mask"
+        ;;
+esac
+exit 0
+EOF
+    chmod 755 "$dest"
+}
+
+# Read by every interactive shell through ENV, the console's shell among them.
+write_profile() {
+    local dest=$1
+    cat >"$dest" <<'EOF'
+export PATH=/sbin:/bin:/usr/sbin:/usr/bin HOME=/root
+export PS1='\h:\w# '
+cd "$HOME"
+EOF
+}
+
+# nc runs this for each connection to port 5001: it swallows what the peer sends until the peer
+# closes, so the peer can time how fast it sent (dd ... | nc GUEST 5001).
+write_tcp_sink() {
+    local dest=$1
+    cat >"$dest" <<'EOF'
+#!/bin/sh
+exec cat >/dev/null
+EOF
+    chmod 755 "$dest"
 }
 
 # The guest's PID 1. It must never exit: the kernel panics when init dies.
@@ -169,10 +294,29 @@ export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-# The initramfs has no /dev/console node, so the kernel started us without stdio.
-exec </dev/null >/dev/ttyS0 2>&1
+. /lib/vmflow/functions.sh
 
-say() { echo "$*" >/dev/ttyS0; }
+# The port for the guest's own lines (counter, dirtied memory): ttyS1 when the machine has one, so
+# they stay out of the interactive shell on ttyS0. A port without hardware behind it still has a
+# /dev node, but its type is 0 (unknown).
+ttyS1_type=0
+[ -r /sys/class/tty/ttyS1/type ] && read -r ttyS1_type </sys/class/tty/ttyS1/type
+if [ "$ttyS1_type" != 0 ]; then
+    log_port=/dev/ttyS1
+else
+    log_port=/dev/ttyS0
+fi
+log_line() {
+    if [ "$log_port" = /dev/ttyS0 ]; then
+        say "$*"
+    else
+        echo "$*" >"$log_port"
+    fi
+}
+# The initramfs has no /dev/console node, so the kernel started us without stdio. Tools' own
+# messages go to the log port (to ttyS0 only until its first hangup, when there is no ttyS1).
+exec </dev/null >"$log_port" 2>&1
+
 # Firmware leaves escape sequences without a newline on the console: start our lines on a fresh one.
 say ""
 
@@ -180,17 +324,202 @@ while read -r module; do
     insmod "/lib/modules/$module.ko" || say "vmflow-guest: insmod $module failed"
 done </lib/modules/load-order
 
-# A virtio block device (virtio id 2) is on the bus: give its /dev node a moment to appear.
-if grep -qx 0x0002 /sys/bus/virtio/devices/*/device 2>/dev/null; then
+# Each virtio block device (virtio id 2) on the bus gets its /dev node a moment after virtio_blk
+# loads: wait for all of them, the seed disk among them. Until the boot marker, this script sticks
+# to shell builtins where it can: under TCG every command started costs tens of milliseconds.
+wait_for_disks() {
+    disks=0
+    for device in /sys/bus/virtio/devices/*/device; do
+        if [ -f "$device" ] && read -r id <"$device" && [ "$id" = 0x0002 ]; then
+            disks=$((disks + 1))
+        fi
+    done
     tries=0
-    while [ ! -b /dev/vda ] && [ "$tries" -lt 50 ]; do
+    while [ "$tries" -lt 50 ]; do
+        set -- /dev/vd[a-z]
+        if [ -b "$1" ] && [ "$#" -ge "$disks" ] || [ "$disks" = 0 ]; then
+            break
+        fi
         sleep 0.1
         tries=$((tries + 1))
     done
-fi
+}
+wait_for_disks
 if [ -b /dev/vda ]; then
     say "vmflow-disk vda present"
 fi
+
+# Sets instance_id and wanted_name from the top-level "key: value" lines of a meta-data file
+# (YAML as cloud-init's NoCloud reads it; values may be quoted, lines may end in CR LF).
+parse_meta_data() {
+    while IFS= read -r line || [ -n "$line" ]; do
+        value=${line#*:}
+        value=${value#"${value%%[![:space:]]*}"}
+        value=${value%"${value##*[![:space:]]}"}
+        case $value in
+            \"*\" | \'*\') value=${value#?} && value=${value%?} ;;
+        esac
+        case $line in
+            instance-id:*) instance_id=$value ;;
+            local-hostname:*) wanted_name=$value ;;
+        esac
+    done <"$1"
+}
+
+# A NoCloud seed is an ISO9660 disk labelled cidata (cloud-init accepts CIDATA too). Its files are
+# copied to /run/vmflow/seed/ and the disk unmounted: nothing keeps it busy.
+read_seed() {
+    seed=$(findfs LABEL=cidata 2>/dev/null || findfs LABEL=CIDATA 2>/dev/null) || return 1
+    if ! mount -t iso9660 -o ro "$seed" /mnt/seed; then
+        say "vmflow-guest: cannot mount the seed $seed"
+        return 1
+    fi
+    set --
+    for file in meta-data user-data network-config; do
+        if [ -f "/mnt/seed/$file" ]; then
+            set -- "$@" "/mnt/seed/$file"
+        fi
+    done
+    [ "$#" = 0 ] || cp "$@" /run/vmflow/seed/
+    umount /mnt/seed
+    say "vmflow-seed ${seed#/dev/}"
+}
+
+set_hostname() {
+    hostname "$1"
+    echo "$1" >/etc/hostname
+    printf '127.0.0.1 localhost\n127.0.1.1 %s\n' "$1" >/etc/hosts
+    say "vmflow-hostname $1"
+}
+
+# Identity: hostname and instance id from the seed's meta-data, defaults without one.
+take_identity() {
+    name=vmflow-guest
+    instance_id=""
+    wanted_name=""
+    if read_seed; then
+        if [ -f /run/vmflow/seed/meta-data ]; then
+            parse_meta_data /run/vmflow/seed/meta-data
+        fi
+    else
+        say "vmflow-seed none"
+    fi
+    case $wanted_name in
+        '') ;;
+        -* | *[!A-Za-z0-9.-]*) say "vmflow-guest: bad hostname $wanted_name" ;;
+        *) name=$wanted_name ;;
+    esac
+    instance_id=${instance_id:-unknown}
+    echo "$instance_id" >/run/vmflow/instance-id
+    set_hostname "$name"
+}
+
+# A user-data that starts with #! is a script (as for cloud-init): run once, in the background, its
+# output on the console line by line, then its exit status. An interpreter the guest lacks (bash)
+# gets sh instead.
+start_user_script() {
+    script=/run/vmflow/seed/user-data
+    [ -f "$script" ] && read -r shebang <"$script" || return 0
+    case $shebang in
+        '#!'*) ;;
+        *) return 0 ;;
+    esac
+    set -- ${shebang#??}
+    if [ -x "$1" ]; then
+        set -- /run/vmflow/user-script
+    else
+        set -- sh /run/vmflow/user-script
+    fi
+    (
+        cp "$script" /run/vmflow/user-script
+        chmod 700 /run/vmflow/user-script
+        say "vmflow-user-data started"
+        { "$@" </dev/null 2>&1; echo $? >/run/vmflow/user-script.status; } |
+            while IFS= read -r line; do
+                say "vmflow-user-data: $line"
+            done
+        say "vmflow-user-data exit $(cat /run/vmflow/user-script.status)"
+    ) &
+}
+
+# DHCP on a NIC, retrying forever in the background: 4 discovers 1 s apart, then a 3 s pause, again.
+nic_added() {
+    say "vmflow-nic-added $1 $2"
+    read -r host </proc/sys/kernel/hostname
+    ip link set dev "$1" up
+    udhcpc -f -i "$1" -s /etc/udhcpc.script -t 4 -T 1 -A 3 -O mtu -x "hostname:$host" \
+        </dev/null >/dev/null 2>&1 &
+    echo $! >"/run/vmflow/udhcpc.$1.pid"
+}
+
+nic_removed() {
+    say "vmflow-nic-removed $1"
+    if read -r pid <"/run/vmflow/udhcpc.$1.pid"; then
+        kill "$pid"
+    fi
+    rm -f "/run/vmflow/udhcpc.$1.pid"
+}
+
+# Sets nics to "name=mac ..." of the ethernet NICs. Builtins only: this runs every second.
+scan_nics() {
+    nics=""
+    for dev in /sys/class/net/eth*; do
+        [ -e "$dev/address" ] || continue
+        read -r mac <"$dev/address"
+        nics="$nics ${dev##*/}=$mac"
+    done
+}
+
+# Compares the NICs with those seen last time. A NIC that came back under the same name with
+# another MAC is another NIC: removed, then added.
+known_nics=""
+sync_nics() {
+    scan_nics
+    for entry in $known_nics; do
+        case " $nics " in
+            *" $entry "*) ;;
+            *) nic_removed "${entry%%=*}" ;;
+        esac
+    done
+    for entry in $nics; do
+        case " $known_nics " in
+            *" $entry "*) ;;
+            *) nic_added "${entry%%=*}" "${entry#*=}" ;;
+        esac
+    done
+    known_nics=$nics
+}
+
+# The NICs present at boot get DHCP now; a loop notices those hot-plugged or unplugged later.
+start_network() {
+    ip link set dev lo up
+    sync_nics
+    while true; do
+        sleep 1
+        sync_nics
+    done &
+}
+
+# What peers test the network with: HTTP answering the instance id (wget -qO- http://GUEST/), and
+# a TCP sink on port 5001 that takes any number of connections (nc -ll forks one per connection).
+start_responders() {
+    echo "$instance_id" >/www/index.html
+    httpd -p 80 -h /www
+    while true; do
+        nc -ll -p 5001 -e /lib/vmflow/tcp-sink </dev/null >/dev/null 2>&1
+        sleep 1
+    done &
+}
+
+# The console's root shell, started again whenever it exits. getty makes ttyS0 the shell's
+# controlling tty, so Ctrl-C reaches what runs in it.
+console_shell() {
+    touch /run/vmflow/shell-started
+    while true; do
+        ENV=/etc/profile getty -n -i -L -l /bin/sh 115200 ttyS0 vt100 </dev/null >/dev/null 2>&1
+        sleep 1
+    done
+}
 
 # vmflow.dirty=1 on the kernel command line (the lab-guest-dirty image): keep rewriting a buffer
 # of vmflow.dirty_mib MiB in a tmpfs, so that a live migration has to chase dirty pages. Filled
@@ -210,7 +539,7 @@ dirty_memory() {
         i=$((i + 1))
     done >/dev/shm/buffer
     rm -f /dev/shm/block
-    say "vmflow-dirty $mib MiB"
+    log_line "vmflow-dirty $mib MiB"
     passes=0
     last=$(date +%s)
     while true; do
@@ -219,7 +548,7 @@ dirty_memory() {
         passes=$((passes + 1))
         now=$(date +%s)
         if [ "$now" != "$last" ]; then
-            say "vmflow-dirtied-mib $((passes * mib))"
+            log_line "vmflow-dirtied-mib $((passes * mib))"
             last=$now
         fi
     done
@@ -227,21 +556,33 @@ dirty_memory() {
 
 dirty=0
 dirty_mib=48
-for arg in $(cat /proc/cmdline); do
+read -r cmdline </proc/cmdline
+for arg in $cmdline; do
     case $arg in
         vmflow.dirty=1) dirty=1 ;;
         vmflow.dirty_mib=*) dirty_mib=${arg#vmflow.dirty_mib=} ;;
     esac
 done
+
+take_identity
+start_network
+start_responders
+start_user_script
 if [ "$dirty" = 1 ]; then
     dirty_memory "$dirty_mib" &
 fi
 
+# Exactly once per boot on ttyS0: the platform counts markers there to tell a reboot happened.
 say "@BOOT_MARKER@"
+if [ "$log_port" != /dev/ttyS0 ]; then
+    log_line "@BOOT_MARKER@"
+fi
+console_shell &
+
 n=0
 while true; do
     n=$((n + 1))
-    say "vmflow-counter $n"
+    log_line "vmflow-counter $n"
     sleep 1
 done
 EOF
@@ -251,9 +592,15 @@ EOF
 build_initrd() {
     local kernel_root=$1 dest=$2 work=$3 rootfs
     rootfs="$work/initramfs"
-    mkdir -p "$rootfs"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,lib/modules}
+    mkdir -p "$rootfs"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,etc,root,www,mnt/seed,run/vmflow/seed}
+    mkdir -p "$rootfs"/lib/{modules,vmflow}
+    mkdir -m 1777 "$rootfs/tmp"
     cp "$(static_busybox_path)" "$rootfs/bin/busybox"
-    copy_virtio_modules "$kernel_root" "$rootfs/lib/modules"
+    copy_modules "$kernel_root" "$rootfs/lib/modules"
+    write_guest_functions "$rootfs/lib/vmflow/functions.sh"
+    write_udhcpc_script "$rootfs/etc/udhcpc.script"
+    write_profile "$rootfs/etc/profile"
+    write_tcp_sink "$rootfs/lib/vmflow/tcp-sink"
     write_init "$rootfs/init"
     # Fixed timestamps, sorted names, root ownership and gzip -n: the same inputs give the same
     # bytes, whoever builds it and whenever.
@@ -269,7 +616,7 @@ write_image_json() {
     cat >"$dest" <<EOF
 {
   "name": "$name",
-  "description": "Tiny lab guest: Debian cloud kernel and a busybox initramfs that prints $BOOT_MARKER, then a counter every second, on ttyS0; empty ${DISK_SIZE_GIB} GiB disk$suffix",
+  "description": "Tiny lab guest: Debian cloud kernel and a busybox initramfs; hostname and instance id from a NoCloud seed (cidata), DHCP on every virtio NIC (hot-plug too), HTTP on port 80 answering the instance id, a TCP sink on port 5001, $BOOT_MARKER on ttyS0, then a root shell on ttyS0 and a counter every second on ttyS1; empty ${DISK_SIZE_GIB} GiB disk$suffix",
   "os_type": "linux",
   "kernel": "vmlinuz",
   "initrd": "initrd.gz",
