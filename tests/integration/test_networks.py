@@ -140,6 +140,7 @@ def test_another_tenants_network_with_the_same_cidr_is_isolated(stack_cfg, world
 def test_live_migration_under_ping_keeps_the_address(stack_cfg, api, world, probe: LibvirtProbe):
     a1, a2 = world["vms"]["a1"], world["vms"]["a2"]
     ip = a1["nics"][0]["ip"]
+    mover = ConsoleDriver.for_vm(stack_cfg.api_url, a1["id"])  # a user on the moving VM's console
     with ConsoleDriver.for_vm(stack_cfg.api_url, a2["id"]) as watcher:
         guest_address(watcher)
         assert pings(watcher, ip) == 3
@@ -150,6 +151,11 @@ def test_live_migration_under_ping_keeps_the_address(stack_cfg, api, world, prob
         op = api.wait_operation(accepted["operation_id"], timeout_s=120)
         assert op["state"] == "succeeded", op
         assert probe.where(a1["id"]) == [target]
+        # The console does not survive the move: the session ends saying so, and a new one
+        # reaches the VM on its new host (below).
+        wait_until(lambda: mover.closed, 20, what="the moving VM's console to close")
+        assert (mover.close_code, mover.close_reason) == (4000, "vm_moved")
+        mover.close()
         time.sleep(6)
         log = watcher.run("killall -INT ping; sleep 1; tail -n 3 /tmp/ping.log; "
                           "grep -o 'seq=[0-9]*' /tmp/ping.log | tail -n 5", timeout_s=30)
@@ -163,6 +169,17 @@ def test_live_migration_under_ping_keeps_the_address(stack_cfg, api, world, prob
     with ConsoleDriver.for_vm(stack_cfg.api_url, a1["id"]) as console:
         assert guest_address(console) == ip
         assert pings(console, a2["nics"][0]["ip"]) == 3
+
+
+def test_one_console_session_per_vm(stack_cfg, world):
+    vm = world["vms"]["a2"]
+    with ConsoleDriver.for_vm(stack_cfg.api_url, vm["id"]) as first:
+        first.run("true")
+        second = ConsoleDriver.for_vm(stack_cfg.api_url, vm["id"])
+        wait_until(lambda: second.closed, 20, what="the second session to be refused")
+        assert second.close_code == 4409 and "already open" in second.close_reason
+        second.close()
+        assert first.run("echo still-here").strip().endswith("still-here")
 
 
 def test_nic_hotplug_and_unplug_on_a_running_vm(stack_cfg, api, world):
