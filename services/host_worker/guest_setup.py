@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -30,7 +31,7 @@ HOLD_S = 600.0  # longer than any define or migration takes
 
 class GuestSetup:
     def __init__(self, hypervisor: Hypervisor, plumber: NetworkPlumber, seed_dir: str,
-                 peers: callable = lambda: set()) -> None:
+                 peers: Callable[[], set[str]] = set) -> None:
         self._hv = hypervisor
         self._plumber = plumber
         self._seed_dir = seed_dir
