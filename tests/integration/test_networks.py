@@ -171,6 +171,20 @@ def test_live_migration_under_ping_keeps_the_address(stack_cfg, api, world, prob
         assert pings(console, a2["nics"][0]["ip"]) == 3
 
 
+def test_stop_cold_migration_and_start_keep_the_address(stack_cfg, api, world, probe: LibvirtProbe):
+    b1 = world["vms"]["b1"]
+    ip = b1["nics"][0]["ip"]
+    for path, body in (("stop", {"force": True}), ("migrate", {}), ("start", None)):
+        accepted = api.call("POST", f"/v1/vms/{b1['id']}/{path}", json=body, headers=OTHER)
+        op = api.wait_operation(accepted["operation_id"], timeout_s=180)
+        assert op["state"] == "succeeded", (path, op)
+    moved = api.call("GET", f"/v1/vms/{b1['id']}", headers=OTHER)
+    assert moved["host_id"] != b1["host_id"] and probe.where(b1["id"]) == [moved["host_id"]]
+    assert moved["nics"] == b1["nics"]
+    with ConsoleDriver.for_vm(stack_cfg.api_url, b1["id"], headers=OTHER) as console:
+        assert guest_address(console) == ip
+
+
 def test_one_console_session_per_vm(stack_cfg, world):
     vm = world["vms"]["a2"]
     with ConsoleDriver.for_vm(stack_cfg.api_url, vm["id"]) as first:
