@@ -175,6 +175,9 @@ def test_a_fast_dirtying_guest_converges_through_the_policy_or_is_aborted_in_tim
         wait_until(lambda: counters(console.read_text(errors="replace"))[-1] > after + 1, 30,
                    what=f"the guest to go on counting {why}")
 
+    # The guest fills its buffer first (seconds under TCG), then rewrites it: chase that.
+    wait_until(lambda: "vmflow-dirtied-mib" in console.read_text(errors="replace"), 90,
+               what="the guest to be rewriting its memory")
     started = time.monotonic()
     op = migrate(api, vm["id"], completion_timeout_s=6, bandwidth_mib_s=8)
     elapsed_s = time.monotonic() - started
