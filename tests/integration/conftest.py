@@ -3,6 +3,7 @@ namespaces, so it runs beside a developer's ``vmflow up``; torn down even when t
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -84,3 +85,18 @@ def cleanup(api):
             api.wait_operation(api.call("DELETE", f"/v1/vms/{vm_id}")["operation_id"], timeout_s=120)
         except ApiError:
             pass
+
+
+@pytest.fixture
+def broken_image(stack_cfg):
+    """An image whose kernel file is missing: libvirt accepts the definition, the host refuses to
+    start it. Exactly the kind of failure that strikes midway, after volume and domain exist."""
+    good = stack_cfg.pool_dir / "images" / "lab-guest"
+    broken = stack_cfg.pool_dir / "images" / "broken-kernel"
+    broken.mkdir()
+    os.link(good / "disk.qcow2", broken / "disk.qcow2")
+    os.link(good / "initrd.gz", broken / "initrd.gz")
+    meta = json.loads((good / "image.json").read_text())
+    (broken / "image.json").write_text(json.dumps({**meta, "name": "broken-kernel", "kernel": "gone"}))
+    yield "broken-kernel"
+    shutil.rmtree(broken)

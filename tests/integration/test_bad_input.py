@@ -3,9 +3,7 @@ ends the operation as failed with a readable error and leaves nothing behind."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import uuid
 
 import pytest
@@ -129,21 +127,6 @@ def test_no_valid_host_fails_the_operation_with_the_reason_and_leaves_nothing(ap
     assert "ram removed h1 (needs 200000 MiB" in op["error"]["message"]
     assert "h2 (needs 200000 MiB" in op["error"]["message"]
     assert world() == before
-
-
-@pytest.fixture
-def broken_image(stack_cfg):
-    """An image whose kernel file is missing: libvirt accepts the definition, the host refuses to
-    start it. Exactly the kind of failure that strikes midway, after volume and domain exist."""
-    good = stack_cfg.pool_dir / "images" / "lab-guest"
-    broken = stack_cfg.pool_dir / "images" / "broken-kernel"
-    broken.mkdir()
-    os.link(good / "disk.qcow2", broken / "disk.qcow2")
-    os.link(good / "initrd.gz", broken / "initrd.gz")
-    meta = json.loads((good / "image.json").read_text())
-    (broken / "image.json").write_text(json.dumps({**meta, "name": "broken-kernel", "kernel": "gone"}))
-    yield "broken-kernel"
-    shutil.rmtree(broken)
 
 
 def test_host_refusing_the_domain_fails_cleanly_and_compensates(api, world, broken_image):

@@ -9,12 +9,11 @@ import io
 import os
 import re
 import shutil
-import subprocess
 import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,7 +27,7 @@ from websockets.sync.client import connect
 
 from deploy import console_client
 from deploy.console_driver import ConsoleDriver, console_url
-from deploy.processes import free_port, port_open
+from deploy.processes import free_port
 from services.api.routes import console
 from services.api.settings import ApiSettings
 from services.host_worker.console_sessions import ConsoleSessions
@@ -44,6 +43,7 @@ from shared.console import (
 from shared.errors import Conflict, NotFound
 from shared.models import VmState
 from tests.integration.libvirt_probe import wait_until
+from tests.integration.nats_server import nats_server
 
 pytestmark = [
     pytest.mark.integration,
@@ -160,19 +160,6 @@ class World:
             self.hv.domains[vm_id] = domain
         if history:
             Path(console_path(str(self.console_dir), vm_id)).write_bytes(history)
-
-
-@contextmanager
-def nats_server() -> Iterator[str]:
-    port = free_port()
-    server = subprocess.Popen(["nats-server", "-a", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_until(lambda: port_open(port), 10, 0.05, "nats-server")
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 @pytest.fixture(scope="module")

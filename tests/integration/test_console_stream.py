@@ -28,7 +28,6 @@ import nats
 import pytest
 
 from deploy import lab
-from deploy.processes import free_port, port_open
 from services.host_worker.console_sessions import ConsoleSessions
 from services.host_worker.domain_xml import build_domain_xml, console_path
 from services.host_worker.hypervisor import Hypervisor
@@ -46,6 +45,7 @@ from shared.errors import Conflict, NotFound
 from shared.messaging import request
 from shared.models import BootSpec, DomainSpec
 from tests.integration.libvirt_probe import wait_until
+from tests.integration.nats_server import nats_server
 
 pytestmark = [
     pytest.mark.integration,
@@ -65,19 +65,6 @@ PROMPT = re.compile(rb"# ")
 # ("vmflow-counter $i") does not match COUNTER.
 CHATTER = b'(i=0; while :; do i=$((i+1)); echo "vmflow-counter $i"; sleep 1; done) &\n'
 CONFIG = ConsoleConfig(session_timeout_s=1.5, settle_s=0.1)
-
-
-@contextmanager
-def nats_server() -> Iterator[str]:
-    port = free_port()
-    server = subprocess.Popen(["nats-server", "-a", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_until(lambda: port_open(port), 10, 0.05, "nats-server")
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 @dataclass(frozen=True)

@@ -77,3 +77,17 @@ def test_bad_nics_and_seeds_are_refused(api, everything, nets):
     expect_error(api, "GET", f"/v1/networks/{own['id']}", 404, "no network", headers=OTHER)
     expect_error(api, "DELETE", f"/v1/networks/{own['id']}", 404, "no network", headers=OTHER)
     assert everything() == before
+
+
+def test_a_provision_failing_midway_frees_its_address_and_leaves_no_plumbing_or_seed(api, everything, nets,
+                                                                                    broken_image):
+    """The host refuses to start the domain after the NIC's network and the seed were made there:
+    the compensation removes both, and the address is free again."""
+    own, _foreign = nets
+    before = everything()
+    accepted = api.call("POST", "/v1/vms", json={**GOOD, "name": "midway", "image": broken_image,
+                                                  "networks": [{"network_id": own["id"]}], "hostname": "midway"})
+    assert accepted["vm"]["nics"][0]["ip"] == "10.47.0.2"
+    op = api.wait_operation(accepted["operation_id"], timeout_s=120)
+    assert op["state"] == "failed" and op["error"]["message"].startswith("start: "), op
+    assert everything() == before  # no row, port, domain, volume, bridge, DHCP server or seed
