@@ -65,7 +65,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             network_store=network_store,
         )
         activities = InventoryActivities(inventory, publisher)
-        network_activities = NetworkActivities(network_store, app.state.platform.scheduler)
+        network_activities = NetworkActivities(network_store, inventory, app.state.platform.scheduler)
         worker = Worker(
             temporal,
             task_queue=INVENTORY_QUEUE,

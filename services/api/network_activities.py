@@ -7,6 +7,7 @@ import asyncio
 
 from temporalio import activity
 
+from services.api.db import Inventory
 from services.api.network_models import NetworkState
 from services.api.network_store import NetworkStore
 from services.scheduler.client import SchedulerClient
@@ -15,8 +16,9 @@ from shared.networks import HostIds, NetworkOpInput, PortAttached
 
 
 class NetworkActivities:
-    def __init__(self, store: NetworkStore, scheduler: SchedulerClient) -> None:
+    def __init__(self, store: NetworkStore, inventory: Inventory, scheduler: SchedulerClient) -> None:
         self._store = store
+        self._inventory = inventory
         self._scheduler = scheduler
 
     def all(self) -> list:
@@ -30,7 +32,7 @@ class NetworkActivities:
         return await asyncio.to_thread(self._vm_setup, req.vm_id)
 
     def _vm_setup(self, vm_id: str) -> VmSetup:
-        vm = self._store.vm(vm_id)
+        vm = self._inventory.get(vm_id)
         nics = tuple(self._store.nic_specs(vm_id))
         networks = tuple(self._store.plumbing(network_id) for network_id in dict.fromkeys(n.network_id for n in nics))
         seed = None

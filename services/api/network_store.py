@@ -232,13 +232,6 @@ class NetworkStore:
                 attached=port.attached))
         return nics
 
-    def vm(self, vm_id: str) -> Vm:
-        with Session(self._engine) as session:
-            vm = session.get(Vm, vm_id)
-            if vm is None:
-                raise NotFound(f"no VM with id '{vm_id}'")
-            return vm
-
     # -- what hosts need -------------------------------------------------------------------------
 
     def plumbing(self, network_id: str) -> NetworkPlumbing:
