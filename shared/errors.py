@@ -31,6 +31,30 @@ class NotFound(VmflowError):
     http_status = 404
 
 
+class Unauthenticated(VmflowError):
+    """No token, or one that is malformed, unknown, expired or revoked."""
+
+    code = "unauthenticated"
+    caller_fault = True
+    http_status = 401
+
+
+class Forbidden(VmflowError):
+    """The token's role may not do this (an object of another tenant is NotFound instead)."""
+
+    code = "forbidden"
+    caller_fault = True
+    http_status = 403
+
+
+class QuotaExceeded(VmflowError):
+    """The tenant's quota has no room for the request; the message names each resource short."""
+
+    code = "quota_exceeded"
+    caller_fault = True
+    http_status = 409
+
+
 class Conflict(VmflowError):
     code = "conflict"
     caller_fault = True
@@ -110,6 +134,9 @@ _BY_CODE: dict[str, type[VmflowError]] = {
         InvalidRequest,
         NotFound,
         Conflict,
+        Unauthenticated,
+        Forbidden,
+        QuotaExceeded,
         NoValidHost,
         HostUnavailable,
         HypervisorError,

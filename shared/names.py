@@ -72,3 +72,18 @@ def network_workflow_id(network_id: str, action: str) -> str:
 def nic_workflow_id(vm_id: str, action: str, port_id: str) -> str:
     """Plugging or pulling one NIC: the port id is the business key."""
     return f"vm-{vm_id}-nic-{action}-{port_id}"
+
+
+OPERATION_TENANT_MEMO = "tenant"
+
+
+def operation_memo(tenant: str) -> dict[str, str]:
+    """The memo the API starts an operation with: whose it is (who may see and cancel it)."""
+    return {OPERATION_TENANT_MEMO: tenant}
+
+
+def vm_id_of_operation(op_id: str) -> str | None:
+    """The VM an operation id names (``vm-<uuid>-...``), if any."""
+    if op_id.startswith("vm-") and len(op_id) > 39 and op_id[39] == "-":
+        return op_id[3:39]
+    return None

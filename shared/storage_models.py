@@ -12,6 +12,7 @@ from enum import StrEnum
 
 from shared import subjects
 from shared.errors import InvalidRequest
+from shared.quota import QuotaSettlement
 
 NAME_RULE = "1-63 letters, digits or '-', starting and ending with a letter or digit"
 SNAPSHOT_RULE = "1-63 letters, digits, '-' or '_', starting with a letter and ending with a letter or digit"
@@ -280,36 +281,42 @@ class OperationReport:
 class ImportImageInput:
     tenant: str
     request: ImportRequest
+    quota: QuotaSettlement | None = None
 
 
 @dataclass(frozen=True)
 class TemplateInput:
     tenant: str
     request: TemplateRequest
+    quota: QuotaSettlement | None = None
 
 
 @dataclass(frozen=True)
 class DeleteImageInput:
     tenant: str
     name: str
+    quota: QuotaSettlement | None = None
 
 
 @dataclass(frozen=True)
 class CreateVolumeInput:
     tenant: str
     request: VolumeCreateRequest
+    quota: QuotaSettlement | None = None
 
 
 @dataclass(frozen=True)
 class ResizeVolumeInput:
     tenant: str
     request: VolumeResizeRequest
+    quota: QuotaSettlement | None = None
 
 
 @dataclass(frozen=True)
 class DeleteVolumeInput:
     tenant: str
     request: VolumeDeleteRequest
+    quota: QuotaSettlement | None = None
 
 
 @dataclass(frozen=True)
@@ -331,3 +338,4 @@ class SnapshotInput:
     tenant: str
     vm_id: str
     name: str
+    quota: QuotaSettlement | None = None

@@ -55,3 +55,24 @@ def console_output(session_id: str) -> str:
 
 def console_input(session_id: str) -> str:
     return f"{CONSOLE_PREFIX}.session.{_token(session_id)}.in"
+
+
+def audit_event(tenant: str, outcome: str) -> str:
+    return f"{EVENTS_ROOT}.audit.{_token(tenant)}.{_token(outcome)}"
+
+
+def tenant_event_roots(tenant: str) -> tuple[str, ...]:
+    """The subjects a tenant's events are published under (its VMs, operations and audit)."""
+    t = _token(tenant)
+    return (f"{EVENTS_ROOT}.vm.{t}.>", f"{EVENTS_ROOT}.op.{t}.>", f"{EVENTS_ROOT}.audit.{t}.>")
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard matching: '*' one token, '>' one or more trailing tokens."""
+    want, have = pattern.split("."), subject.split(".")
+    for i, token in enumerate(want):
+        if token == ">":
+            return len(have) > i
+        if i >= len(have) or (token != "*" and token != have[i]):
+            return False
+    return len(want) == len(have)

@@ -47,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
         STORAGE_QUEUE,
         host_queue,
     )
+    from shared.quota import HoldChanges
 
 
 _RETRY = RetryPolicy(
@@ -156,6 +157,10 @@ async def forget_record(ref: VmRef) -> None:
 
 async def begin_operation(req: BeginOperation) -> None:
     await run_activity(INVENTORY_QUEUE, "inventory.begin_operation", req)
+
+
+async def settle_quota(changes: HoldChanges) -> None:
+    await run_activity(INVENTORY_QUEUE, "inventory.settle_quota", changes)
 
 
 async def vms_on_host(host_id: str) -> VmList:

@@ -16,6 +16,7 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from shared.models import OperationProgress
+    from shared.quota import HoldChanges, QuotaSettlement
     from shared.storage_models import (
         AttachmentClaim,
         AttachmentInput,
@@ -49,8 +50,10 @@ class StorageOperation:
         return self._progress.value
 
     async def _run(self, tenant: str, target: str, body: Callable[[], Awaitable[str]],
-                   vm_id: str | None = None, host_id: str | None = None) -> str:
-        """Run ``body``; report success or failure. Returns what ``body`` returns."""
+                   vm_id: str | None = None, host_id: str | None = None,
+                   quota: QuotaSettlement | None = None) -> str:
+        """Run ``body``; settle the quota holds the API reserved; report success or failure.
+        Returns what ``body`` returns."""
         op_id = workflow.info().workflow_id
         self._progress.begin(vm_id or "", host_id)
         try:
@@ -59,8 +62,12 @@ class StorageOperation:
             code, message = steps.failure_message(exc)
             error = f"{self._progress.step}: {message}"
             self._progress.advance("failed")
+            if quota is not None and quota.release_on_failure:
+                await steps.settle_quota(HoldChanges(release=quota.release_on_failure))
             await self._report(OperationReport(tenant, op_id, self.kind, "failed", target, vm_id, error))
             raise ApplicationError(error, type=code, non_retryable=True) from None
+        if quota is not None:
+            await steps.settle_quota(HoldChanges(quota.commit_on_success, quota.release_on_success))
         self._progress.advance("done")
         await self._report(OperationReport(tenant, op_id, self.kind, "succeeded", target, vm_id))
         return result
@@ -84,7 +91,7 @@ class ImportImage(StorageOperation):
             self._progress.advance("import")
             return (await storage_steps.import_image(inp.request)).name
 
-        return await self._run(inp.tenant, f"image/{inp.request.name}", body)
+        return await self._run(inp.tenant, f"image/{inp.request.name}", body, quota=inp.quota)
 
 
 @workflow.defn(name="CreateTemplate")
@@ -97,7 +104,7 @@ class CreateTemplate(StorageOperation):
             self._progress.advance("flatten")
             return (await storage_steps.create_template(inp.request)).name
 
-        return await self._run(inp.tenant, f"image/{inp.request.name}", body, vm_id=inp.request.vm_id)
+        return await self._run(inp.tenant, f"image/{inp.request.name}", body, vm_id=inp.request.vm_id, quota=inp.quota)
 
 
 @workflow.defn(name="DeleteImage")
@@ -111,7 +118,7 @@ class DeleteImage(StorageOperation):
             await storage_steps.delete_image(inp.name)
             return inp.name
 
-        return await self._run(inp.tenant, f"image/{inp.name}", body)
+        return await self._run(inp.tenant, f"image/{inp.name}", body, quota=inp.quota)
 
 
 @workflow.defn(name="CreateVolume")
@@ -124,7 +131,7 @@ class CreateVolume(StorageOperation):
             self._progress.advance("create")
             return (await storage_steps.create_data_volume(inp.request)).name
 
-        return await self._run(inp.tenant, f"volume/{inp.request.name}", body)
+        return await self._run(inp.tenant, f"volume/{inp.request.name}", body, quota=inp.quota)
 
 
 @workflow.defn(name="ResizeVolume")
@@ -137,7 +144,7 @@ class ResizeVolume(StorageOperation):
             self._progress.advance("resize")
             return f"{(await storage_steps.resize_volume(inp.request)).size_gib:g}"
 
-        return await self._run(inp.tenant, f"volume/{inp.request.name}", body)
+        return await self._run(inp.tenant, f"volume/{inp.request.name}", body, quota=inp.quota)
 
 
 @workflow.defn(name="DeleteVolume")
@@ -151,7 +158,7 @@ class DeleteVolume(StorageOperation):
             await storage_steps.delete_data_volume(inp.request)
             return inp.request.name
 
-        return await self._run(inp.tenant, f"volume/{inp.request.name}", body)
+        return await self._run(inp.tenant, f"volume/{inp.request.name}", body, quota=inp.quota)
 
 
 @workflow.defn(name="AttachVolume")
@@ -215,7 +222,7 @@ class CreateSnapshot(StorageOperation):
             self._progress.advance("snapshot")
             return (await storage_steps.create_snapshot(SnapshotRequest(inp.vm_id, inp.name))).name
 
-        return await self._run(inp.tenant, f"snapshot/{inp.name}", body, inp.vm_id)
+        return await self._run(inp.tenant, f"snapshot/{inp.name}", body, inp.vm_id, quota=inp.quota)
 
 
 @workflow.defn(name="RevertSnapshot")
@@ -229,7 +236,7 @@ class RevertSnapshot(StorageOperation):
             await storage_steps.revert_snapshot(SnapshotRequest(inp.vm_id, inp.name))
             return inp.name
 
-        return await self._run(inp.tenant, f"snapshot/{inp.name}", body, inp.vm_id)
+        return await self._run(inp.tenant, f"snapshot/{inp.name}", body, inp.vm_id, quota=inp.quota)
 
 
 @workflow.defn(name="DeleteSnapshot")
@@ -243,7 +250,7 @@ class DeleteSnapshot(StorageOperation):
             await storage_steps.delete_snapshot(SnapshotRequest(inp.vm_id, inp.name))
             return inp.name
 
-        return await self._run(inp.tenant, f"snapshot/{inp.name}", body, inp.vm_id)
+        return await self._run(inp.tenant, f"snapshot/{inp.name}", body, inp.vm_id, quota=inp.quota)
 
 
 STORAGE_WORKFLOWS = [

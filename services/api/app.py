@@ -5,19 +5,25 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import structlog
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from temporalio.worker import Worker
 
+from services.api.audit import AuditLog, AuditMiddleware
 from services.api.db import Inventory, make_engine, migrate
 from services.api.errors import install_error_handlers
+from services.api.identity_store import IdentityStore
 from services.api.inventory_activities import InventoryActivities
 from services.api.network_activities import NetworkActivities
 from services.api.network_store import NetworkStore
 from services.api.platform import Platform
+from services.api.policy import authorize
+from services.api.quota_store import QuotaLedger
 from services.api.reality import RealityFollower, follow_host_reports, follow_lifecycle
 from services.api.routes import (
+    audit,
     console,
     events,
     health,
@@ -29,6 +35,8 @@ from services.api.routes import (
     placement_groups,
     pools,
     snapshots,
+    tenants,
+    tokens,
     vms,
     volumes,
 )
@@ -49,6 +57,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
         await asyncio.to_thread(migrate, engine)
         inventory = Inventory(engine)
         network_store = NetworkStore(engine)
+        identities = IdentityStore(engine, settings.token_cache_s)
+        if settings.admin_token_file and await asyncio.to_thread(identities.ensure_admin_token,
+                                                                 Path(settings.admin_token_file)):
+            log.info("admin token written", path=settings.admin_token_file)
         nc = await connect(settings, "vmflow-api")
         js = nc.jetstream()
         await ensure_event_stream(js, settings.event_stream)
@@ -63,14 +75,18 @@ def create_app(settings: ApiSettings) -> FastAPI:
             scheduler=SchedulerClient(nc, settings.request_timeout_s),
             storage=StorageClient(nc, settings.request_timeout_s),
             network_store=network_store,
+            identities=identities,
+            ledger=QuotaLedger(engine),
+            audit=AuditLog(engine),
         )
-        activities = InventoryActivities(inventory, publisher)
+        activities = InventoryActivities(inventory, publisher, app.state.platform.ledger)
         network_activities = NetworkActivities(network_store, inventory, app.state.platform.scheduler)
         worker = Worker(
             temporal,
             task_queue=INVENTORY_QUEUE,
             activities=[activities.update_vm, activities.forget_vm, activities.begin_operation,
-                        activities.vms_on_host, *network_activities.all()],
+                        activities.vms_on_host, activities.settle_quota,
+                        *network_activities.all()],
             interceptors=[ActivityContext()],
         )
         run = asyncio.create_task(worker.run())
@@ -99,10 +115,12 @@ def create_app(settings: ApiSettings) -> FastAPI:
         version="0.1.0",
         description="Virtual machines across a fleet of KVM hosts.",
         lifespan=lifespan,
+        dependencies=[Depends(authorize)],
     )
+    app.add_middleware(AuditMiddleware)
     install_error_handlers(app)
     for router in (vms.router, nics.router, networks.router, placement_groups.router, hosts.router,
                    operations.router, images.router, pools.router, volumes.router, snapshots.router, events.router,
-                   health.router, console.router):
+                   health.router, console.router, tenants.router, tokens.router, audit.router):
         app.include_router(router)
     return app

@@ -14,8 +14,10 @@ from sqlmodel import Session, create_engine, select, text
 
 from services.api.models import PlacementGroup, Vm, utcnow
 from services.api.network_models import Port
+from services.api.quota_store import commit_in, release_in
 from shared.errors import Conflict, NotFound
 from shared.models import VmState
+from shared.quota import vm_hold
 
 
 def make_engine(url: str) -> Engine:
@@ -96,9 +98,11 @@ class Inventory:
                 return None
             return session.get(Vm, vm_id)
 
-    def list(self, tenant: str) -> list[Vm]:
+    def list(self, tenant: str | None) -> list[Vm]:
+        """The tenant's VMs; None: every tenant's."""
         with Session(self._engine) as session:
-            return list(session.exec(select(Vm).where(Vm.tenant == tenant).order_by(Vm.created_at)))
+            query = select(Vm) if tenant is None else select(Vm).where(Vm.tenant == tenant)
+            return list(session.exec(query.order_by(Vm.created_at)))
 
     def transition(self, vm_id: str, allowed: Iterable[VmState], new_state: VmState, op_id: str) -> bool:
         """Atomically move the VM to ``new_state`` if it is in one of ``allowed``. This is what
@@ -122,17 +126,21 @@ class Inventory:
                 setattr(vm, key, value)
             vm.updated_at = utcnow()
             session.add(vm)
+            if vm.state is not VmState.PROVISIONING:
+                commit_in(session, vm_hold(vm_id))  # it exists: its share counts as used
             session.commit()
             session.refresh(vm)
             return vm
 
     def remove(self, vm_id: str) -> Vm | None:
-        """Delete the VM's row and its ports (their addresses are free again)."""
+        """Delete the VM's row, its ports (their addresses are free again) and its quota holds
+        (its own and its snapshots'), in one transaction."""
         with Session(self._engine) as session:
             vm = session.get(Vm, vm_id)
             if vm is None:
                 return None
             session.exec(delete(Port).where(Port.vm_id == vm_id))
+            release_in(session, vm_hold(vm_id))
             session.delete(vm)
             session.commit()
             return vm
@@ -143,16 +151,19 @@ class Inventory:
         """Raises Conflict if the tenant already has a group of that name."""
         return self._insert(group, f"a placement group named '{group.name}' already exists")
 
-    def get_group(self, group_id: str, tenant: str) -> PlacementGroup:
+    def get_group(self, group_id: str, tenant: str | None) -> PlacementGroup:
+        """``tenant`` None: whoever's it is."""
         with Session(self._engine) as session:
             group = session.get(PlacementGroup, group_id)
-            if group is None or group.tenant != tenant:
+            if group is None or (tenant is not None and group.tenant != tenant):
                 raise NotFound(f"no placement group with id '{group_id}'")
             return group
 
-    def list_groups(self, tenant: str) -> list[PlacementGroup]:
+    def list_groups(self, tenant: str | None) -> list[PlacementGroup]:
         with Session(self._engine) as session:
-            query = select(PlacementGroup).where(PlacementGroup.tenant == tenant)
+            query = select(PlacementGroup)
+            if tenant is not None:
+                query = query.where(PlacementGroup.tenant == tenant)
             return list(session.exec(query.order_by(PlacementGroup.created_at)))
 
     def group_members(self, group_id: str) -> list[Vm]:
@@ -160,7 +171,7 @@ class Inventory:
             query = select(Vm).where(Vm.placement_group_id == group_id).order_by(Vm.created_at)
             return list(session.exec(query))
 
-    def remove_group(self, group_id: str, tenant: str) -> None:
+    def remove_group(self, group_id: str, tenant: str | None) -> None:
         """Raises NotFound, or Conflict while VMs still belong to the group."""
         group = self.get_group(group_id, tenant)
         with Session(self._engine) as session:

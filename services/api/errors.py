@@ -1,13 +1,19 @@
-"""Every error leaves the API as JSON ``{"error": {"code", "message"}}`` with a fitting status."""
+"""Every error leaves the API as JSON ``{"error": {"code", "message"}}`` with a fitting status;
+anything unexpected as a 500 with code ``internal`` and the request's id, never a traceback."""
 
 from __future__ import annotations
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from shared.errors import VmflowError
+from shared.errors import Unauthenticated, VmflowError
+
+log = structlog.get_logger(__name__)
+_HTTP_CODES = {401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+               409: "conflict", 413: "too_large", 415: "unsupported_media_type"}
 
 
 def error_body(code: str, message: str, details: list | None = None) -> dict:
@@ -26,7 +32,8 @@ def _describe(err: dict) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(VmflowError)
     async def platform_error(_req: Request, exc: VmflowError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.http_status)
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthenticated) else None
+        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_req: Request, exc: RequestValidationError) -> JSONResponse:
@@ -37,5 +44,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(_req: Request, exc: HTTPException) -> JSONResponse:
-        code = "not_found" if exc.status_code == 404 else "http_error"
-        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        request_id = getattr(request.state, "request_id", "")
+        log.error("unexpected error", request_id=request_id, path=request.url.path, error_type=type(exc).__name__,
+                  exc_info=exc)
+        message = f"an unexpected error; the logs say more under request id {request_id}"
+        return JSONResponse({"error": {"code": "internal", "message": message, "request_id": request_id}},
+                            status_code=500, headers={"X-Request-Id": request_id})

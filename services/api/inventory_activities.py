@@ -9,6 +9,7 @@ from temporalio import activity
 
 from services.api.db import Inventory
 from services.api.models import vm_summary
+from services.api.quota_store import QuotaLedger
 from shared import events
 from shared.errors import Conflict, NotFound
 from shared.messaging import EventPublisher
@@ -20,12 +21,19 @@ from shared.models import (
     VmRecordUpdate,
     VmRef,
 )
+from shared.quota import HoldChanges
 
 
 class InventoryActivities:
-    def __init__(self, inventory: Inventory, events: EventPublisher) -> None:
+    def __init__(self, inventory: Inventory, events: EventPublisher, ledger: QuotaLedger) -> None:
         self._inventory = inventory
         self._events = events
+        self._ledger = ledger
+
+    @activity.defn(name="inventory.settle_quota")
+    async def settle_quota(self, changes: HoldChanges) -> None:
+        """Commit and release quota holds at an operation's end. Idempotent."""
+        await asyncio.to_thread(self._ledger.settle, changes.commit, changes.release)
 
     @activity.defn(name="inventory.update_vm")
     async def update_vm(self, update: VmRecordUpdate) -> None:

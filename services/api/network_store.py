@@ -18,6 +18,7 @@ from sqlmodel import Session, select
 from services.api.guest_config import NicPublic, NicRequest
 from services.api.models import Vm
 from services.api.network_models import Network, NetworkState, Port
+from services.api.quota_store import commit_in, release_in, reserve_in
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.networks import (
     MAX_NICS_PER_VM,
@@ -31,6 +32,7 @@ from shared.networks import (
     first_free_vni,
     random_mac,
 )
+from shared.quota import Amounts, network_hold, vm_hold
 
 _RACE_ATTEMPTS = 20  # lost races to another allocation before giving up (each retry sees more taken)
 T = TypeVar("T")
@@ -56,10 +58,12 @@ class NetworkStore:
     # -- networks ------------------------------------------------------------------------------
 
     def add_network(self, network: Network, subnet: Subnet) -> Network:
-        """Insert the network with a free VNI and, when DHCP is on, the DHCP server's port.
-        Raises Conflict when the tenant has a network of that name."""
+        """Insert the network with a free VNI and, when DHCP is on, the DHCP server's port, with
+        its share of the tenant's quota. Raises Conflict when the tenant has a network of that
+        name, QuotaExceeded."""
 
         def attempt(session: Session) -> str:
+            reserve_in(session, network.tenant, network_hold(network.id), Amounts(networks=1))
             if session.exec(select(Network.id).where(Network.tenant == network.tenant,
                                                      Network.name == network.name)).first():
                 raise Conflict(f"a network named '{network.name}' already exists")
@@ -81,10 +85,11 @@ class NetworkStore:
                 raise NotFound(f"no network with id '{network_id}'")
             return row
 
-    def networks(self, tenant: str) -> list[Network]:
+    def networks(self, tenant: str | None) -> list[Network]:
+        """The tenant's networks; None: every tenant's."""
         with Session(self._engine) as session:
-            query = select(Network).where(Network.tenant == tenant).order_by(Network.created_at)
-            return list(session.exec(query))
+            query = select(Network) if tenant is None else select(Network).where(Network.tenant == tenant)
+            return list(session.exec(query.order_by(Network.created_at)))
 
     def dhcp_addresses(self, network_ids: Iterable[str]) -> dict[str, str]:
         with Session(self._engine) as session:
@@ -98,9 +103,11 @@ class NetworkStore:
             if op_id is not None:
                 values["last_operation_id"] = op_id
             session.exec(update(Network).where(Network.id == network_id).values(**values))
+            if state is NetworkState.ACTIVE:
+                commit_in(session, network_hold(network_id))
             session.commit()
 
-    def begin_delete(self, network_id: str, tenant: str, op_id: str) -> Network:
+    def begin_delete(self, network_id: str, tenant: str | None, op_id: str) -> Network:
         """Mark the network deleting. Raises NotFound, or Conflict while a NIC is on it (a create
         racing this one either sees the network deleting or its NIC is seen here)."""
         network = self.network(network_id, tenant)
@@ -118,13 +125,14 @@ class NetworkStore:
         return self.network(network_id)
 
     def remove_network(self, network_id: str) -> None:
-        """Delete the network and its remaining (DHCP) ports. Idempotent."""
+        """Delete the network, its remaining (DHCP) ports and its quota hold. Idempotent."""
         with Session(self._engine) as session:
             session.exec(delete(Port).where(Port.network_id == network_id))
+            release_in(session, network_hold(network_id))
             session.exec(delete(Network).where(Network.id == network_id))
             session.commit()
 
-    def ports(self, network_id: str, tenant: str) -> list[Port]:
+    def ports(self, network_id: str, tenant: str | None) -> list[Port]:
         self.network(network_id, tenant)
         with Session(self._engine) as session:
             query = select(Port).where(Port.network_id == network_id).order_by(Port.created_at)
@@ -167,11 +175,14 @@ class NetworkStore:
         return ports
 
     def add_vm(self, vm: Vm, requests: list[NicRequest]) -> Vm:
-        """Insert the VM and one port per requested NIC in one transaction: either all exist or
-        nothing does. Raises Conflict (name taken, address taken, subnet full), InvalidRequest
-        (unknown network, address outside its subnet)."""
+        """Insert the VM, its share of the tenant's quota and one port per requested NIC in one
+        transaction: either all exist or nothing does. Raises Conflict (name taken, address
+        taken, subnet full), QuotaExceeded, InvalidRequest (unknown network, address outside
+        its subnet)."""
 
         def attempt(session: Session) -> None:
+            reserve_in(session, vm.tenant, vm_hold(vm.id), Amounts(
+                vms=1, vcpus=vm.vcpus, memory_mib=vm.memory_mib, disk_gib=vm.disk_gib))
             if session.exec(select(Vm.id).where(Vm.tenant == vm.tenant, Vm.name == vm.name)).first():
                 raise Conflict(f"a VM named '{vm.name}' already exists")
             session.add(Vm(**vm.model_dump()))

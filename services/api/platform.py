@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from fastapi import Header, Request
+from fastapi import Request
 from nats.aio.client import Client as NatsClient
-from starlette.requests import HTTPConnection
 from temporalio.client import Client as TemporalClient
 
+from services.api.audit import AuditLog
 from services.api.db import Inventory
+from services.api.identity_store import IdentityStore
 from services.api.network_store import NetworkStore
+from services.api.quota_store import QuotaLedger
 from services.api.settings import ApiSettings
 from services.scheduler.client import SchedulerClient
 from services.storage.client import StorageClient
-from shared.errors import InvalidRequest
 from shared.messaging import EventPublisher
 
 
@@ -29,21 +29,10 @@ class Platform:
     scheduler: SchedulerClient
     storage: StorageClient
     network_store: NetworkStore
+    identities: IdentityStore
+    ledger: QuotaLedger
+    audit: AuditLog
 
 
 def get_platform(request: Request) -> Platform:
     return request.app.state.platform
-
-
-_TENANT_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-
-
-def current_tenant(connection: HTTPConnection, x_vmflow_tenant: str | None = Header(default=None)) -> str:
-    """The tenant a request (or a websocket) acts for: the X-Vmflow-Tenant header, else the
-    configured default. Authentication (tokens scoped to a tenant) will replace the header.
-    Raises InvalidRequest for a malformed tenant name."""
-    if x_vmflow_tenant is None:
-        return connection.app.state.platform.settings.default_tenant
-    if not _TENANT_PATTERN.fullmatch(x_vmflow_tenant):
-        raise InvalidRequest("X-Vmflow-Tenant: 1-63 lower-case letters, digits or '-'")
-    return x_vmflow_tenant

@@ -7,7 +7,9 @@ class ApiSettings(CommonSettings):
     database_url: str = "sqlite:///./vmflow.db"
     listen_host: str = "127.0.0.1"
     listen_port: int = 8000
-    default_tenant: str = "default"
+    # Where the API keeps a working admin token (made at start when missing; mode 0600).
+    admin_token_file: str | None = None
+    token_cache_s: float = 60.0  # how long a verified token secret skips Argon2
     max_vcpus: int = 32
     max_memory_mib: int = 262_144
     max_disk_gib: int = 2_048

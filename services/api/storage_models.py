@@ -15,9 +15,10 @@ from temporalio.service import RPCError
 
 from services.api.models import Vm
 from services.api.platform import Platform
+from shared.auth import Principal
 from shared.errors import Conflict, InvalidRequest, ServiceUnavailable
 from shared.models import VmState
-from shared.names import ORCHESTRATOR_QUEUE
+from shared.names import ORCHESTRATOR_QUEUE, operation_memo
 from shared.storage_models import (
     CloneMode,
     ImageFormat,
@@ -198,9 +199,9 @@ def _time(seconds: float | None) -> datetime | None:
 # -- shared by the storage routes ----------------------------------------------------------------
 
 
-async def get_vm(p: Platform, vm_id: str) -> Vm:
-    """Raises NotFound (404) for an unknown VM."""
-    return await asyncio.to_thread(p.inventory.get, vm_id, p.settings.default_tenant)
+async def get_vm(p: Platform, vm_id: str, who: Principal) -> Vm:
+    """Raises NotFound (404) for an unknown VM, or one ``who`` may not see."""
+    return await asyncio.to_thread(p.inventory.get, vm_id, who.visible_tenant)
 
 
 def require_state(vm: Vm, allowed: Iterable[VmState], action: str) -> None:
@@ -213,16 +214,22 @@ def require_state(vm: Vm, allowed: Iterable[VmState], action: str) -> None:
 
 
 async def start_operation(p: Platform, workflow: str, arg: object, op_id: str, target: str,
-                          response: Response) -> StorageOperationAccepted:
-    """Start the workflow under ``op_id``; 202 with its Location. The same operation running
-    already is a Conflict (409)."""
+                          response: Response, tenant: str, reserved: str | None = None) -> StorageOperationAccepted:
+    """Start the workflow under ``op_id`` as ``tenant``'s; 202 with its Location. The same
+    operation running already is a Conflict (409). The quota hold ``reserved`` (made for this
+    operation) is released when it cannot start."""
     try:
         await p.temporal.start_workflow(workflow, arg, id=op_id, task_queue=ORCHESTRATOR_QUEUE,
-                                        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE)
-    except WorkflowAlreadyStartedError as exc:
-        raise Conflict(f"operation {op_id} is already under way") from exc
-    except RPCError as exc:
-        raise ServiceUnavailable(f"could not start the operation: {exc.message}") from exc
+                                        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                                        memo=operation_memo(tenant))
+    except BaseException as exc:
+        if reserved is not None:
+            await asyncio.to_thread(p.ledger.release, reserved)
+        if isinstance(exc, WorkflowAlreadyStartedError):
+            raise Conflict(f"operation {op_id} is already under way") from exc
+        if isinstance(exc, RPCError):
+            raise ServiceUnavailable(f"could not start the operation: {exc.message}") from exc
+        raise
     response.status_code = 202
     response.headers["Location"] = f"/v1/operations/{op_id}"
     return StorageOperationAccepted(operation_id=op_id, target=target)

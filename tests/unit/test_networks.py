@@ -6,12 +6,14 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from sqlmodel import Session
 
 from services.api.db import Inventory, make_engine, migrate
 from services.api.guest_config import NicRequest
 from services.api.models import Vm
 from services.api.network_models import Network, NetworkState
 from services.api.network_store import NetworkStore
+from services.api.tenancy_models import Tenant
 from shared.errors import Conflict, InvalidRequest
 from shared.networks import check_requested_ip, first_free_ip, parse_subnet
 
@@ -51,6 +53,9 @@ def test_addresses_are_allocated_lowest_first_and_a_full_subnet_is_refused():
 def store(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'inventory.db'}")
     migrate(engine)
+    with Session(engine) as session:  # every VM and network belongs to a tenant that exists
+        session.add_all([Tenant(id=t) for t in ("t", "t1", "t2")])
+        session.commit()
     return NetworkStore(engine), Inventory(engine)
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 from alembic import context
 from sqlmodel import SQLModel
 
-import services.api.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+import services.api.audit  # noqa: F401  (each registers its tables on SQLModel.metadata)
+import services.api.models  # noqa: F401
+import services.api.network_models  # noqa: F401
+import services.api.tenancy_models  # noqa: F401
 
 connection = context.config.attributes["connection"]
 context.configure(

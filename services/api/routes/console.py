@@ -21,8 +21,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from services.api.platform import Platform, current_tenant
+from services.api.platform import Platform
+from services.api.policy import principal
 from shared import codec, subjects
+from shared.auth import Principal
 from shared.console import (
     FRAME_HEADER,
     WS_CLOSE_CONFLICT,
@@ -108,13 +110,13 @@ class HostConsole:
 
 
 @router.websocket("/{vm_id}/console")
-async def vm_console(websocket: WebSocket, vm_id: str, tenant: str = Depends(current_tenant)) -> None:
+async def vm_console(websocket: WebSocket, vm_id: str, who: Principal = Depends(principal)) -> None:
     """Attach to the VM's serial console (one session per VM at a time)."""
     p: Platform = websocket.app.state.platform
     config: ConsoleConfig = getattr(websocket.app.state, "console_config", _DEFAULT_CONFIG)
     await websocket.accept()  # before any close: a close before accepting reaches clients as HTTP 403
     try:
-        console = await _open(p, vm_id, tenant)
+        console = await _open(p, vm_id, who.visible_tenant)
     except ConsoleRefused as refused:
         log.info("console refused", vm_id=vm_id, code=refused.code, reason=refused.reason)
         await websocket.close(refused.code, ws_reason(refused.reason))
@@ -131,7 +133,7 @@ async def vm_console(websocket: WebSocket, vm_id: str, tenant: str = Depends(cur
             await websocket.close(*ending)
 
 
-async def _open(p: Platform, vm_id: str, tenant: str) -> HostConsole:
+async def _open(p: Platform, vm_id: str, tenant: str | None) -> HostConsole:
     """A session on the VM's host, or ConsoleRefused with the close code and reason."""
     try:
         vm = await asyncio.to_thread(p.inventory.get, vm_id, tenant)

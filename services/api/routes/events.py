@@ -1,4 +1,6 @@
-"""/v1/events: the platform's NATS events as a server-sent-events stream."""
+"""/v1/events: the platform's NATS events as a server-sent-events stream. An admin may follow
+any subject; anyone else gets only its tenant's (its VMs, operations and audit records),
+because the stream subscribes to nothing else."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from services.api.platform import Platform, get_platform
+from services.api.policy import principal
 from shared import subjects
+from shared.auth import Principal
 from shared.errors import InvalidRequest
 
 router = APIRouter(prefix="/v1", tags=["events"])
@@ -21,6 +25,7 @@ async def stream_events(
     request: Request,
     subject: str = Query(subjects.ALL_EVENTS, description="NATS subject filter under vmflow.evt"),
     p: Platform = Depends(get_platform),
+    who: Principal = Depends(principal),
 ):
     """Each NATS event becomes one SSE message: ``event:`` its type, ``data:`` its envelope."""
     if not subject.startswith(subjects.EVENTS_ROOT + ".") or " " in subject:
@@ -28,10 +33,14 @@ async def stream_events(
     queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1000)
 
     async def on_message(msg) -> None:
+        if not subjects.subject_matches(subject, msg.subject):
+            return
         if not queue.full():  # a slow client loses events rather than stalling NATS
             queue.put_nowait(msg.data)
 
-    sub = await p.nats.subscribe(subject, cb=on_message)
+    # A tenant's stream subscribes only to its own subjects; its filter narrows them further.
+    roots = (subject,) if who.is_admin else subjects.tenant_event_roots(who.tenant)
+    subs = [await p.nats.subscribe(root, cb=on_message) for root in roots]
 
     async def body():
         try:
@@ -48,7 +57,8 @@ async def stream_events(
                     f"data: {json.dumps(envelope)}\n\n"
                 ).encode()
         finally:
-            await sub.unsubscribe()
+            for sub in subs:
+                await sub.unsubscribe()
 
     return StreamingResponse(body(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,12 +1,18 @@
 """/v1/images: the image catalog; importing image files, templates made from a stopped VM's
-disk (also ``POST /v1/vms/{id}/template``), deleting images no volume uses."""
+disk (also ``POST /v1/vms/{id}/template``), deleting images no volume uses.
+
+Installed and imported images are shared with every tenant (admins import them). A template
+belongs to the tenant that made it, counts against its disk quota, and only it sees it."""
 
 from __future__ import annotations
+
+import asyncio
 
 from fastapi import APIRouter, Depends, Response
 
 from services.api.models import Vm
 from services.api.platform import Platform, get_platform
+from services.api.policy import principal
 from services.api.storage_models import (
     ImageCreate,
     ImagePublic,
@@ -16,9 +22,11 @@ from services.api.storage_models import (
     require_state,
     start_operation,
 )
-from shared.errors import Conflict, InvalidRequest, NotFound
+from shared.auth import Principal
+from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from shared.models import VmState
 from shared.names import image_operation_id
+from shared.quota import Amounts, QuotaSettlement, image_hold
 from shared.storage_models import (
     DeleteImageInput,
     ImportImageInput,
@@ -30,24 +38,38 @@ from shared.storage_models import (
 router = APIRouter(prefix="/v1", tags=["storage"])
 
 
+async def _owners(p: Platform) -> dict[str, str]:
+    """template name -> the tenant it belongs to; images not named here are shared."""
+    return {key.removeprefix("image/"): tenant
+            for key, tenant in (await asyncio.to_thread(p.ledger.owners, "image/")).items()}
+
+
+def _visible(who: Principal, owners: dict[str, str], name: str) -> bool:
+    return who.is_admin or owners.get(name, who.tenant) == who.tenant
+
+
 @router.get("/images", response_model=list[ImagePublic])
-async def list_images(p: Platform = Depends(get_platform)):
-    return [ImagePublic.of(v) for v in (await p.storage.image_views()).images]
+async def list_images(p: Platform = Depends(get_platform), who: Principal = Depends(principal)):
+    owners = await _owners(p)
+    return [ImagePublic.of(v) for v in (await p.storage.image_views()).images if _visible(who, owners, v.name)]
 
 
 @router.get("/images/{name}", response_model=ImagePublic)
-async def get_image(name: str, p: Platform = Depends(get_platform)):
+async def get_image(name: str, p: Platform = Depends(get_platform), who: Principal = Depends(principal)):
+    if not _visible(who, await _owners(p), name):
+        raise NotFound(f"no image named '{name}'")
     return ImagePublic.of(await p.storage.image_view(name))
 
 
 @router.post("/images", status_code=202, response_model=StorageOperationAccepted)
-async def create_image(body: ImageCreate, response: Response, p: Platform = Depends(get_platform)):
+async def create_image(body: ImageCreate, response: Response, p: Platform = Depends(get_platform),
+                       who: Principal = Depends(principal)):
     """Import an image file, or make a template of a stopped VM (``from_vm``). The file is checked
     with qemu-img before anything is copied: its real format must be the one given, it may not
     have a backing file, and sizes are limited. Images are stored as qcow2."""
     if body.from_vm is not None:
         try:
-            vm = await get_vm(p, body.from_vm)
+            vm = await get_vm(p, body.from_vm, who)
         except NotFound:
             raise InvalidRequest(f"from_vm: no VM with id '{body.from_vm}'") from None
         return await _template(p, vm, TemplateCreate(name=body.name, description=body.description), response)
@@ -58,31 +80,46 @@ async def create_image(body: ImageCreate, response: Response, p: Platform = Depe
         initrd_path=body.initrd_path, cmdline=body.cmdline, boot_marker=body.boot_marker,
     )
     await p.storage.check_import(req)
-    return await start_operation(p, "ImportImage", ImportImageInput(p.settings.default_tenant, req),
-                                 image_operation_id(body.name, "create"), f"image/{body.name}", response)
+    return await start_operation(p, "ImportImage", ImportImageInput(who.tenant, req),
+                                 image_operation_id(body.name, "create"), f"image/{body.name}", response, who.tenant)
 
 
 @router.post("/vms/{vm_id}/template", status_code=202, response_model=StorageOperationAccepted)
 async def create_template(vm_id: str, body: TemplateCreate, response: Response,
-                          p: Platform = Depends(get_platform)):
-    """Flatten the stopped VM's disk into a new image that boots like the VM's image."""
-    return await _template(p, await get_vm(p, vm_id), body, response)
+                          p: Platform = Depends(get_platform), who: Principal = Depends(principal)):
+    """Flatten the stopped VM's disk into a new image that boots like the VM's image. It belongs
+    to the VM's tenant and counts the VM's disk size against its quota."""
+    return await _template(p, await get_vm(p, vm_id, who), body, response)
 
 
 async def _template(p: Platform, vm: Vm, body: TemplateCreate, response: Response) -> StorageOperationAccepted:
     require_state(vm, (VmState.STOPPED,), "make a template of")
     req = TemplateRequest(body.name, vm.id, vm.name, vm.image, body.description)
     await p.storage.check_template(req)
-    return await start_operation(p, "CreateTemplate", TemplateInput(p.settings.default_tenant, req),
-                                 image_operation_id(body.name, "create"), f"image/{body.name}", response)
+    hold = image_hold(body.name)
+    await asyncio.to_thread(p.ledger.reserve, vm.tenant, hold, Amounts(disk_gib=vm.disk_gib))
+    quota = QuotaSettlement(commit_on_success=(hold,), release_on_failure=(hold,))
+    return await start_operation(p, "CreateTemplate", TemplateInput(vm.tenant, req, quota),
+                                 image_operation_id(body.name, "create"), f"image/{body.name}", response,
+                                 vm.tenant, reserved=hold)
 
 
 @router.delete("/images/{name}", status_code=202, response_model=StorageOperationAccepted)
-async def delete_image(name: str, response: Response, p: Platform = Depends(get_platform)):
-    """Delete an image no volume is backed by (409 otherwise)."""
+async def delete_image(name: str, response: Response, p: Platform = Depends(get_platform),
+                       who: Principal = Depends(principal)):
+    """Delete an image no volume is backed by (409 otherwise). A tenant deletes its own
+    templates; shared images are the admins'."""
+    owners = await _owners(p)
+    if not _visible(who, owners, name):
+        raise NotFound(f"no image named '{name}'")
+    if name not in owners and not who.is_admin:
+        await p.storage.image_view(name)  # NotFound for an unknown image
+        raise Forbidden(f"image '{name}' is shared with every tenant; only an admin deletes it")
+    tenant = owners.get(name, who.tenant)
     usage = await p.storage.image_usage(name)
     if usage.volumes:
         shown = ", ".join(usage.volumes[:5]) + (", ..." if len(usage.volumes) > 5 else "")
         raise Conflict(f"image '{name}' is in use by {len(usage.volumes)} volume(s): {shown}")
-    return await start_operation(p, "DeleteImage", DeleteImageInput(p.settings.default_tenant, name),
-                                 image_operation_id(name, "delete"), f"image/{name}", response)
+    quota = QuotaSettlement(release_on_success=(image_hold(name),))
+    return await start_operation(p, "DeleteImage", DeleteImageInput(tenant, name, quota),
+                                 image_operation_id(name, "delete"), f"image/{name}", response, tenant)

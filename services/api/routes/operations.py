@@ -1,7 +1,12 @@
-"""/v1/operations/{id}: an operation is a workflow; its id is the workflow id."""
+"""/v1/operations/{id}: an operation is a workflow; its id is the workflow id.
+
+An operation belongs to the tenant in its memo (the API starts every operation with one), else
+to the tenant of the VM its id names; anything else (a host's maintenance or failover) is the
+fleet's, which only admins see. Another tenant's operation is not found."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import datetime
 from typing import Any
@@ -13,8 +18,11 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from services.api.platform import Platform, get_platform
+from services.api.policy import principal
+from shared.auth import Principal
 from shared.errors import Conflict, NotFound
 from shared.models import OperationProgress
+from shared.names import OPERATION_TENANT_MEMO, vm_id_of_operation
 
 router = APIRouter(prefix="/v1/operations", tags=["operations"])
 
@@ -58,16 +66,30 @@ class Operation(BaseModel):
     closed_at: datetime | None
 
 
-async def _describe(p: Platform, op_id: str):
+async def _owner(p: Platform, op_id: str, desc) -> str | None:
+    """The tenant the operation belongs to; None: the fleet's."""
+    tenant = await desc.memo_value(OPERATION_TENANT_MEMO, None)
+    if tenant is not None:
+        return tenant
+    vm_id = vm_id_of_operation(op_id)
+    vm = await asyncio.to_thread(p.inventory.find, vm_id) if vm_id else None
+    return vm.tenant if vm is not None else None
+
+
+async def _describe(p: Platform, op_id: str, who: Principal):
+    """Raises NotFound for an unknown operation or one ``who`` may not see."""
     if not OPERATION_ID.fullmatch(op_id):
         raise NotFound(f"no operation with id '{op_id}'")
     handle = p.temporal.get_workflow_handle(op_id)
     try:
-        return handle, await handle.describe()
+        desc = await handle.describe()
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             raise NotFound(f"no operation with id '{op_id}'") from exc
         raise
+    if not who.is_admin and await _owner(p, op_id, desc) != who.tenant:
+        raise NotFound(f"no operation with id '{op_id}'")
+    return handle, desc
 
 
 async def _activity_progress(p: Platform, desc) -> dict[str, Any] | None:
@@ -81,19 +103,19 @@ async def _activity_progress(p: Platform, desc) -> dict[str, Any] | None:
 
 
 @router.post("/{op_id}/cancel", status_code=202, response_model=Operation)
-async def cancel_operation(op_id: str, p: Platform = Depends(get_platform)):
+async def cancel_operation(op_id: str, p: Platform = Depends(get_platform), who: Principal = Depends(principal)):
     """Ask a running operation to stop. A migration aborts libvirt's job and leaves the VM where
     it was. 409 when the operation has finished already."""
-    handle, desc = await _describe(p, op_id)
+    handle, desc = await _describe(p, op_id, who)
     if desc.status != WorkflowExecutionStatus.RUNNING:
         raise Conflict(f"operation {op_id} is {_STATES.get(desc.status, 'finished')}; nothing to cancel")
     await handle.cancel()
-    return await get_operation(op_id, p)
+    return await get_operation(op_id, p, who)
 
 
 @router.get("/{op_id}", response_model=Operation)
-async def get_operation(op_id: str, p: Platform = Depends(get_platform)):
-    handle, desc = await _describe(p, op_id)
+async def get_operation(op_id: str, p: Platform = Depends(get_platform), who: Principal = Depends(principal)):
+    handle, desc = await _describe(p, op_id, who)
     state = _STATES.get(desc.status, "unknown") if desc.status else "unknown"
     progress: OperationProgress | None = None
     try:

@@ -6,8 +6,15 @@ import asyncio
 
 from fastapi import APIRouter, Depends, Response
 
-from services.api.models import GroupMember, PlacementGroup, PlacementGroupCreate, PlacementGroupPublic
+from services.api.models import (
+    GroupMember,
+    PlacementGroup,
+    PlacementGroupCreate,
+    PlacementGroupPublic,
+)
 from services.api.platform import Platform, get_platform
+from services.api.policy import principal
+from shared.auth import Principal
 
 router = APIRouter(prefix="/v1/placement-groups", tags=["placement groups"])
 
@@ -20,27 +27,31 @@ def _public(group: PlacementGroup, members=()) -> PlacementGroupPublic:
 
 
 @router.post("", status_code=201, response_model=PlacementGroupPublic)
-async def create_group(body: PlacementGroupCreate, response: Response, p: Platform = Depends(get_platform)):
-    group = PlacementGroup(tenant=p.settings.default_tenant, **body.model_dump())
+async def create_group(body: PlacementGroupCreate, response: Response, p: Platform = Depends(get_platform),
+                       who: Principal = Depends(principal)):
+    group = PlacementGroup(tenant=who.tenant, **body.model_dump())
     group = await asyncio.to_thread(p.inventory.add_group, group)
     response.headers["Location"] = f"/v1/placement-groups/{group.id}"
     return _public(group)
 
 
 @router.get("", response_model=list[PlacementGroupPublic])
-async def list_groups(p: Platform = Depends(get_platform)):
-    groups = await asyncio.to_thread(p.inventory.list_groups, p.settings.default_tenant)
+async def list_groups(p: Platform = Depends(get_platform),
+                       who: Principal = Depends(principal)):
+    groups = await asyncio.to_thread(p.inventory.list_groups, who.visible_tenant)
     return [_public(g, await asyncio.to_thread(p.inventory.group_members, g.id)) for g in groups]
 
 
 @router.get("/{group_id}", response_model=PlacementGroupPublic)
-async def get_group(group_id: str, p: Platform = Depends(get_platform)):
-    group = await asyncio.to_thread(p.inventory.get_group, group_id, p.settings.default_tenant)
+async def get_group(group_id: str, p: Platform = Depends(get_platform),
+                       who: Principal = Depends(principal)):
+    group = await asyncio.to_thread(p.inventory.get_group, group_id, who.visible_tenant)
     return _public(group, await asyncio.to_thread(p.inventory.group_members, group.id))
 
 
 @router.delete("/{group_id}", status_code=204)
-async def delete_group(group_id: str, p: Platform = Depends(get_platform)):
+async def delete_group(group_id: str, p: Platform = Depends(get_platform),
+                       who: Principal = Depends(principal)):
     """409 while VMs still belong to the group."""
-    await asyncio.to_thread(p.inventory.remove_group, group_id, p.settings.default_tenant)
+    await asyncio.to_thread(p.inventory.remove_group, group_id, who.visible_tenant)
     return Response(status_code=204)

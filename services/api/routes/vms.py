@@ -20,8 +20,10 @@ from services.api.models import (
     VmPublic,
     vm_summary,
 )
-from services.api.platform import Platform, current_tenant, get_platform
+from services.api.platform import Platform, get_platform
+from services.api.policy import principal
 from shared import events
+from shared.auth import Principal
 from shared.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from shared.migration import ConvergencePolicy, MigrateInput
 from shared.models import (
@@ -38,6 +40,7 @@ from shared.names import (
     ORCHESTRATOR_QUEUE,
     delete_workflow_id,
     migrate_workflow_id,
+    operation_memo,
     power_workflow_id,
     provision_workflow_id,
 )
@@ -114,9 +117,11 @@ async def _group_rule(p: Platform, group_id: str | None, tenant: str) -> GroupRu
 
 @router.post("", status_code=202, response_model=OperationAccepted)
 async def create_vm(body: VmCreate, response: Response, p: Platform = Depends(get_platform),
-                    tenant: str = Depends(current_tenant)):
+                    who: Principal = Depends(principal)):
     """Provision a VM: 202 at once; follow the operation for its progress. Its NICs' addresses
-    are allocated here, with the row: a full subnet or a taken address is refused at once."""
+    are allocated here, with the row, and its share of the tenant's quota reserved: a full subnet,
+    a taken address or a quota without room is refused at once."""
+    tenant = who.tenant
     image = await _check_spec(p, body, tenant)
     row = Vm(tenant=tenant, **body.model_dump(exclude={"networks"}))
     vm = await asyncio.to_thread(p.network_store.add_vm, row, body.networks)
@@ -134,6 +139,7 @@ async def create_vm(body: VmCreate, response: Response, p: Platform = Depends(ge
             id=op_id,
             task_queue=ORCHESTRATOR_QUEUE,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,  # a VM is provisioned once
+            memo=operation_memo(tenant),
         )
     except Exception as exc:
         await _settle_ambiguous_start(p, vm, op_id, exc)
@@ -164,29 +170,29 @@ async def _settle_ambiguous_start(p: Platform, vm: Vm, op_id: str, exc: Exceptio
 
 
 @router.get("", response_model=list[VmPublic])
-async def list_vms(p: Platform = Depends(get_platform), tenant: str = Depends(current_tenant)):
-    return await vm_public(p, await asyncio.to_thread(p.inventory.list, tenant))
+async def list_vms(p: Platform = Depends(get_platform), who: Principal = Depends(principal)):
+    return await vm_public(p, await asyncio.to_thread(p.inventory.list, who.visible_tenant))
 
 
 @router.get("/{vm_id}", response_model=VmPublic)
-async def get_vm(vm_id: str, p: Platform = Depends(get_platform), tenant: str = Depends(current_tenant)):
-    [vm] = await vm_public(p, [await asyncio.to_thread(p.inventory.get, vm_id, tenant)])
+async def get_vm(vm_id: str, p: Platform = Depends(get_platform), who: Principal = Depends(principal)):
+    [vm] = await vm_public(p, [await asyncio.to_thread(p.inventory.get, vm_id, who.visible_tenant)])
     return vm
 
 
 @router.delete("/{vm_id}", status_code=202, response_model=OperationAccepted)
 async def delete_vm(vm_id: str, response: Response, p: Platform = Depends(get_platform),
-                    tenant: str = Depends(current_tenant)):
+                    who: Principal = Depends(principal)):
     """Delete a VM with its domain, volume, seed and addresses. Repeating the request returns
     the same operation."""
-    vm = await asyncio.to_thread(p.inventory.get, vm_id, tenant)
+    vm = await asyncio.to_thread(p.inventory.get, vm_id, who.visible_tenant)
     op_id = delete_workflow_id(vm.id)
     if not await asyncio.to_thread(p.inventory.transition, vm.id, _DELETABLE, VmState.DELETING, op_id):
         raise Conflict(f"VM '{vm.name}' is {vm.state.value}; wait for its operation to finish")
     try:
         await p.temporal.start_workflow(
             "DeleteVm", DeleteInput(vm.id, vm.tenant, vm.host_id), id=op_id,
-            task_queue=ORCHESTRATOR_QUEUE,
+            task_queue=ORCHESTRATOR_QUEUE, memo=operation_memo(vm.tenant),
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
         )
     except WorkflowAlreadyStartedError:
@@ -195,8 +201,8 @@ async def delete_vm(vm_id: str, response: Response, p: Platform = Depends(get_pl
 
 
 async def _power(p: Platform, vm_id: str, action: PowerAction, options: PowerOptions, response: Response,
-                 tenant: str):
-    vm = await asyncio.to_thread(p.inventory.get, vm_id, tenant)
+                 who: Principal):
+    vm = await asyncio.to_thread(p.inventory.get, vm_id, who.visible_tenant)
     op_id = power_workflow_id(vm.id, action.value, uuid.uuid4().hex[:8])
     if not await asyncio.to_thread(p.inventory.transition, vm.id, _POWER_FROM[action], _TRANSITIONAL[action], op_id):
         allowed = ", ".join(s.value for s in _POWER_FROM[action])
@@ -207,7 +213,7 @@ async def _power(p: Platform, vm_id: str, action: PowerAction, options: PowerOpt
             "VmPowerAction",
             PowerInput(vm.id, vm.tenant, action, vm.host_id or "", image.boot_marker,
                        options.timeout_s, options.force, p.settings.boot_timeout_s),
-            id=op_id, task_queue=ORCHESTRATOR_QUEUE,
+            id=op_id, task_queue=ORCHESTRATOR_QUEUE, memo=operation_memo(vm.tenant),
         )
     except Exception as exc:
         await asyncio.to_thread(p.inventory.update, vm.id, state=vm.state)
@@ -217,31 +223,31 @@ async def _power(p: Platform, vm_id: str, action: PowerAction, options: PowerOpt
 
 @router.post("/{vm_id}/start", status_code=202, response_model=OperationAccepted)
 async def start_vm(vm_id: str, response: Response, p: Platform = Depends(get_platform),
-                   tenant: str = Depends(current_tenant)):
-    return await _power(p, vm_id, PowerAction.START, PowerOptions(), response, tenant)
+                   who: Principal = Depends(principal)):
+    return await _power(p, vm_id, PowerAction.START, PowerOptions(), response, who)
 
 
 @router.post("/{vm_id}/stop", status_code=202, response_model=OperationAccepted)
 async def stop_vm(vm_id: str, response: Response, options: PowerOptions = Body(default_factory=PowerOptions),
-                  p: Platform = Depends(get_platform), tenant: str = Depends(current_tenant)):
+                  p: Platform = Depends(get_platform), who: Principal = Depends(principal)):
     """Graceful shutdown, forced after ``timeout_s``; ``force`` powers off at once."""
-    return await _power(p, vm_id, PowerAction.STOP, options, response, tenant)
+    return await _power(p, vm_id, PowerAction.STOP, options, response, who)
 
 
 @router.post("/{vm_id}/reboot", status_code=202, response_model=OperationAccepted)
 async def reboot_vm(vm_id: str, response: Response, options: PowerOptions = Body(default_factory=PowerOptions),
-                    p: Platform = Depends(get_platform), tenant: str = Depends(current_tenant)):
+                    p: Platform = Depends(get_platform), who: Principal = Depends(principal)):
     """Stop (graceful, then forced after ``timeout_s``) and start again."""
-    return await _power(p, vm_id, PowerAction.REBOOT, options, response, tenant)
+    return await _power(p, vm_id, PowerAction.REBOOT, options, response, who)
 
 
 @router.post("/{vm_id}/migrate", status_code=202, response_model=OperationAccepted)
 async def migrate_vm(vm_id: str, response: Response,
                      options: MigrateOptions = Body(default_factory=MigrateOptions),
-                     p: Platform = Depends(get_platform), tenant: str = Depends(current_tenant)):
+                     p: Platform = Depends(get_platform), who: Principal = Depends(principal)):
     """Live-migrate a running VM, or move a stopped VM's definition, to another host (the
     scheduler's pick unless ``target_host_id`` is given). One move per VM at a time: 409."""
-    vm = await asyncio.to_thread(p.inventory.get, vm_id, tenant)
+    vm = await asyncio.to_thread(p.inventory.get, vm_id, who.visible_tenant)
     if options.target_host_id is not None:
         if options.target_host_id == vm.host_id:
             raise InvalidRequest(f"VM '{vm.name}' already runs on {vm.host_id}")
@@ -249,7 +255,7 @@ async def migrate_vm(vm_id: str, response: Response,
             await p.scheduler.host(options.target_host_id)
         except NotFound:
             raise InvalidRequest(f"target_host_id: unknown host '{options.target_host_id}'") from None
-    before = vm_summary(vm, await _group_rule(p, vm.placement_group_id, tenant))
+    before = vm_summary(vm, await _group_rule(p, vm.placement_group_id, vm.tenant))
     op_id = migrate_workflow_id(vm.id, uuid.uuid4().hex[:8])
     movable = (VmState.RUNNING, VmState.STOPPED)
     if not await asyncio.to_thread(p.inventory.begin_operation, vm.id, op_id, movable, VmState.MIGRATING):
@@ -259,7 +265,7 @@ async def migrate_vm(vm_id: str, response: Response,
     try:
         await p.temporal.start_workflow(
             "LiveMigrate", MigrateInput(before, options.target_host_id, policy, claimed=True),
-            id=op_id, task_queue=ORCHESTRATOR_QUEUE,
+            id=op_id, task_queue=ORCHESTRATOR_QUEUE, memo=operation_memo(vm.tenant),
         )
     except Exception as exc:
         await asyncio.to_thread(p.inventory.update, vm.id, state=vm.state)

@@ -1,0 +1,143 @@
+"""The audit trail: every change (any request but GET, HEAD and OPTIONS) and every refused
+attempt, with who (token, user, tenant, role), what (method, route, path, operation), when and
+the outcome (status and error code). Written by an ASGI middleware after the response, so a
+handler can never forget it; published as ``vmflow.evt.audit.<tenant>.<outcome>`` too.
+
+The middleware also gives every request an id (``X-Request-Id``), which the catch-all error
+handler puts in its answer and the logs, so a 500 can be found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import datetime
+
+import structlog
+from sqlalchemy import func
+from sqlalchemy.engine import Engine
+from sqlmodel import Field as SqlField
+from sqlmodel import Session, SQLModel, select
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.api.models import utcnow
+from shared import subjects
+from shared.auth import Principal
+
+log = structlog.get_logger(__name__)
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+NO_TENANT = "_fleet"  # the subject token of records no tenant owns (an unauthenticated attempt)
+
+
+class AuditRecord(SQLModel, table=True):
+    __tablename__ = "audit"
+
+    id: int | None = SqlField(default=None, primary_key=True)
+    at: datetime = SqlField(default_factory=utcnow)
+    request_id: str = SqlField(max_length=32)
+    token_id: str | None = SqlField(default=None, max_length=16)
+    user: str | None = SqlField(default=None, max_length=63)
+    tenant: str | None = SqlField(default=None, index=True, max_length=63)
+    role: str | None = SqlField(default=None, max_length=16)
+    method: str = SqlField(max_length=8)
+    path: str = SqlField(max_length=300)
+    action: str = SqlField(max_length=120)  # the route, e.g. "POST /v1/vms/{vm_id}/stop"
+    status: int
+    outcome: str = SqlField(max_length=16)  # accepted, done, refused, failed
+    code: str | None = SqlField(default=None, max_length=40)
+    operation_id: str | None = SqlField(default=None, max_length=200)
+
+
+def outcome_of(status: int) -> str:
+    if status == 202:
+        return "accepted"  # an operation started; its own outcome is the operation's
+    if status < 400:
+        return "done"
+    return "refused" if status < 500 else "failed"
+
+
+class AuditLog:
+    """Blocking: call from threads."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def add(self, record: AuditRecord) -> AuditRecord:
+        with Session(self._engine) as session:
+            session.add(record)
+            session.commit()
+            session.refresh(record)
+            return record
+
+    def page(self, tenant: str | None, offset: int, limit: int) -> tuple[int, list[AuditRecord]]:
+        """Newest first; ``tenant`` None: every record."""
+        with Session(self._engine) as session:
+            query = select(AuditRecord)
+            count = select(func.count()).select_from(AuditRecord)
+            if tenant is not None:
+                query = query.where(AuditRecord.tenant == tenant)
+                count = count.where(AuditRecord.tenant == tenant)
+            total = session.exec(count).one()
+            rows = session.exec(query.order_by(AuditRecord.id.desc()).offset(offset).limit(limit))
+            return total, list(rows)
+
+
+class AuditMiddleware:
+    """Gives each HTTP request an id and records each change after it is answered."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        seen: dict = {"status": 500, "location": None, "body": b""}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+                headers = dict(message.get("headers", []))
+                seen["location"] = headers.get(b"location")
+                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+            elif message["type"] == "http.response.body" and seen["status"] >= 400 and len(seen["body"]) < 4096:
+                seen["body"] += message.get("body", b"")
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            if scope["method"] not in _READS:
+                await self._record(scope, request_id, seen)
+
+    async def _record(self, scope: Scope, request_id: str, seen: dict) -> None:
+        platform = getattr(scope["app"].state, "platform", None)
+        if platform is None:
+            return
+        principal: Principal | None = scope.get("state", {}).get("principal")
+        route = scope.get("route")
+        status = seen["status"]
+        code = None
+        if status >= 400:
+            try:
+                code = json.loads(seen["body"])["error"]["code"]
+            except (ValueError, KeyError, TypeError):
+                code = "internal" if status >= 500 else None
+        location = seen["location"].decode() if seen["location"] else ""
+        record = AuditRecord(
+            request_id=request_id, method=scope["method"], path=scope["path"][:300],
+            action=f"{scope['method']} {route.path if route is not None else scope['path']}"[:120],
+            status=status, outcome=outcome_of(status), code=code,
+            operation_id=location.removeprefix("/v1/operations/") if location.startswith("/v1/operations/") else None,
+            **({"token_id": principal.token_id, "user": principal.user, "tenant": principal.tenant,
+                "role": principal.role.value} if principal is not None else {}),
+        )
+        try:
+            record = await asyncio.to_thread(platform.audit.add, record)
+            await platform.events.publish(subjects.audit_event(record.tenant or NO_TENANT, record.outcome),
+                                          record.model_dump(mode="json"), event_id=f"audit-{request_id}")
+        except Exception as exc:  # the change happened; a lost audit line is logged, never raised
+            log.error("audit record not written", error=str(exc), request_id=request_id, action=record.action)

@@ -1,0 +1,242 @@
+"""Tenants, users and API tokens. Blocking: call from threads.
+
+Token secrets are stored only as Argon2 hashes (pwdlib). Argon2 is slow on purpose, so a
+secret verified once is remembered for ``cache_s`` as a SHA-256 digest in this process; the
+token's row (revoked? expired? its role) is still read on every request, so revocation and
+expiry take effect at once on every API replica.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
+from sqlalchemy import delete, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from services.api.models import PlacementGroup, Vm, utcnow
+from services.api.network_models import Network
+from services.api.tenancy_models import (
+    ApiToken,
+    QuotaHold,
+    Tenant,
+    TenantCreate,
+    TokenCreate,
+    User,
+)
+from shared.auth import Principal, Role, new_token, parse_token
+from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthenticated
+
+BOOTSTRAP_TENANT = "default"
+BOOTSTRAP_USER = "admin"
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; every time here is UTC.
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+
+
+class IdentityStore:
+    def __init__(self, engine: Engine, cache_s: float = 60.0) -> None:
+        self._engine = engine
+        self._hasher = PasswordHash((Argon2Hasher(),))
+        self._cache_s = cache_s
+        self._verified: dict[str, tuple[bytes, float]] = {}
+        self._lock = threading.Lock()
+
+    # -- tenants -----------------------------------------------------------------------------
+
+    def add_tenant(self, body: TenantCreate) -> Tenant:
+        """Raises Conflict when the name is taken."""
+        limits = {f"quota_{name}": value for name, value in body.quota.model_dump().items()}
+        with Session(self._engine) as session:
+            session.add(Tenant(id=body.name, description=body.description, **limits))
+            try:
+                session.commit()
+            except IntegrityError:
+                raise Conflict(f"a tenant named '{body.name}' already exists") from None
+            return session.get(Tenant, body.name)
+
+    def tenant(self, tenant_id: str) -> Tenant:
+        with Session(self._engine) as session:
+            row = session.get(Tenant, tenant_id)
+            if row is None:
+                raise NotFound(f"no tenant '{tenant_id}'")
+            return row
+
+    def tenants(self, visible: str | None) -> list[Tenant]:
+        with Session(self._engine) as session:
+            query = select(Tenant).order_by(Tenant.created_at)
+            if visible is not None:
+                query = query.where(Tenant.id == visible)
+            return list(session.exec(query))
+
+    def remove_tenant(self, tenant_id: str, caller: Principal) -> None:
+        """Refused (409) while the tenant holds anything, and for the caller's own tenant. Its
+        users and tokens go with it."""
+        if tenant_id == caller.tenant:
+            raise Conflict(f"tenant '{tenant_id}' is the one your token acts in; use another admin's token")
+        with Session(self._engine) as session:
+            if session.get(Tenant, tenant_id) is None:
+                raise NotFound(f"no tenant '{tenant_id}'")
+            held = [what for what, table in (("VMs", Vm), ("networks", Network), ("placement groups", PlacementGroup),
+                                             ("quota holds", QuotaHold))
+                    if session.exec(select(table).where(table.tenant == tenant_id)).first() is not None]
+            if held:
+                raise Conflict(f"tenant '{tenant_id}' still has {', '.join(held)}; delete them first")
+            session.exec(delete(ApiToken).where(ApiToken.tenant == tenant_id))
+            session.exec(delete(User).where(User.tenant == tenant_id))
+            session.exec(delete(Tenant).where(Tenant.id == tenant_id))
+            session.commit()
+
+    # -- users -------------------------------------------------------------------------------
+
+    def add_user(self, tenant_id: str, name: str) -> User:
+        self.tenant(tenant_id)
+        with Session(self._engine) as session:
+            session.add(user := User(tenant=tenant_id, name=name))
+            try:
+                session.commit()
+            except IntegrityError:
+                raise Conflict(f"tenant '{tenant_id}' has a user named '{name}' already") from None
+            session.refresh(user)
+            return user
+
+    def users(self, tenant_id: str) -> list[User]:
+        self.tenant(tenant_id)
+        with Session(self._engine) as session:
+            return list(session.exec(select(User).where(User.tenant == tenant_id).order_by(User.created_at)))
+
+    def remove_user(self, tenant_id: str, name: str) -> None:
+        """The user goes with every token it had."""
+        with Session(self._engine) as session:
+            user = session.exec(select(User).where(User.tenant == tenant_id, User.name == name)).first()
+            if user is None:
+                raise NotFound(f"tenant '{tenant_id}' has no user named '{name}'")
+            session.exec(delete(ApiToken).where(ApiToken.user_id == user.id))
+            session.delete(user)
+            session.commit()
+
+    def _user(self, session: Session, tenant_id: str, name: str, create: bool) -> User:
+        user = session.exec(select(User).where(User.tenant == tenant_id, User.name == name)).first()
+        if user is None:
+            if not create:
+                raise NotFound(f"tenant '{tenant_id}' has no user named '{name}'")
+            session.add(user := User(tenant=tenant_id, name=name))
+            session.flush()
+        return user
+
+    # -- tokens ------------------------------------------------------------------------------
+
+    def issue(self, caller: Principal | None, body: TokenCreate) -> tuple[ApiToken, str, str]:
+        """A new token: (row, user name, the token string to show once). A caller may not give
+        more than it has: its role at most, its own tenant and user unless it is an admin.
+        ``caller`` None is the platform itself (the first admin token)."""
+        if caller is not None and not caller.role.allows(body.role):
+            raise Forbidden(f"a {caller.role} token cannot make a {body.role} token")
+        tenant_id = body.tenant or (caller.tenant if caller else BOOTSTRAP_TENANT)
+        user_name = body.user or (caller.user if caller else BOOTSTRAP_USER)
+        if caller is not None and not caller.is_admin:
+            if tenant_id != caller.tenant:
+                raise InvalidRequest(f"tenant: no tenant '{tenant_id}'")
+            if user_name != caller.user:
+                raise Forbidden("only an admin makes tokens for another user")
+        parts, text = new_token()
+        with Session(self._engine) as session:
+            if session.get(Tenant, tenant_id) is None:
+                raise InvalidRequest(f"tenant: no tenant '{tenant_id}'")
+            user = self._user(session, tenant_id, user_name, create=caller is None or caller.is_admin)
+            expires = utcnow() + timedelta(seconds=body.expires_in_s) if body.expires_in_s else None
+            row = ApiToken(id=parts.token_id, user_id=user.id, tenant=tenant_id, role=body.role,
+                           secret_hash=self._hasher.hash(parts.secret), description=body.description,
+                           created_by=caller.token_id if caller else None, expires_at=expires)
+            session.add(row)
+            session.commit()
+            session.refresh(row)
+            return row, user.name, text
+
+    def tokens(self, caller: Principal) -> list[tuple[ApiToken, str]]:
+        """An admin sees every token; anyone else the tokens of its own user."""
+        with Session(self._engine) as session:
+            query = select(ApiToken, User.name).join(User, User.id == ApiToken.user_id)
+            if not caller.is_admin:
+                query = query.where(ApiToken.tenant == caller.tenant, User.name == caller.user)
+            return list(session.exec(query.order_by(ApiToken.created_at)).all())
+
+    def token(self, token_id: str, caller: Principal) -> tuple[ApiToken, str]:
+        for row, user in self.tokens(caller):
+            if row.id == token_id:
+                return row, user
+        raise NotFound(f"no token '{token_id}'")
+
+    def revoke(self, token_id: str, caller: Principal) -> tuple[ApiToken, str]:
+        """Takes effect on the token's next request; revoking twice is harmless."""
+        self.token(token_id, caller)
+        with Session(self._engine) as session:
+            session.exec(update(ApiToken).where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
+                         .values(revoked_at=utcnow()))
+            session.commit()
+        with self._lock:
+            self._verified.pop(token_id, None)
+        return self.token(token_id, caller)
+
+    def authenticate(self, text: str) -> Principal:
+        """The principal a token acts as. Raises Unauthenticated, saying why."""
+        parts = parse_token(text)
+        if parts is None:
+            raise Unauthenticated("malformed token: expected 'Bearer vmf_<16 hex>_<43 characters>'")
+        with Session(self._engine) as session:
+            found = session.exec(select(ApiToken, User.name).join(User, User.id == ApiToken.user_id)
+                                 .where(ApiToken.id == parts.token_id)).first()
+        if found is None:
+            raise Unauthenticated("unknown token")
+        row, user = found
+        if row.revoked_at is not None:
+            raise Unauthenticated(f"token {row.id} was revoked at {_aware(row.revoked_at):%Y-%m-%d %H:%M:%S} UTC")
+        if row.expires_at is not None and _aware(row.expires_at) <= datetime.now(UTC):
+            raise Unauthenticated(f"token {row.id} expired at {_aware(row.expires_at):%Y-%m-%d %H:%M:%S} UTC")
+        if not self._secret_ok(row, parts.secret):
+            raise Unauthenticated("unknown token")
+        return Principal(row.id, user, row.tenant, Role(row.role))
+
+    def _secret_ok(self, row: ApiToken, secret: str) -> bool:
+        digest = hashlib.sha256(secret.encode()).digest()
+        now = time.monotonic()
+        with self._lock:
+            cached = self._verified.get(row.id)
+        if cached is not None and cached[1] > now and hmac.compare_digest(cached[0], digest):
+            return True
+        if not self._hasher.verify(secret, row.secret_hash):
+            return False
+        with self._lock:
+            self._verified[row.id] = (digest, now + self._cache_s)
+        return True
+
+    # -- the first admin ---------------------------------------------------------------------
+
+    def ensure_admin_token(self, path: Path) -> bool:
+        """Make sure ``path`` holds a working admin token, readable by its owner only: kept when
+        it works, made (user 'admin' of tenant 'default') when it does not. True when made."""
+        if path.exists():
+            try:
+                if self.authenticate(path.read_text()).is_admin:
+                    return False
+            except Unauthenticated:
+                pass
+        _row, _user, text = self.issue(None, TokenCreate(role=Role.ADMIN, description="the first admin token"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text + "\n")
+        os.replace(tmp, path)
+        return True

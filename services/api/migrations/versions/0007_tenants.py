@@ -1,0 +1,89 @@
+"""Tenants with their quotas, users, API tokens (hashes only), the quota ledger and the audit
+trail. Every VM, network and placement group so far belongs to the tenant 'default'.
+
+Revision ID: 0007
+Revises: 0006
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0007"
+down_revision = "0006"
+branch_labels = None
+depends_on = None
+
+_RESOURCES = ("vms", "vcpus", "memory_mib", "disk_gib", "volumes", "snapshots", "networks")
+
+
+def upgrade() -> None:
+    tenants = op.create_table(
+        "tenants",
+        sa.Column("id", sa.String(length=63), primary_key=True),
+        sa.Column("description", sa.String(length=200), nullable=False),
+        *(sa.Column(f"quota_{r}", sa.Integer(), nullable=True) for r in _RESOURCES),
+        # Bumped by every reservation: the row lock that serializes a tenant's quota checks.
+        sa.Column("quota_serial", sa.Integer(), nullable=False, server_default="0"),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
+    )
+    op.bulk_insert(tenants, [{"id": "default", "description": "the tenant of everything made before tenants",
+                              "quota_serial": 0, "created_at": datetime.now(UTC)}])
+    op.create_table(
+        "users",
+        sa.Column("id", sa.String(), primary_key=True),
+        sa.Column("tenant", sa.String(length=63), sa.ForeignKey("tenants.id"), nullable=False),
+        sa.Column("name", sa.String(length=63), nullable=False),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.UniqueConstraint("tenant", "name", name="uq_users_tenant_name"),
+    )
+    op.create_table(
+        "api_tokens",
+        sa.Column("id", sa.String(length=16), primary_key=True),
+        sa.Column("user_id", sa.String(), sa.ForeignKey("users.id"), nullable=False),
+        sa.Column("tenant", sa.String(length=63), nullable=False),
+        sa.Column("role", sa.Enum("READER", "MEMBER", "ADMIN", name="role"), nullable=False),
+        sa.Column("secret_hash", sa.String(), nullable=False),
+        sa.Column("description", sa.String(length=200), nullable=False),
+        sa.Column("created_by", sa.String(length=16), nullable=True),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("expires_at", sa.DateTime(), nullable=True),
+        sa.Column("revoked_at", sa.DateTime(), nullable=True),
+    )
+    op.create_index("ix_api_tokens_tenant", "api_tokens", ["tenant"])
+    op.create_table(
+        "quota_holds",
+        sa.Column("key", sa.String(), primary_key=True),
+        sa.Column("tenant", sa.String(length=63), nullable=False),
+        sa.Column("state", sa.Enum("RESERVED", "USED", name="holdstate"), nullable=False),
+        *(sa.Column(r, sa.Integer(), nullable=False, server_default="0") for r in _RESOURCES),
+        sa.Column("merge_into", sa.String(), nullable=True),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
+    )
+    op.create_index("ix_quota_holds_tenant", "quota_holds", ["tenant"])
+    op.create_table(
+        "audit",
+        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+        sa.Column("at", sa.DateTime(), nullable=False),
+        sa.Column("request_id", sa.String(length=32), nullable=False),
+        sa.Column("token_id", sa.String(length=16), nullable=True),
+        sa.Column("user", sa.String(length=63), nullable=True),
+        sa.Column("tenant", sa.String(length=63), nullable=True),
+        sa.Column("role", sa.String(length=16), nullable=True),
+        sa.Column("method", sa.String(length=8), nullable=False),
+        sa.Column("path", sa.String(length=300), nullable=False),
+        sa.Column("action", sa.String(length=120), nullable=False),
+        sa.Column("status", sa.Integer(), nullable=False),
+        sa.Column("outcome", sa.String(length=16), nullable=False),
+        sa.Column("code", sa.String(length=40), nullable=True),
+        sa.Column("operation_id", sa.String(length=200), nullable=True),
+    )
+    op.create_index("ix_audit_tenant", "audit", ["tenant"])
+
+
+def downgrade() -> None:
+    for table in ("audit", "quota_holds", "api_tokens", "users", "tenants"):
+        op.drop_table(table)
