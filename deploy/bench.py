@@ -234,16 +234,17 @@ def _wait_for_marker(console: Path, marker: str, timeout_s: float) -> None:
 
 
 def run_provision_bench(
-    run_dir: Path, count: int, memory_mib: int, say: Callable[[str], None]
+    run_dir: Path, count: int, memory_mib: int, say: Callable[[str], None], token: str | None = None
 ) -> BenchResult:
     """Provision `count` VMs one at a time through the platform and boot the same guest as often
     directly through libvirt, interleaved; print the figures through `say` and return them.
-    Leaves no VM or baseline domain behind when it returns. BenchError if no stack runs from
-    `run_dir` or a run fails; ApiError if the API refuses a request."""
+    `token`: the API token the platform side uses (a member's at least). Leaves no VM or
+    baseline domain behind when it returns. BenchError if no stack runs from `run_dir` or a run
+    fails; ApiError if the API refuses a request."""
     cfg = _running_stack(run_dir)
     image = _bench_image(cfg)
     hv = Hypervisor(_baseline_host_uri(cfg))
-    client = VmflowClient(cfg.api_url)
+    client = VmflowClient(cfg.api_url, token)
     tag = uuid.uuid4().hex[:6]
     say(f"provisioning {count} x {memory_mib} MiB '{image.name}' guests: platform vs baseline, interleaved")
     platform_s: list[float] = []

@@ -121,10 +121,12 @@ def _one_trial(cfg, api: VmflowClient, hv: Hypervisor, image, victim: str, cut: 
                  seen["booted"] - t0, baseline_s, len(watcher.double_runs) if watcher else 0)
 
 
-def run_failover_bench(run_dir: Path, count: int, cut: str, say: Callable[[str], None]) -> FailoverFigures:
+def run_failover_bench(run_dir: Path, count: int, cut: str, say: Callable[[str], None],
+                       token: str | None = None) -> FailoverFigures:
     """Fail ``count`` hosts over one at a time (cycling through the lab's hosts) and boot the
     same guest directly as often; print the figures through ``say`` and return them. Every
-    host is back in service and no VM is left when it returns."""
+    host is back in service and no VM is left when it returns. ``token``: an admin's API token
+    (the bench disables and enables hosts)."""
     if cut not in ("power", "network"):
         raise BenchError("cut must be 'power' or 'network'")
     cfg = _running_stack(run_dir)
@@ -134,7 +136,7 @@ def run_failover_bench(run_dir: Path, count: int, cut: str, say: Callable[[str],
         raise BenchError("the failover benchmark needs a lab of at least 3 hosts (vmflow up --hosts 3)")
     uris = {h.host_id: h.unix_uri for h in the_lab.hosts}
     hosts = list(uris)
-    api = VmflowClient(cfg.api_url)
+    api = VmflowClient(cfg.api_url, token)
     say(f"failing over {count} host(s) by {cut} cut: an HA 128 MiB '{image.name}' guest each, vs a direct boot")
     trials: list[Trial] = []
     try:

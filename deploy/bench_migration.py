@@ -50,14 +50,16 @@ def _percentile_line(label: str, samples_s: list[float], downtimes_ms: list[int]
     return f"{label:10} {stats.n:>3} {stats.p50_s:>8.3f} {stats.p95_s:>8.3f} {down}"
 
 
-def run_migration_bench(run_dir: Path, count: int, say: Callable[[str], None], storage: str = "shared") -> None:
+def run_migration_bench(run_dir: Path, count: int, say: Callable[[str], None], storage: str = "shared",
+                        token: str | None = None) -> None:
+    """``token``: the API token the platform side uses (an admin's: migration is the fleet's)."""
     cfg = _running_stack(run_dir)
     the_lab = lab.load_lab(cfg.lab_name, cfg.root / "lab")
     hosts = {h.host_id: h for h in the_lab.hosts} if the_lab else {}
     if not all(h in hosts for h in HOSTS):
         raise RuntimeError(f"the stack needs lab hosts {', '.join(HOSTS)} (vmflow up --hosts 2 or more)")
     image = _bench_image(cfg)
-    client = VmflowClient(cfg.api_url)
+    client = VmflowClient(cfg.api_url, token)
     scratch = Path(tempfile.mkdtemp(prefix="bench-migrate-", dir=cfg.root))
     vm_id = str(uuid.uuid4())
     platform_vm = None

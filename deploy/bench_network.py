@@ -65,12 +65,6 @@ def _in_host(namespace: str, *argv: str, **kwargs) -> subprocess.CompletedProces
     return subprocess.run(["ip", "netns", "exec", namespace, *argv], capture_output=True, text=True, **kwargs)
 
 
-def _host_rtt(source: lab.LabHost, target: lab.LabHost) -> list[float]:
-    out = _in_host(source.namespace, "busybox", "ping", "-c", str(PINGS), "-i", "0.2", "-W", "1", target.address,
-                   timeout=PINGS * 0.2 + 30).stdout
-    return _ping_times(out)
-
-
 def _host_rtt(source_ns: str, target_address: str) -> list[float]:
     out = _in_host(source_ns, "busybox", "ping", "-c", str(PINGS), "-i", "0.2", target_address,
                    timeout=PINGS * 0.2 + 30).stdout
@@ -151,11 +145,13 @@ def _wait_addressed(console: ConsoleDriver, ip: str, timeout_s: float = 90) -> N
     raise BenchError(f"the guest never got {ip}")
 
 
-def run_network_bench(run_dir, count: int, say=print) -> tuple[PathFigures, PathFigures]:
+def run_network_bench(run_dir, count: int, say=print, token: str | None = None) -> tuple[PathFigures, PathFigures]:
+    """``token``: the API token that makes the network and guests and opens a console (a
+    member's at least)."""
     cfg = _running_stack(run_dir)
     the_lab = lab.load_lab(cfg.lab_name, cfg.root / "lab")
     hosts = {h.host_id: h for h in the_lab.hosts}
-    client = VmflowClient(cfg.api_url)
+    client = VmflowClient(cfg.api_url, token)
     network, vms, group = None, [], None
     overlay, native, direct = PathFigures([], []), PathFigures([], []), PathFigures([], [])
     endpoints: list[str] = []
@@ -166,7 +162,7 @@ def run_network_bench(run_dir, count: int, say=print) -> tuple[PathFigures, Path
         # Addresses the network's IPAM never hands out in this run (two guests and DHCP take .1-.3).
         endpoints = [_plug_endpoint(source, network["vni"], "10.99.0.201/24", network["mtu"]),
                      _plug_endpoint(target, network["vni"], "10.99.0.202/24", network["mtu"])]
-        with ConsoleDriver.for_vm(cfg.api_url, vms[0]["id"]) as console:
+        with ConsoleDriver.for_vm(cfg.api_url, vms[0]["id"], token=token) as console:
             _wait_addressed(console, vms[0]["nics"][0]["ip"])
             _guest_rtt(console, peer_ip)  # warm-up: ARP, the bridges' learning
             for trial in range(1, count + 1):

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import os
+import pwd
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from deploy import cli_networks, stack
+from deploy import cli_identity, cli_networks, cli_tenants, stack
+from deploy import cli_session as session
 from deploy.cli_networks import parse_nic
-from deploy.client import ApiError, VmflowClient
+from deploy.cli_session import DEFAULT_RUN_DIR
+from deploy.client import VmflowClient
+from deploy.credentials import CredentialOptions
 from shared.logging import configure_logging
 
 app = typer.Typer(no_args_is_help=True, help="vmflow: virtual machines across a fleet of KVM hosts.")
@@ -20,12 +25,29 @@ vm_app = typer.Typer(no_args_is_help=True, help="Create and manage VMs.")
 app.add_typer(vm_app, name="vm")
 console = Console()
 
-DEFAULT_RUN_DIR = Path(os.environ.get("VMFLOW_RUN_DIR", stack.REPO_DIR / "run"))
-API_URL = os.environ.get("VMFLOW_API_URL", "http://127.0.0.1:8000")
-
 # Steps a VM operation goes through, to draw a progress bar.
 _STEPS = {"ProvisionVm": 7, "DeleteVm": 6, "VmPowerAction": 4, "LiveMigrate": 5, "HostMaintenance": 4,
           "HostFailover": 3, "RestartVm": 7}
+
+
+@app.callback()
+def _global_options(
+    profile: str = typer.Option(None, "--profile", metavar="NAME",
+                                help="a profile of the config file (default: $VMFLOW_PROFILE, else 'default')"),
+    token: str = typer.Option(None, "--token", metavar="TOKEN",
+                              help="an API token, over $VMFLOW_TOKEN and the profile's (it shows in ps: "
+                                   "prefer `vmflow login`)"),
+    api_url: str = typer.Option(None, "--api-url", metavar="URL",
+                                help="the API, over $VMFLOW_API_URL and the profile's"),
+) -> None:
+    session.set_options(CredentialOptions(api_url=api_url, token=token, profile=profile))
+
+
+def _owner_of(path: Path) -> str:
+    try:
+        return pwd.getpwuid(path.stat().st_uid).pw_name
+    except (OSError, KeyError):
+        return "its owner"
 
 
 @app.command()
@@ -37,6 +59,8 @@ def up(hosts: int = typer.Option(3, min=1, max=16, help="number of lab KVM hosts
     console.print(f"API        {cfg.api_url}  (docs: {cfg.api_url}/docs)")
     console.print(f"Temporal   {cfg.temporal_address}  (UI: http://127.0.0.1:{cfg.temporal_ui_port})")
     console.print(f"NATS       {cfg.nats_url}")
+    console.print(f"Admin token {cfg.admin_token_file}  (readable by {_owner_of(cfg.admin_token_file)} only; "
+                  "the CLI uses it)")
     console.print(f"logs       {cfg.root / 'logs'}")
 
 
@@ -61,7 +85,8 @@ def status(run_dir: Path = typer.Option(DEFAULT_RUN_DIR)) -> None:
 
 
 def _client() -> VmflowClient:
-    return VmflowClient(API_URL)
+    """A client with this invocation's credentials. Raises CredentialsError."""
+    return session.client()
 
 
 def _follow(client: VmflowClient, accepted: dict, wait: bool) -> None:
@@ -99,10 +124,12 @@ def _follow(client: VmflowClient, accepted: dict, wait: bool) -> None:
 
 
 def _api(fn):
+    """``fn()``; a refusal, an unreachable API or bad credentials end the command (exit 2),
+    saying why and what to do."""
     try:
         return fn()
-    except ApiError as exc:
-        console.print(f"[red]{exc.status} {exc.code}[/]: {exc.message}")
+    except session.FAILURES as exc:
+        console.print(session.explain(exc))
         raise typer.Exit(2) from None
 
 
@@ -185,8 +212,10 @@ def vm_console(vm_id: str,
     terminal, sends it and prints what the guest answers."""
     from deploy import console_client
 
+    creds = _api(session.credentials)
     vm = _api(lambda: _client().call("GET", f"/v1/vms/{vm_id}"))
-    raise typer.Exit(console_client.attach(API_URL, vm_id, vm["name"], retries=retries, idle_exit_s=idle_exit_s))
+    raise typer.Exit(console_client.attach(creds.api_url, vm_id, vm["name"], token=creds.token, retries=retries,
+                                           idle_exit_s=idle_exit_s))
 
 
 host_app = typer.Typer(no_args_is_help=True, help="Operate the fleet's hosts.")
@@ -226,6 +255,12 @@ def host_list() -> None:
 
 
 cli_networks.register(app, vm_app, _client, _api, _follow, console)
+cli_identity.register(app, client=_client, api=_api, console=console, options=session.options,
+                      local_stack=session.local_stack)
+cli_tenants.register(app, client=_client, api=_api, console=console)
+
+
+BENCHES = ("provision", "placement", "migration", "failover", "network", "auth")
 
 
 @app.command("bench")
@@ -233,6 +268,7 @@ def bench(what: str = typer.Argument("provision"), count: int = typer.Option(5, 
           memory_mib: int = 128,
           storage: str = typer.Option("shared", help="migration: where the root disk lives, shared or local"),
           cut: str = typer.Option("power", help="failover: pull a host's 'power' or cut its 'network'"),
+          requests: int = typer.Option(500, min=10, max=100_000, help="auth: measured requests of each kind"),
           run_dir: Path = typer.Option(DEFAULT_RUN_DIR, help="stack to measure (must be up)")) -> None:
     """provision: provisioning latency through the platform vs the bare libvirt baseline, same
     run. placement: the scheduler at 100 to 10,000 mock hosts vs a bare NATS echo (no stack).
@@ -240,7 +276,13 @@ def bench(what: str = typer.Argument("provision"), count: int = typer.Option(5, 
     failover: a host's power pulled (or link cut) to its HA guest's boot marker elsewhere, by
     phase, vs the same guest booted directly through libvirt, same run. network: round trip and
     TCP throughput between two guests on different hosts through the overlay vs the two hosts
-    directly over their link, same run."""
+    directly over their link, same run. auth: what authentication and policy add to a request:
+    an authenticated GET /v1/vms next to GET /healthz, interleaved, and a fresh token's first
+    request. Every bench but placement uses the CLI's credentials, for the stack of --run-dir."""
+    if what not in BENCHES:
+        raise typer.BadParameter(f"one of {', '.join(BENCHES)}", param_hint="WHAT")
+    if what == "migration" and storage not in ("shared", "local"):
+        raise typer.BadParameter("'shared' or 'local'", param_hint="--storage")
     from deploy import bench as bench_module
 
     if what == "placement":
@@ -248,31 +290,39 @@ def bench(what: str = typer.Argument("provision"), count: int = typer.Option(5, 
 
         bench_placement.run_placement_bench(say=console.print)
         return
-    if what == "migration":
-        from deploy import bench_migration
+    run_dir = run_dir.resolve()
+    token = _api(lambda: session.credentials(run_dir, api_url=session.local_stack(run_dir).api_url)).token
+    try:
+        if what == "auth":
+            from deploy import bench_auth
 
-        if storage not in ("shared", "local"):
-            raise typer.BadParameter("--storage: 'shared' or 'local'")
-        bench_migration.run_migration_bench(run_dir.resolve(), count, console.print, storage)
-        return
-    if what == "failover":
-        from deploy import bench_failover
+            bench_auth.run_auth_bench(run_dir, requests, console.print, token)
+        elif what == "migration":
+            from deploy import bench_migration
 
-        bench_failover.run_failover_bench(run_dir.resolve(), count, cut, console.print)
-        return
-    if what == "network":
-        from deploy import bench_network
+            bench_migration.run_migration_bench(run_dir, count, console.print, storage, token)
+        elif what == "failover":
+            from deploy import bench_failover
 
-        bench_network.run_network_bench(run_dir.resolve(), count, console.print)
-        return
-    if what != "provision":
-        raise typer.BadParameter("'provision', 'placement', 'migration', 'failover' or 'network'")
-    bench_module.run_provision_bench(run_dir.resolve(), count, memory_mib, console.print)
+            bench_failover.run_failover_bench(run_dir, count, cut, console.print, token)
+        elif what == "network":
+            from deploy import bench_network
+
+            bench_network.run_network_bench(run_dir, count, console.print, token)
+        else:
+            bench_module.run_provision_bench(run_dir, count, memory_mib, console.print, token)
+    except bench_module.BenchError as exc:
+        console.print(f"[red]bench {what}[/]: {escape(str(exc))}")
+        raise typer.Exit(2) from None
 
 
 def main() -> None:
     configure_logging("cli", os.environ.get("VMFLOW_LOG_LEVEL", "warning"))
-    app()
+    try:
+        app()
+    except session.FAILURES as exc:  # raised outside _api: the same words
+        console.print(session.explain(exc))
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

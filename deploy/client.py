@@ -15,9 +15,19 @@ class ApiError(RuntimeError):
         self.status, self.code, self.message = status, code, message
 
 
+def bearer_headers(token: str | None) -> dict[str, str]:
+    """The header that authenticates a request (and a console websocket's handshake) with
+    ``token``; none without a token."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 class VmflowClient:
-    def __init__(self, base_url: str, timeout_s: float = 30.0) -> None:
-        self._http = httpx.Client(base_url=base_url, timeout=timeout_s)
+    """Every request carries ``Authorization: Bearer <token>`` when a token is given; without
+    one, only the public routes (GET /healthz, /readyz) answer anything but 401."""
+
+    def __init__(self, base_url: str, token: str | None = None, timeout_s: float = 30.0) -> None:
+        self.base_url, self.token = base_url, token
+        self._http = httpx.Client(base_url=base_url, timeout=timeout_s, headers=bearer_headers(token))
 
     def close(self) -> None:
         self._http.close()
@@ -28,7 +38,9 @@ class VmflowClient:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The response, for a caller that needs its headers too (X-Total-Count). Raises
+        ApiError for any 4xx or 5xx, with the API's error code and message."""
         response = self._http.request(method, path, **kwargs)
         if response.status_code >= 400:
             try:
@@ -36,6 +48,11 @@ class VmflowClient:
                 raise ApiError(response.status_code, err["code"], err["message"])
             except (ValueError, KeyError, TypeError):
                 raise ApiError(response.status_code, "http_error", response.text) from None
+        return response
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The decoded JSON body (None for an empty one). Raises ApiError like ``request``."""
+        response = self.request(method, path, **kwargs)
         return response.json() if response.content else None
 
     def create_vm(self, name: str, vcpus: int, memory_mib: int, disk_gib: int, image: str,

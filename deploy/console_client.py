@@ -21,12 +21,19 @@ from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import BinaryIO, TextIO
 
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidURI,
+)
 from websockets.sync.client import ClientConnection, connect
 
+from deploy.client import bearer_headers
 from shared.console import WS_CLOSE_VM_MOVED
 
 ESCAPE = b"\x1d"  # Ctrl-]
+WS_CLOSE_UNAUTHENTICATED = 4401  # the API's close code for a handshake without a valid token
 _RECONNECT_DELAYS_S = (0.5, 1.0, 2.0, 3.0, 5.0)
 _STABLE_SESSION_S = 10.0  # a session that lasted this long resets the reconnect count
 _OPEN_TIMEOUT_S = 10.0
@@ -60,10 +67,11 @@ def raw_terminal(fd: int) -> Iterator[None]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-def attach(api_url: str, vm_id: str, vm_name: str, *, stdin_fd: int | None = None,
+def attach(api_url: str, vm_id: str, vm_name: str, *, token: str | None = None, stdin_fd: int | None = None,
            stdout: BinaryIO | None = None, stderr: TextIO | None = None, retries: int = 5,
            idle_exit_s: float = 2.0) -> int:
-    """Run a console session until the user leaves or it ends; the process exit status."""
+    """Run a console session until the user leaves or it ends; the process exit status.
+    ``token`` authenticates the websocket's handshake (each reconnection's too)."""
     stdin_fd = sys.stdin.fileno() if stdin_fd is None else stdin_fd
     stdout = sys.stdout.buffer if stdout is None else stdout
     stderr = sys.stderr if stderr is None else stderr
@@ -79,7 +87,7 @@ def attach(api_url: str, vm_id: str, vm_name: str, *, stdin_fd: int | None = Non
     moves = 0
     with raw_terminal(stdin_fd) if interactive else nullcontext():
         while True:
-            end = _session(url, stdin_fd, stdout, interactive, idle_exit_s)
+            end = _session(url, bearer_headers(token), stdin_fd, stdout, interactive, idle_exit_s)
             if end.by_user:
                 return 0
             if end.lasted_s >= _STABLE_SESSION_S:
@@ -91,16 +99,22 @@ def attach(api_url: str, vm_id: str, vm_name: str, *, stdin_fd: int | None = Non
                 time.sleep(delay_s)
                 continue
             detail = end.reason or (f"closed with code {end.code}" if end.code else "connection lost")
+            if end.code == WS_CLOSE_UNAUTHENTICATED:
+                detail += "; log in with `vmflow login` or set VMFLOW_TOKEN"
             say(f"[console of {vm_name} closed: {detail}]")
             return 1
 
 
-def _session(url: str, stdin_fd: int, stdout: BinaryIO, interactive: bool, idle_exit_s: float) -> SessionEnd:
+def _session(url: str, headers: dict[str, str], stdin_fd: int, stdout: BinaryIO, interactive: bool,
+             idle_exit_s: float) -> SessionEnd:
     """One websocket connection, stdin to it and it to stdout, until either side ends."""
     started = time.monotonic()
     connection = ExitStack()
     try:
-        ws = connection.enter_context(connect(url, open_timeout=_OPEN_TIMEOUT_S, max_size=2**22))
+        ws = connection.enter_context(connect(url, open_timeout=_OPEN_TIMEOUT_S, max_size=2**22,
+                                              additional_headers=headers))
+    except InvalidStatus as exc:
+        return SessionEnd(False, None, _refusal(exc.response.status_code, bool(headers)))
     except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
         return SessionEnd(False, None, f"cannot connect to {url}: {exc}")
     with connection:
@@ -109,6 +123,17 @@ def _session(url: str, stdin_fd: int, stdout: BinaryIO, interactive: bool, idle_
     if by_user:
         return SessionEnd(True, ws.close_code, "", lasted_s)
     return SessionEnd(False, ws.close_code, ws.close_reason or "", lasted_s)
+
+
+def _refusal(status: int, sent_token: bool) -> str:
+    """Why the API refused the handshake, in words (a refused websocket handshake says no more
+    than its HTTP status)."""
+    if status in (401, 403) and not sent_token:
+        return f"refused ({status}): no API token; log in with `vmflow login` or set VMFLOW_TOKEN"
+    if status in (401, 403):
+        return (f"refused ({status}): the token was not accepted, or its role may not open a console "
+                "(a member's at least); see `vmflow whoami`")
+    return f"refused: HTTP {status}"
 
 
 def _relay(ws: ClientConnection, stdin_fd: int, stdout: BinaryIO, interactive: bool, idle_exit_s: float) -> bool:

@@ -1,7 +1,7 @@
 """Drives a VM's shell through ``GET /v1/vms/{id}/console``: tests and benchmarks type into
 guests with it, as a user would.
 
-    with ConsoleDriver.for_vm(api_url, vm_id) as console:
+    with ConsoleDriver.for_vm(api_url, vm_id, token=token) as console:
         console.expect(r"# $", 30)          # the prompt
         out = console.run("ping -c 1 10.0.0.2", 20)
         assert console.last_status == 0
@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import re
 import threading
-import uuid
 import time
+import uuid
 from contextlib import ExitStack
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
+
+from deploy.client import bearer_headers
 
 _MARKER = "__VMFLOW_DONE_"
 
@@ -54,8 +56,10 @@ class ConsoleDriver:
 
     @classmethod
     def for_vm(cls, api_url: str, vm_id: str, open_timeout_s: float = 10.0,
-               headers: dict[str, str] | None = None) -> ConsoleDriver:
-        return cls(console_url(api_url, vm_id), open_timeout_s, headers)
+               headers: dict[str, str] | None = None, token: str | None = None) -> ConsoleDriver:
+        """The console of ``vm_id``; ``token`` authenticates the handshake (the API refuses a
+        console to anyone below a member of the VM's tenant)."""
+        return cls(console_url(api_url, vm_id), open_timeout_s, {**bearer_headers(token), **(headers or {})})
 
     def __enter__(self) -> ConsoleDriver:
         return self

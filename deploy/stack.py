@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 
 from deploy import lab
+from deploy.client import bearer_headers
+from deploy.credentials import read_token_file
 from deploy.processes import (
     free_port,
     is_alive,
@@ -35,6 +37,11 @@ SUPERVISED_FILE = "supervised.json"
 FENCING_FILE = "fencing.json"
 LAB_GATEWAY = lab.GATEWAY_ADDRESS  # where lab hosts reach the control plane
 NETWORK_RUN_DIR = Path("/run/vmflow")
+ADMIN_TOKEN_FILE = "admin-token"
+
+
+class StackError(RuntimeError):
+    """The stack cannot come up, or does not answer as it should."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,11 @@ class StackConfig:
         """The host's own pool, in its lab folder (lab hosts share one filesystem; only the
         host's own VMs use it)."""
         return self.root / "lab" / "hosts" / host_id / "pool"
+
+    @property
+    def admin_token_file(self) -> Path:
+        """Where the API keeps a working admin token (it writes one, mode 0600, when missing)."""
+        return self.root / ADMIN_TOKEN_FILE
 
     @property
     def console_dir(self) -> Path:
@@ -212,6 +224,7 @@ def start_services(cfg: StackConfig, hosts: tuple[lab.LabHost, ...]) -> None:
         **env,
         "VMFLOW_DATABASE_URL": f"sqlite:///{cfg.root / 'vmflow.db'}",
         "VMFLOW_LISTEN_PORT": str(cfg.api_port),
+        "VMFLOW_ADMIN_TOKEN_FILE": str(cfg.admin_token_file),
     })
     for host in hosts:
         start_host_worker(cfg, host)
@@ -269,6 +282,7 @@ def up(cfg: StackConfig, say=print) -> None:
         start_process("supervisor", [sys.executable, "-m", "deploy.supervisor", str(cfg.root)], cfg.root,
                       common_env(cfg), REPO_DIR)
         wait_for(lambda: _api_ready(cfg), 60, "API", interval_s=0.3)
+        wait_for(lambda: admin_token(cfg) is not None, 10, f"the admin token in {cfg.admin_token_file}")
         wait_for(lambda: _hosts_up(cfg) >= cfg.host_count, 60, "lab hosts", interval_s=0.3)
         say(f"vmflow is up in {time.monotonic() - t0:.1f} s")
     except BaseException:
@@ -284,10 +298,26 @@ def _api_ready(cfg: StackConfig) -> bool:
         return False
 
 
+def admin_token(cfg: StackConfig) -> str | None:
+    """The stack's admin token; None until the API has written it, or when this user may not
+    read the file (it is its owner's only)."""
+    return read_token_file(cfg.admin_token_file)
+
+
 def _hosts_up(cfg: StackConfig) -> int:
+    """How many lab hosts report in, asked with the admin token. Raises StackError when the API
+    refuses the token: waiting longer would not help."""
+    token = admin_token(cfg)
     try:
-        hosts = httpx.get(f"{cfg.api_url}/v1/hosts", timeout=3).json()
-    except (httpx.HTTPError, ValueError):
+        response = httpx.get(f"{cfg.api_url}/v1/hosts", timeout=3, headers=bearer_headers(token))
+    except httpx.HTTPError:
+        return 0
+    if response.status_code in (401, 403):
+        raise StackError(f"the API refuses the admin token of {cfg.admin_token_file}: "
+                         f"{response.status_code} {response.text[:200]}")
+    try:
+        hosts = response.json()
+    except ValueError:
         return 0
     # Reporting in is what counts: a host an operator left disabled or fenced is still up.
     return sum(1 for h in hosts if isinstance(h, dict) and (h.get("state") == "up" or h.get("liveness") == "up"))

@@ -165,12 +165,14 @@ class IdentityStore:
             return row, user.name, text
 
     def tokens(self, caller: Principal) -> list[tuple[ApiToken, str]]:
-        """An admin sees every token; anyone else the tokens of its own user."""
+        """An admin sees every token; anyone else the tokens of its own user no stronger than
+        its own (a reader token cannot revoke its user's member token)."""
         with Session(self._engine) as session:
             query = select(ApiToken, User.name).join(User, User.id == ApiToken.user_id)
             if not caller.is_admin:
                 query = query.where(ApiToken.tenant == caller.tenant, User.name == caller.user)
-            return list(session.exec(query.order_by(ApiToken.created_at)).all())
+            rows = session.exec(query.order_by(ApiToken.created_at)).all()
+            return [(row, user) for row, user in rows if caller.role.allows(Role(row.role))]
 
     def token(self, token_id: str, caller: Principal) -> tuple[ApiToken, str]:
         for row, user in self.tokens(caller):

@@ -120,12 +120,12 @@ async def _check(connection: HTTPConnection) -> Principal | None:
     key = route_key(connection)
     if key in PUBLIC:
         return None
-    needed = POLICY.get(key)
-    if needed is None:  # deny what nobody decided on
-        raise Forbidden(f"{key[0]} {key[1]} has no access rule")
     identities = connection.app.state.platform.identities
     principal = await asyncio.to_thread(identities.authenticate, _bearer(connection))
     connection.state.principal = principal
+    needed = POLICY.get(key)
+    if needed is None:  # deny what nobody decided on
+        raise Forbidden(f"{key[0]} {key[1]} has no access rule")
     if not principal.role.allows(needed):
         raise Forbidden(f"a {principal.role} token may not {key[0]} {key[1]}: it needs {needed} or more")
     tenant_id = connection.path_params.get("tenant_id")

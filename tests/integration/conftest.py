@@ -62,10 +62,60 @@ def stack_cfg(pytestconfig):
 
 
 @pytest.fixture(scope="session")
-def api(stack_cfg) -> VmflowClient:
-    client = VmflowClient(stack_cfg.api_url)
+def admin_token(stack_cfg) -> str:
+    """The admin token the API wrote to the stack's run dir at start (user admin, tenant default)."""
+    token = stack.admin_token(stack_cfg)
+    assert token, f"the API wrote no admin token to {stack_cfg.admin_token_file}"
+    return token
+
+
+@pytest.fixture(scope="session")
+def api(stack_cfg, admin_token) -> VmflowClient:
+    """The API as the admin: it sees (and acts on) every tenant's objects."""
+    client = VmflowClient(stack_cfg.api_url, admin_token)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def tenant_client(stack_cfg, api):
+    """``tenant_client(tenant, role="member", quota=None)``: a client acting as a user of
+    ``tenant`` with ``role`` (reader, member or admin), through a token the admin makes for it.
+    The tenant is made once per session, with ``quota`` (limits by resource) when given; a later
+    call with a quota changes those limits. At the end of the session the tokens are revoked and
+    every tenant that holds nothing any more is deleted."""
+    tenants: list[str] = []
+    issued: list[tuple[VmflowClient, str]] = []
+
+    def make(tenant: str, role: str = "member", quota: dict | None = None) -> VmflowClient:
+        if tenant not in tenants:
+            try:
+                api.call("POST", "/v1/tenants", json={"name": tenant, "quota": quota or {}})
+                quota = None  # set with it
+            except ApiError as exc:
+                if exc.status != 409:  # 409: it exists already (a name an earlier session left)
+                    raise
+            tenants.append(tenant)
+        if quota is not None:
+            api.call("PUT", f"/v1/tenants/{tenant}/quota", json=quota)
+        token = api.call("POST", "/v1/tokens", json={"tenant": tenant, "user": f"test-{role}", "role": role,
+                                                     "description": "integration tests"})
+        client = VmflowClient(stack_cfg.api_url, token["token"])
+        issued.append((client, token["id"]))
+        return client
+
+    yield make
+    for client, token_id in issued:
+        client.close()
+        try:
+            api.call("DELETE", f"/v1/tokens/{token_id}")
+        except ApiError:
+            pass  # gone with its tenant or user already
+    for tenant in tenants:
+        try:
+            api.call("DELETE", f"/v1/tenants/{tenant}")
+        except ApiError:
+            pass  # a test left something in it (409): the stack goes at the end anyway
 
 
 @pytest.fixture(scope="session")

@@ -21,17 +21,20 @@ from types import SimpleNamespace
 import nats
 import pytest
 import uvicorn
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from deploy import console_client
+from deploy.client import bearer_headers
 from deploy.console_driver import ConsoleDriver, console_url
 from deploy.processes import free_port
+from services.api.policy import authorize
 from services.api.routes import console
 from services.api.settings import ApiSettings
 from services.host_worker.console_sessions import ConsoleSessions
 from services.host_worker.domain_xml import console_path
+from shared.auth import Principal, Role
 from shared.console import (
     WS_CLOSE_CONFLICT,
     WS_CLOSE_NOT_FOUND,
@@ -40,7 +43,7 @@ from shared.console import (
     WS_CLOSE_VM_STOPPED,
     ConsoleConfig,
 )
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, NotFound, Unauthenticated
 from shared.models import VmState
 from tests.integration.libvirt_probe import wait_until
 from tests.integration.nats_server import nats_server
@@ -53,6 +56,16 @@ pytestmark = [
 HOST = "h1"
 CONFIG = ConsoleConfig(keepalive_interval_s=0.2, session_timeout_s=1.0, settle_s=0.05)
 RUN_LINE = re.compile(r'^(.*); echo "__VMFLOW"_DONE_(\w+)_\$\?$')
+ADMIN_TOKEN = f"vmf_{'0' * 16}_{'A' * 43}"  # the one token this world's API knows
+
+
+class FakeIdentities:
+    """The API's token store, knowing one token: an admin's of tenant default."""
+
+    def authenticate(self, text: str) -> Principal:
+        if text != ADMIN_TOKEN:
+            raise Unauthenticated("unknown token")
+        return Principal("0" * 16, "admin", "default", Role.ADMIN)
 
 
 class FakeGuest:
@@ -175,6 +188,7 @@ def world(tmp_path_factory) -> Iterator[World]:
             world.sessions = ConsoleSessions(nc, world.hv, HOST, str(console_dir), CONFIG)
             await world.sessions.start()
             app.state.platform = SimpleNamespace(settings=ApiSettings(request_timeout_s=2.0),
+                                                 identities=FakeIdentities(),
                                                  inventory=world.inventory, nats=nc)
             app.state.console_config = CONFIG
             try:
@@ -183,7 +197,7 @@ def world(tmp_path_factory) -> Iterator[World]:
                 await world.sessions.stop()
                 await nc.close()
 
-        app = FastAPI(lifespan=lifespan)
+        app = FastAPI(lifespan=lifespan, dependencies=[Depends(authorize)])  # as the real app: a token or nothing
         app.include_router(console.router)
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
@@ -196,9 +210,9 @@ def world(tmp_path_factory) -> Iterator[World]:
             thread.join(10)
 
 
-def closed_with(api_url: str, vm_id: str) -> tuple[int, str]:
-    """Connect and wait for the close: (code, reason)."""
-    with connect(console_url(api_url, vm_id), open_timeout=5) as ws:
+def closed_with(api_url: str, vm_id: str, token: str | None = ADMIN_TOKEN) -> tuple[int, str]:
+    """Connect (with ``token``) and wait for the close: (code, reason)."""
+    with connect(console_url(api_url, vm_id), open_timeout=5, additional_headers=bearer_headers(token)) as ws:
         try:
             while True:
                 ws.recv(timeout=10)
@@ -223,9 +237,28 @@ def test_refusals_carry_a_code_and_a_reason(world):
     assert code == WS_CLOSE_UNAVAILABLE and reason.startswith("host h9:")
 
 
+def test_a_console_without_a_valid_token_is_refused_before_any_session(world):
+    world.add_vm("vm-locked")
+    code, reason = closed_with(world.api_url, "vm-locked", token=None)
+    assert code == 4401 and "needs an API token" in reason
+    assert closed_with(world.api_url, "vm-locked", token=f"vmf_{'1' * 16}_{'B' * 43}") == (4401, "unknown token")
+    assert world.sessions.open_vm_ids == set()
+    # The CLI says so, and how to log in.
+    stdin_r, stdin_w = os.pipe()
+    try:
+        stderr = io.StringIO()
+        status = console_client.attach(world.api_url, "vm-locked", "name-vm-locked", token=None, stdin_fd=stdin_r,
+                                       stdout=io.BytesIO(), stderr=stderr, retries=0)
+        assert status == 1
+        assert "needs an API token" in stderr.getvalue() and "vmflow login" in stderr.getvalue()
+    finally:
+        os.close(stdin_r)
+        os.close(stdin_w)
+
+
 def test_driver_runs_commands_after_the_history_and_the_console_is_exclusive(world):
     world.add_vm("vm-a", history=b"booted earlier\r\n# ")
-    with ConsoleDriver.for_vm(world.api_url, "vm-a") as driver:
+    with ConsoleDriver.for_vm(world.api_url, "vm-a", token=ADMIN_TOKEN) as driver:
         driver.expect("booted earlier", 5)
         assert driver.run("echo hello world", 5) == "hello world\n"
         assert driver.last_status == 0
@@ -238,19 +271,19 @@ def test_driver_runs_commands_after_the_history_and_the_console_is_exclusive(wor
         assert not driver.closed and world.sessions.open_vm_ids == {"vm-a"}
     # Leaving frees the console at once.
     wait_until(lambda: world.sessions.open_vm_ids == set(), 5, 0.05, "session freed")
-    with ConsoleDriver.for_vm(world.api_url, "vm-a") as again:
+    with ConsoleDriver.for_vm(world.api_url, "vm-a", token=ADMIN_TOKEN) as again:
         assert again.run("echo back", 5) == "back\n"
 
 
 def test_the_socket_closes_with_the_reason_the_worker_gives(world):
     world.add_vm("vm-moves")
-    with ConsoleDriver.for_vm(world.api_url, "vm-moves") as driver:
+    with ConsoleDriver.for_vm(world.api_url, "vm-moves", token=ADMIN_TOKEN) as driver:
         driver.run("echo up", 5)
         world.hv.migrate_away("vm-moves")
         wait_until(lambda: driver.closed, 5, 0.05, "close")
         assert (driver.close_code, driver.close_reason) == (WS_CLOSE_VM_MOVED, "vm_moved")
     world.add_vm("vm-stops")
-    with ConsoleDriver.for_vm(world.api_url, "vm-stops") as driver:
+    with ConsoleDriver.for_vm(world.api_url, "vm-stops", token=ADMIN_TOKEN) as driver:
         driver.run("echo up", 5)
         world.hv.power_off("vm-stops")
         wait_until(lambda: driver.closed, 5, 0.05, "close")
@@ -262,7 +295,7 @@ def _attach_in_thread(world: World, vm_id: str, stdin_fd: int, **kwargs):
     stdout, stderr = io.BytesIO(), io.StringIO()
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(console_client.attach(
-        world.api_url, vm_id, f"name-{vm_id}", stdin_fd=stdin_fd, stdout=stdout, stderr=stderr,
+        world.api_url, vm_id, f"name-{vm_id}", token=ADMIN_TOKEN, stdin_fd=stdin_fd, stdout=stdout, stderr=stderr,
         **kwargs)), daemon=True)
     thread.start()
     return thread, result, stdout, stderr

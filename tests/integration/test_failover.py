@@ -49,8 +49,8 @@ def vm_view(api, vm_id: str) -> dict:
     return api.call("GET", f"/v1/vms/{vm_id}")
 
 
-def test_a_crashed_guest_is_seen_at_once_and_restarts_in_place(stack_cfg, api, probe, cleanup):
-    tap = EventTap(stack_cfg.api_url)
+def test_a_crashed_guest_is_seen_at_once_and_restarts_in_place(stack_cfg, admin_token, api, probe, cleanup):
+    tap = EventTap(stack_cfg.api_url, token=admin_token)
     vm = provision_on(api, "h1")
     keep_down = provision_on(api, "h1", on_crash="none")
     cleanup.extend([vm["id"], keep_down["id"]])
@@ -78,8 +78,8 @@ def test_a_crashed_guest_is_seen_at_once_and_restarts_in_place(stack_cfg, api, p
     tap.close()
 
 
-def test_a_guest_stopped_or_defined_outside_vmflow(stack_cfg, api, probe, cleanup):
-    tap = EventTap(stack_cfg.api_url)
+def test_a_guest_stopped_or_defined_outside_vmflow(stack_cfg, admin_token, api, probe, cleanup):
+    tap = EventTap(stack_cfg.api_url, token=admin_token)
     vm = provision_on(api, "h2")
     cleanup.append(vm["id"])
     probe.virsh("h2", "destroy", f"vm-{vm['id']}")
@@ -103,7 +103,8 @@ def test_a_guest_stopped_or_defined_outside_vmflow(stack_cfg, api, probe, cleanu
         tap.close()
 
 
-def test_host_power_loss_fails_ha_vms_over_and_the_host_comes_back_clean(stack_cfg, api, probe, failover_network,
+def test_host_power_loss_fails_ha_vms_over_and_the_host_comes_back_clean(stack_cfg, admin_token, api, probe,
+                                                                           failover_network,
                                                                            cleanup):  # VMs go before the network
     # The HA VM has a NIC: its address must be the same on its new host, as the guest sees it.
     ha = provision_on(api, "h3", ha=True, restart_priority=10, networks=[{"network_id": failover_network}])
@@ -122,7 +123,7 @@ def test_host_power_loss_fails_ha_vms_over_and_the_host_comes_back_clean(stack_c
         assert probe.where(ha["id"]) == [moved["host_id"]]
         assert console_boots(stack_cfg, ha["id"]) > before  # it booted again over there
         assert moved["nics"] == ha["nics"]
-        with ConsoleDriver.for_vm(stack_cfg.api_url, ha["id"]) as console:
+        with ConsoleDriver.for_vm(stack_cfg.api_url, ha["id"], token=admin_token) as console:
             assert guest_address(console) == ha["nics"][0]["ip"]
         left = vm_view(api, plain["id"])
         assert left["state"] == "error" and left["host_id"] == "h3" and "not HA" in left["error"]

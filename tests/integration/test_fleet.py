@@ -104,7 +104,7 @@ def test_disabled_host_gets_no_new_vms(api, probe, cleanup):
         api.call("POST", "/v1/hosts/h99/disable")
 
 
-def test_concurrent_requests_never_overbook_a_host(stack_cfg, api, probe, cleanup):
+def test_concurrent_requests_never_overbook_a_host(stack_cfg, admin_token, api, probe, cleanup):
     """100 requests at once, for more memory than the fleet has: the scheduler's claims let
     exactly what fits through; the rest fail with 'no valid host' and its reason."""
     memory_mib = 4096  # few enough real guests that all of them boot on two cores
@@ -118,7 +118,7 @@ def test_concurrent_requests_never_overbook_a_host(stack_cfg, api, probe, cleanu
     assert sum(c // memory_mib for c in before.values()) < 100
 
     def create(i: int) -> dict:
-        with VmflowClient(stack_cfg.api_url, timeout_s=120) as client:
+        with VmflowClient(stack_cfg.api_url, admin_token, timeout_s=120) as client:
             return client.call("POST", "/v1/vms", json={
                 "name": f"burst-{i}", "vcpus": 1, "memory_mib": memory_mib, "disk_gib": 1, "image": "lab-guest"})
 

@@ -63,8 +63,8 @@ def migrate(api: VmflowClient, vm_id: str, **body) -> dict:
     return api.wait_operation(accepted["operation_id"], timeout_s=300)
 
 
-def test_a_running_guest_moves_h1_h2_h3_without_a_reboot(stack_cfg, api, probe, cleanup):
-    tap = EventTap(stack_cfg.api_url)
+def test_a_running_guest_moves_h1_h2_h3_without_a_reboot(stack_cfg, admin_token, api, probe, cleanup):
+    tap = EventTap(stack_cfg.api_url, token=admin_token)
     vm = provision(api)
     cleanup.append(vm["id"])
     console = probe.guest_log_path(vm["host_id"], vm["id"])
@@ -111,11 +111,11 @@ def test_bad_migration_requests(api, cleanup):
         api.call("POST", f"/v1/vms/{uuid.uuid4()}/migrate", json={})
 
 
-def test_cancel_in_flight_leaves_the_vm_running_on_its_source(stack_cfg, api, probe, cleanup):
+def test_cancel_in_flight_leaves_the_vm_running_on_its_source(stack_cfg, admin_token, api, probe, cleanup):
     vm = provision(api, memory_mib=256)
     cleanup.append(vm["id"])
     source = vm["host_id"]
-    tap = EventTap(stack_cfg.api_url)
+    tap = EventTap(stack_cfg.api_url, token=admin_token)
     # Capped at 1 MiB/s, copying the guest's memory takes minutes: plenty of time to cancel.
     accepted = api.call("POST", f"/v1/vms/{vm['id']}/migrate",
                         json={"completion_timeout_s": 600, "bandwidth_mib_s": 1})

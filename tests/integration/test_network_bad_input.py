@@ -7,7 +7,7 @@ import pytest
 
 from tests.integration.test_bad_input import GOOD, expect_error
 from tests.integration.test_networks import (
-    OTHER,
+    OTHER_TENANT,
     create_network,
     delete_network,
     host_leftovers,
@@ -15,12 +15,18 @@ from tests.integration.test_networks import (
 
 
 @pytest.fixture(scope="module")
-def nets(api):
+def other(tenant_client):
+    """A member of the second tenant."""
+    return tenant_client(OTHER_TENANT, "member")
+
+
+@pytest.fixture(scope="module")
+def nets(api, other):
     own = create_network(api, "10.47.0.0/24", gateway="10.47.0.254")
-    foreign = create_network(api, "10.47.0.0/24", OTHER)
+    foreign = create_network(other, "10.47.0.0/24")
     yield own, foreign
     delete_network(api, own["id"])
-    delete_network(api, foreign["id"], OTHER)
+    delete_network(other, foreign["id"])
 
 
 @pytest.fixture
@@ -54,7 +60,7 @@ def test_bad_networks_are_refused(api, everything, body, status, reason):
     assert everything() == before
 
 
-def test_bad_nics_and_seeds_are_refused(api, everything, nets):
+def test_bad_nics_and_seeds_are_refused(api, other, everything, nets):
     own, foreign = nets
     before = everything()
     cases = [
@@ -74,8 +80,8 @@ def test_bad_nics_and_seeds_are_refused(api, everything, nets):
         body = {**GOOD, "name": "bad-nic", "networks": networks, **extra}
         expect_error(api, "POST", "/v1/vms", status, reason, json=body)
     # Another tenant sees none of this tenant's networks.
-    expect_error(api, "GET", f"/v1/networks/{own['id']}", 404, "no network", headers=OTHER)
-    expect_error(api, "DELETE", f"/v1/networks/{own['id']}", 404, "no network", headers=OTHER)
+    expect_error(other, "GET", f"/v1/networks/{own['id']}", 404, "no network")
+    expect_error(other, "DELETE", f"/v1/networks/{own['id']}", 404, "no network")
     assert everything() == before
 
 

@@ -19,7 +19,7 @@ from deploy.console_driver import ConsoleDriver
 from tests.integration.libvirt_probe import LibvirtProbe, wait_until
 
 CIDR = "10.44.0.0/24"  # both tenants use it
-OTHER = {"X-Vmflow-Tenant": "tenant-b"}
+OTHER_TENANT = "tenant-b"
 PING_LOSS = re.compile(r"(\d+) packets transmitted, (\d+) packets received")
 
 
@@ -27,34 +27,34 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
-def create_network(api: VmflowClient, cidr: str, headers: dict | None = None, **extra) -> dict:
-    accepted = api.call("POST", "/v1/networks", json={"name": unique("net"), "cidr": cidr, **extra},
-                        headers=headers or {})
+def create_network(api: VmflowClient, cidr: str, **extra) -> dict:
+    """A network of the tenant ``api``'s token acts in."""
+    accepted = api.call("POST", "/v1/networks", json={"name": unique("net"), "cidr": cidr, **extra})
     op = api.wait_operation(accepted["operation_id"], timeout_s=60)
     assert op["state"] == "succeeded", op
-    return api.call("GET", f"/v1/networks/{accepted['target']}", headers=headers or {})
+    return api.call("GET", f"/v1/networks/{accepted['target']}")
 
 
-def delete_network(api: VmflowClient, network_id: str, headers: dict | None = None) -> None:
-    accepted = api.call("DELETE", f"/v1/networks/{network_id}", headers=headers or {})
+def delete_network(api: VmflowClient, network_id: str) -> None:
+    accepted = api.call("DELETE", f"/v1/networks/{network_id}")
     assert api.wait_operation(accepted["operation_id"], timeout_s=60)["state"] == "succeeded"
 
 
-def create_vm(api: VmflowClient, name: str, networks: list[dict], headers: dict | None = None, **extra) -> dict:
+def create_vm(api: VmflowClient, name: str, networks: list[dict], **extra) -> dict:
     body = {"name": name, "vcpus": 1, "memory_mib": 128, "disk_gib": 1, "image": "lab-guest",
             "networks": networks, "hostname": name, **extra}
-    return api.call("POST", "/v1/vms", json=body, headers=headers or {})
+    return api.call("POST", "/v1/vms", json=body)
 
 
-def wait_created(api: VmflowClient, accepted: dict, headers: dict | None = None) -> dict:
+def wait_created(api: VmflowClient, accepted: dict) -> dict:
     op = api.wait_operation(accepted["operation_id"], timeout_s=240)
     assert op["state"] == "succeeded", op
-    return api.call("GET", f"/v1/vms/{accepted['vm']['id']}", headers=headers or {})
+    return api.call("GET", f"/v1/vms/{accepted['vm']['id']}")
 
 
-def delete_vm(api: VmflowClient, vm_id: str, headers: dict | None = None) -> None:
+def delete_vm(api: VmflowClient, vm_id: str) -> None:
     try:
-        accepted = api.call("DELETE", f"/v1/vms/{vm_id}", headers=headers or {})
+        accepted = api.call("DELETE", f"/v1/vms/{vm_id}")
     except ApiError as exc:
         if exc.status == 404:
             return
@@ -83,49 +83,57 @@ def pings(console: ConsoleDriver, ip: str, count: int = 3, first_answer_s: int =
 
 
 @pytest.fixture(scope="module")
-def world(stack_cfg, api: VmflowClient):
-    """Tenant A: two VMs on one network, on different hosts. Tenant B: a VM on a network with the
-    same CIDR. Torn down at the end, and checked to leave nothing (see the last test)."""
+def other(tenant_client) -> VmflowClient:
+    """A member of tenant B, the second tenant."""
+    return tenant_client(OTHER_TENANT, "member")
+
+
+@pytest.fixture(scope="module")
+def world(stack_cfg, api: VmflowClient, other: VmflowClient):
+    """Tenant A (the admin's own, default): two VMs on one network, on different hosts. Tenant
+    B: a VM on a network with the same CIDR, made by a member of B. Torn down at the end, and
+    checked to leave nothing (see the last test)."""
     group = api.call("POST", "/v1/placement-groups", json={"name": unique("apart"), "policy": "anti-affinity"})
     blue = create_network(api, CIDR)
-    red = create_network(api, CIDR, OTHER)
+    red = create_network(other, CIDR)
     made = {
         "a1": create_vm(api, unique("alpha"), [{"network_id": blue["id"]}], placement_group_id=group["id"]),
         "a2": create_vm(api, unique("beta"), [{"network_id": blue["id"]}], placement_group_id=group["id"]),
-        "b1": create_vm(api, unique("gamma"), [{"network_id": red["id"]}], OTHER),
+        "b1": create_vm(other, unique("gamma"), [{"network_id": red["id"]}]),
     }
-    vms = {key: wait_created(api, accepted, OTHER if key == "b1" else None) for key, accepted in made.items()}
+    owner = {"a1": api, "a2": api, "b1": other}
+    vms = {key: wait_created(owner[key], accepted) for key, accepted in made.items()}
     yield {"blue": blue, "red": red, "vms": vms, "group": group}
     for key, vm in vms.items():
-        delete_vm(api, vm["id"], OTHER if key == "b1" else None)
+        delete_vm(owner[key], vm["id"])
     api.call("DELETE", f"/v1/placement-groups/{group['id']}")
 
 
-def test_dhcp_serves_exactly_vmflows_address_and_the_seed_names_the_guest(stack_cfg, world):
+def test_dhcp_serves_exactly_vmflows_address_and_the_seed_names_the_guest(stack_cfg, admin_token, world):
     for key in ("a1", "a2"):
         vm = world["vms"][key]
         [nic] = vm["nics"]
         assert nic["network_id"] == world["blue"]["id"] and re.fullmatch(r"52:54:00(:[0-9a-f]{2}){3}", nic["mac"])
-        with ConsoleDriver.for_vm(stack_cfg.api_url, vm["id"]) as console:
+        with ConsoleDriver.for_vm(stack_cfg.api_url, vm["id"], token=admin_token) as console:
             assert guest_address(console) == nic["ip"]
             assert console.run("hostname").strip().splitlines()[-1] == vm["name"]
             assert console.run("cat /sys/class/net/eth0/address").strip().splitlines()[-1] == nic["mac"]
 
 
-def test_two_vms_on_one_network_reach_each_other_across_hosts(stack_cfg, world):
+def test_two_vms_on_one_network_reach_each_other_across_hosts(stack_cfg, admin_token, world):
     a1, a2 = world["vms"]["a1"], world["vms"]["a2"]
     assert a1["host_id"] != a2["host_id"]
-    with ConsoleDriver.for_vm(stack_cfg.api_url, a1["id"]) as console:
+    with ConsoleDriver.for_vm(stack_cfg.api_url, a1["id"], token=admin_token) as console:
         guest_address(console)
         assert pings(console, a2["nics"][0]["ip"]) == 3
         # TCP: the peer's responder answers with its VM id.
         assert a2["id"] in console.run(f"timeout 10 wget -qO- http://{a2['nics'][0]['ip']}/", timeout_s=30)
 
 
-def test_another_tenants_network_with_the_same_cidr_is_isolated(stack_cfg, world):
+def test_another_tenants_network_with_the_same_cidr_is_isolated(stack_cfg, world, other):
     b1 = world["vms"]["b1"]
     assert b1["nics"][0]["ip"] in {vm["nics"][0]["ip"] for vm in (world["vms"]["a1"], world["vms"]["a2"])}
-    with ConsoleDriver.for_vm(stack_cfg.api_url, b1["id"], headers=OTHER) as console:
+    with ConsoleDriver.for_vm(stack_cfg.api_url, b1["id"], token=other.token) as console:
         assert guest_address(console) == b1["nics"][0]["ip"]
         for key in ("a1", "a2"):
             ip = world["vms"][key]["nics"][0]["ip"]
@@ -137,11 +145,12 @@ def test_another_tenants_network_with_the_same_cidr_is_isolated(stack_cfg, world
             assert "fault" not in out  # refused for want of a route to it, nothing else
 
 
-def test_live_migration_under_ping_keeps_the_address(stack_cfg, api, world, probe: LibvirtProbe):
+def test_live_migration_under_ping_keeps_the_address(stack_cfg, admin_token, api, world, probe: LibvirtProbe):
     a1, a2 = world["vms"]["a1"], world["vms"]["a2"]
     ip = a1["nics"][0]["ip"]
-    mover = ConsoleDriver.for_vm(stack_cfg.api_url, a1["id"])  # a user on the moving VM's console
-    with ConsoleDriver.for_vm(stack_cfg.api_url, a2["id"]) as watcher:
+    # a user on the moving VM's console
+    mover = ConsoleDriver.for_vm(stack_cfg.api_url, a1["id"], token=admin_token)
+    with ConsoleDriver.for_vm(stack_cfg.api_url, a2["id"], token=admin_token) as watcher:
         guest_address(watcher)
         assert pings(watcher, ip) == 3
         watcher.run(f"(ping -i 0.2 -c 150 {ip} > /tmp/ping.log 2>&1 &)")
@@ -166,37 +175,38 @@ def test_live_migration_under_ping_keeps_the_address(stack_cfg, api, world, prob
     assert seqs and seqs[-1] >= sent - 3  # the last pings were answered again
     moved = api.call("GET", f"/v1/vms/{a1['id']}")
     assert moved["host_id"] == target and moved["nics"][0]["ip"] == ip
-    with ConsoleDriver.for_vm(stack_cfg.api_url, a1["id"]) as console:
+    with ConsoleDriver.for_vm(stack_cfg.api_url, a1["id"], token=admin_token) as console:
         assert guest_address(console) == ip
         assert pings(console, a2["nics"][0]["ip"]) == 3
 
 
-def test_stop_cold_migration_and_start_keep_the_address(stack_cfg, api, world, probe: LibvirtProbe):
+def test_stop_cold_migration_and_start_keep_the_address(stack_cfg, api, other, world, probe: LibvirtProbe):
     b1 = world["vms"]["b1"]
     ip = b1["nics"][0]["ip"]
-    for path, body in (("stop", {"force": True}), ("migrate", {}), ("start", None)):
-        accepted = api.call("POST", f"/v1/vms/{b1['id']}/{path}", json=body, headers=OTHER)
-        op = api.wait_operation(accepted["operation_id"], timeout_s=180)
+    # The tenant stops and starts its VM; moving it between hosts is the admin's.
+    for client, path, body in ((other, "stop", {"force": True}), (api, "migrate", {}), (other, "start", None)):
+        accepted = client.call("POST", f"/v1/vms/{b1['id']}/{path}", json=body)
+        op = client.wait_operation(accepted["operation_id"], timeout_s=180)
         assert op["state"] == "succeeded", (path, op)
-    moved = api.call("GET", f"/v1/vms/{b1['id']}", headers=OTHER)
+    moved = other.call("GET", f"/v1/vms/{b1['id']}")
     assert moved["host_id"] != b1["host_id"] and probe.where(b1["id"]) == [moved["host_id"]]
     assert moved["nics"] == b1["nics"]
-    with ConsoleDriver.for_vm(stack_cfg.api_url, b1["id"], headers=OTHER) as console:
+    with ConsoleDriver.for_vm(stack_cfg.api_url, b1["id"], token=other.token) as console:
         assert guest_address(console) == ip
 
 
-def test_one_console_session_per_vm(stack_cfg, world):
+def test_one_console_session_per_vm(stack_cfg, admin_token, world):
     vm = world["vms"]["a2"]
-    with ConsoleDriver.for_vm(stack_cfg.api_url, vm["id"]) as first:
+    with ConsoleDriver.for_vm(stack_cfg.api_url, vm["id"], token=admin_token) as first:
         first.run("true")
-        second = ConsoleDriver.for_vm(stack_cfg.api_url, vm["id"])
+        second = ConsoleDriver.for_vm(stack_cfg.api_url, vm["id"], token=admin_token)
         wait_until(lambda: second.closed, 20, what="the second session to be refused")
         assert second.close_code == 4409 and "already open" in second.close_reason
         second.close()
         assert first.run("echo still-here").strip().endswith("still-here")
 
 
-def test_nic_hotplug_and_unplug_on_a_running_vm(stack_cfg, api, world):
+def test_nic_hotplug_and_unplug_on_a_running_vm(stack_cfg, admin_token, api, world):
     a1 = api.call("GET", f"/v1/vms/{world['vms']['a1']['id']}")
     green = create_network(api, "10.45.0.0/28", gateway="10.45.0.1")
     try:
@@ -206,7 +216,7 @@ def test_nic_hotplug_and_unplug_on_a_running_vm(stack_cfg, api, world):
         assert [n["network_id"] for n in nics] == [world["blue"]["id"], green["id"]]
         added = nics[1]
         assert added["ip"] == "10.45.0.3"  # .1 the gateway, .2 the DHCP server
-        with ConsoleDriver.for_vm(stack_cfg.api_url, a1["id"]) as console:
+        with ConsoleDriver.for_vm(stack_cfg.api_url, a1["id"], token=admin_token) as console:
             assert guest_address(console, "eth1") == added["ip"]
             # A port on a network in use cannot go with the network.
             with pytest.raises(ApiError) as refused:
@@ -266,13 +276,13 @@ def host_leftovers(stack_cfg) -> list[str]:
     return found
 
 
-def test_deleting_vms_and_networks_leaves_nothing_on_any_host(stack_cfg, api, world):
+def test_deleting_vms_and_networks_leaves_nothing_on_any_host(stack_cfg, api, other, world):
     for key, vm in world["vms"].items():
-        delete_vm(api, vm["id"], OTHER if key == "b1" else None)
+        delete_vm(other if key == "b1" else api, vm["id"])
     delete_network(api, world["blue"]["id"])
-    delete_network(api, world["red"]["id"], OTHER)
+    delete_network(other, world["red"]["id"])
     wait_until(lambda: not host_leftovers(stack_cfg), 30, 1, "every host to drop the networks")
-    for network, headers in ((world["blue"], None), (world["red"], OTHER)):
+    for network, client in ((world["blue"], api), (world["red"], other)):
         with pytest.raises(ApiError) as gone:
-            api.call("GET", f"/v1/networks/{network['id']}", headers=headers or {})
+            client.call("GET", f"/v1/networks/{network['id']}")
         assert gone.value.status == 404

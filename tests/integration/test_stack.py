@@ -51,7 +51,7 @@ def test_down_stops_exactly_what_up_started(tmp_path_factory):
         names = ["nats", "temporal", "scheduler", "storage", "orchestrator", "api", "host-worker-h1"]
         pids = {name: read_pid(run_dir, name) for name in names}
         assert all(is_alive(pid) for pid in pids.values()), pids
-        client = VmflowClient(cfg.api_url)
+        client = VmflowClient(cfg.api_url, stack.admin_token(cfg))
         accepted = client.create_vm("left-running", 1, 128, 1, "lab-guest")
         assert client.wait_operation(accepted["operation_id"], timeout_s=240)["state"] == "succeeded"
         assert qemu_pids_using(run_dir), "the guest should run before down"

@@ -8,7 +8,13 @@ import uuid
 
 import pytest
 
-from tests.integration.test_storage_volumes import EventTap, expect_error, qemu_info, succeeded, unique
+from tests.integration.test_storage_volumes import (
+    EventTap,
+    expect_error,
+    qemu_info,
+    succeeded,
+    unique,
+)
 
 
 @pytest.fixture
@@ -41,8 +47,8 @@ def image_world(stack_cfg, api):
     return snapshot
 
 
-def test_raw_and_qcow2_files_become_qcow2_images_and_are_deleted(stack_cfg, api, incoming):
-    tap = EventTap(stack_cfg.api_url, "vmflow.evt.image.>")
+def test_raw_and_qcow2_files_become_qcow2_images_and_are_deleted(stack_cfg, admin_token, api, incoming):
+    tap = EventTap(stack_cfg.api_url, "vmflow.evt.image.>", token=admin_token)
     raw = incoming("disk.raw", raw_mib=64)
     qcow2 = incoming("disk.qcow2", "-f", "qcow2", "-o", "size=128M")
     for source, fmt in ((raw, "raw"), (qcow2, "qcow2")):

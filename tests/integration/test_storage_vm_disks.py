@@ -12,7 +12,14 @@ import pytest
 
 from deploy.client import ApiError, VmflowClient
 from tests.integration.libvirt_probe import LibvirtProbe
-from tests.integration.test_storage_volumes import EventTap, Volumes, expect_error, qemu_info, succeeded, unique
+from tests.integration.test_storage_volumes import (
+    EventTap,
+    Volumes,
+    expect_error,
+    qemu_info,
+    succeeded,
+    unique,
+)
 
 MARKER = "VMFLOW-GUEST-BOOTED"
 BOOT_TIMEOUT_S = 300
@@ -85,9 +92,9 @@ def volumes(api):
     made.cleanup()
 
 
-def test_data_volume_is_hot_plugged_and_unplugged(stack_cfg, api, vm, volumes):
+def test_data_volume_is_hot_plugged_and_unplugged(stack_cfg, admin_token, api, vm, volumes):
     vm.ensure("running")
-    tap = EventTap(stack_cfg.api_url, "vmflow.evt.volume.>")
+    tap = EventTap(stack_cfg.api_url, "vmflow.evt.volume.>", token=admin_token)
     volume = volumes.create(size_gib=1)
     name, path = volume["name"], volume["path"]
 

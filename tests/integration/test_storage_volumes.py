@@ -13,7 +13,7 @@ import uuid
 import httpx
 import pytest
 
-from deploy.client import ApiError, VmflowClient
+from deploy.client import ApiError, VmflowClient, bearer_headers
 from tests.integration.libvirt_probe import wait_until
 
 GIB = 1024**3
@@ -44,19 +44,26 @@ def expect_error(api: VmflowClient, method: str, path: str, status: int, reason:
 
 
 class EventTap:
-    """Collects the subjects of /v1/events (SSE) under one filter, in a thread."""
+    """Collects the subjects of /v1/events (SSE) under one filter, in a thread, as the holder of
+    ``token`` sees them."""
 
-    def __init__(self, base_url: str, subject: str) -> None:
+    def __init__(self, base_url: str, subject: str, *, token: str) -> None:
         self.subjects: list[str] = []
         self._ready = threading.Event()
-        threading.Thread(target=self._run, args=(base_url, subject), daemon=True).start()
+        self.refused: str | None = None
+        threading.Thread(target=self._run, args=(base_url, subject, token), daemon=True).start()
         assert self._ready.wait(10), "SSE stream did not open"
+        assert self.refused is None, f"SSE stream refused: {self.refused}"
 
-    def _run(self, base_url: str, subject: str) -> None:
+    def _run(self, base_url: str, subject: str, token: str) -> None:
         try:
             with httpx.stream("GET", f"{base_url}/v1/events", params={"subject": subject},
-                              timeout=None) as response:
+                              headers=bearer_headers(token), timeout=None) as response:
+                if response.status_code != 200:
+                    self.refused = f"{response.status_code} {response.read().decode(errors='replace')[:300]}"
                 self._ready.set()
+                if self.refused:
+                    return
                 for line in response.iter_lines():
                     if line.startswith("data: "):
                         self.subjects.append(json.loads(line[6:])["subject"])
@@ -130,8 +137,8 @@ def test_pools_are_the_shared_one_and_one_per_host(stack_cfg, api):
     expect_error(api, "GET", "/v1/pools/nope", 404, "no pool named 'nope'")
 
 
-def test_empty_volume_grows_and_is_deleted(stack_cfg, api, volumes):
-    tap = EventTap(stack_cfg.api_url, "vmflow.evt.volume.>")
+def test_empty_volume_grows_and_is_deleted(stack_cfg, admin_token, api, volumes):
+    tap = EventTap(stack_cfg.api_url, "vmflow.evt.volume.>", token=admin_token)
     volume = volumes.create(size_gib=1)
     name, path = volume["name"], volume["path"]
     assert (volume["kind"], volume["pool"], volume["size_gib"], volume["vm_id"]) == ("data", "shared", 1.0, None)

@@ -136,7 +136,7 @@ class UsageWatch:
         self._thread.join(10)
 
 
-@pytest.mark.parametrize(("quota", "memory_mib", "fits"), [({"vms": 10}, 64, 10), ({"memory_mib": 320}, 64, 5)],
+@pytest.mark.parametrize(("quota", "memory_mib", "fits"), [({"vms": 10}, 96, 10), ({"memory_mib": 480}, 96, 5)],
                          ids=["vms", "memory"])
 def test_a_burst_of_creates_never_overshoots_the_quota(stack_cfg, api, probe: LibvirtProbe, quota, memory_mib,
                                                        fits):
@@ -242,7 +242,7 @@ def test_a_tenant_sees_only_its_own_objects_operations_events_and_audit(stack_cf
                (("a", token_a["token"]), ("b", token_b["token"]), ("admin", admin_token))}
     with _client(stack_cfg, token_a) as ca, _client(stack_cfg, token_b) as cb:
         net = ca.call("POST", "/v1/networks", json={"name": "blue", "cidr": "10.7.0.0/24"})
-        vm = ca.call("POST", "/v1/vms", json={"name": "a-vm", "vcpus": 1, "memory_mib": 64, "disk_gib": 1,
+        vm = ca.call("POST", "/v1/vms", json={"name": "a-vm", "vcpus": 1, "memory_mib": 96, "disk_gib": 1,
                                                "image": "lab-guest"})
         cleanup.append(vm["vm"]["id"])
         assert ca.wait_operation(vm["operation_id"], timeout_s=300)["state"] == "succeeded"

@@ -30,8 +30,8 @@ def created_vm(api: VmflowClient, probe: LibvirtProbe):
         pass  # the test deleted it already
 
 
-def test_provision_boots_a_real_guest_and_delete_leaves_nothing(stack_cfg, api, probe):
-    tap = EventTap(stack_cfg.api_url)
+def test_provision_boots_a_real_guest_and_delete_leaves_nothing(stack_cfg, admin_token, api, probe):
+    tap = EventTap(stack_cfg.api_url, token=admin_token)
     accepted = api.create_vm(unique_name("e2e"), 1, 128, 1, "lab-guest")
     vm_id, op_id = accepted["vm"]["id"], accepted["operation_id"]
     assert op_id == f"vm-{vm_id}-provision"

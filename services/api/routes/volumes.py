@@ -224,7 +224,7 @@ async def _detach(p: Platform, who: Principal, name: str, vm_id: str | None,
     if owner is not None:
         require_state(owner, _ATTACHABLE, f"detach volume '{name}' from")
     host_id = owner.host_id if owner is not None else None
-    tenant = owner.tenant if owner is not None else who.tenant
+    tenant = owner.tenant if owner is not None else (await _tenants(p, [volume])).get(volume.name, who.tenant)
     inp = AttachmentInput(tenant, name, volume.vm_id, host_id or "", volume.path)
     return await start_operation(p, "DetachVolume", inp, volume_operation_id(name, "detach", _suffix()),
                                  f"volume/{name}", response, tenant)
