@@ -126,7 +126,7 @@ class Inventory:
                 setattr(vm, key, value)
             vm.updated_at = utcnow()
             session.add(vm)
-            if vm.state is not VmState.PROVISIONING:
+            if vm.state != VmState.PROVISIONING:
                 commit_in(session, vm_hold(vm_id))  # it exists: its share counts as used
             session.commit()
             session.refresh(vm)

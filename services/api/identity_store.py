@@ -46,9 +46,9 @@ def _aware(moment: datetime | None) -> datetime | None:
 
 
 class IdentityStore:
-    def __init__(self, engine: Engine, cache_s: float = 60.0) -> None:
+    def __init__(self, engine: Engine, cache_s: float = 60.0, hasher: PasswordHash | None = None) -> None:
         self._engine = engine
-        self._hasher = PasswordHash((Argon2Hasher(),))
+        self._hasher = hasher or PasswordHash((Argon2Hasher(),))
         self._cache_s = cache_s
         self._verified: dict[str, tuple[bytes, float]] = {}
         self._lock = threading.Lock()
@@ -86,7 +86,10 @@ class IdentityStore:
         if tenant_id == caller.tenant:
             raise Conflict(f"tenant '{tenant_id}' is the one your token acts in; use another admin's token")
         with Session(self._engine) as session:
-            if session.get(Tenant, tenant_id) is None:
+            # The lock every reservation takes first: nothing of the tenant's is made meanwhile.
+            locked = session.exec(update(Tenant).where(Tenant.id == tenant_id)
+                                  .values(quota_serial=Tenant.quota_serial + 1))
+            if locked.rowcount != 1:
                 raise NotFound(f"no tenant '{tenant_id}'")
             held = [what for what, table in (("VMs", Vm), ("networks", Network), ("placement groups", PlacementGroup),
                                              ("quota holds", QuotaHold))
@@ -202,12 +205,12 @@ class IdentityStore:
         if found is None:
             raise Unauthenticated("unknown token")
         row, user = found
+        if not self._secret_ok(row, parts.secret):  # first: only the holder learns more
+            raise Unauthenticated("unknown token")
         if row.revoked_at is not None:
             raise Unauthenticated(f"token {row.id} was revoked at {_aware(row.revoked_at):%Y-%m-%d %H:%M:%S} UTC")
         if row.expires_at is not None and _aware(row.expires_at) <= datetime.now(UTC):
             raise Unauthenticated(f"token {row.id} expired at {_aware(row.expires_at):%Y-%m-%d %H:%M:%S} UTC")
-        if not self._secret_ok(row, parts.secret):
-            raise Unauthenticated("unknown token")
         return Principal(row.id, user, row.tenant, Role(row.role))
 
     def _secret_ok(self, row: ApiToken, secret: str) -> bool:
@@ -237,7 +240,8 @@ class IdentityStore:
         _row, _user, text = self.issue(None, TokenCreate(role=Role.ADMIN, description="the first admin token"))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        tmp.unlink(missing_ok=True)  # a leftover may have any mode; O_EXCL makes a fresh 0600 file
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(text + "\n")
         os.replace(tmp, path)
