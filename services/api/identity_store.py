@@ -36,6 +36,10 @@ from services.api.tenancy_models import (
 from shared.auth import Principal, Role, new_token, parse_token
 from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthenticated
 
+_TOKENS, _USERS = ApiToken.__table__, User.__table__
+_TOKEN_ROW = (select(_TOKENS.c.id, _TOKENS.c.tenant, _TOKENS.c.role, _TOKENS.c.secret_hash, _TOKENS.c.expires_at,
+                     _TOKENS.c.revoked_at, _USERS.c.name.label("user"))
+              .join(_USERS, _USERS.c.id == _TOKENS.c.user_id))
 BOOTSTRAP_TENANT = "default"
 BOOTSTRAP_USER = "admin"
 
@@ -199,12 +203,11 @@ class IdentityStore:
         parts = parse_token(text)
         if parts is None:
             raise Unauthenticated("malformed token: expected 'Bearer vmf_<16 hex>_<43 characters>'")
-        with Session(self._engine) as session:
-            found = session.exec(select(ApiToken, User.name).join(User, User.id == ApiToken.user_id)
-                                 .where(ApiToken.id == parts.token_id)).first()
-        if found is None:
+        with self._engine.connect() as connection:  # Core, not the ORM: a tenth of the time per request
+            row = connection.execute(_TOKEN_ROW.where(_TOKENS.c.id == parts.token_id)).first()
+        if row is None:
             raise Unauthenticated("unknown token")
-        row, user = found
+        user = row.user
         if not self._secret_ok(row, parts.secret):  # first: only the holder learns more
             raise Unauthenticated("unknown token")
         if row.revoked_at is not None:
@@ -213,7 +216,7 @@ class IdentityStore:
             raise Unauthenticated(f"token {row.id} expired at {_aware(row.expires_at):%Y-%m-%d %H:%M:%S} UTC")
         return Principal(row.id, user, row.tenant, Role(row.role))
 
-    def _secret_ok(self, row: ApiToken, secret: str) -> bool:
+    def _secret_ok(self, row, secret: str) -> bool:
         digest = hashlib.sha256(secret.encode()).digest()
         now = time.monotonic()
         with self._lock:

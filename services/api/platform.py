@@ -34,5 +34,5 @@ class Platform:
     audit: AuditLog
 
 
-def get_platform(request: Request) -> Platform:
+async def get_platform(request: Request) -> Platform:
     return request.app.state.platform

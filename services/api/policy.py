@@ -150,6 +150,6 @@ async def authorize(connection: HTTPConnection) -> None:
         raise
 
 
-def principal(connection: HTTPConnection) -> Principal:
+async def principal(connection: HTTPConnection) -> Principal:
     """The principal ``authorize`` found; for handlers."""
     return connection.state.principal
