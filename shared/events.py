@@ -146,8 +146,33 @@ class HostFenced:
         return subjects.host_event(self.host_id, f"fence_{self.outcome}")
 
 
+@dataclass(frozen=True)
+class AuditRecorded:
+    """Someone changed something, or tried to: the audit record (``GET /v1/audit`` lists them).
+    ``tenant`` None: an attempt without a valid token."""
+
+    id: int
+    at_s: float
+    request_id: str
+    token_id: str | None
+    user: str | None
+    tenant: str | None
+    role: str | None
+    method: str
+    action: str  # the route: "POST /v1/vms/{vm_id}/stop"
+    path: str
+    status: int
+    outcome: str  # accepted, done, refused, failed
+    code: str | None
+    operation_id: str | None
+
+    @property
+    def subject(self) -> str:
+        return subjects.audit_event(self.tenant or subjects.NO_TENANT, self.outcome)
+
+
 Event = (DomainLifecycle | VmStateChanged | VmCreated | VmMoved | VmDeleted | OperationStep | UnmanagedDomain
-         | HostLiveness | HostFenced)
+         | HostLiveness | HostFenced | AuditRecorded)
 
 
 async def publish(publisher: Any, event: Event, event_id: str | None = None) -> None:

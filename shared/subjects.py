@@ -57,6 +57,9 @@ def console_input(session_id: str) -> str:
     return f"{CONSOLE_PREFIX}.session.{_token(session_id)}.in"
 
 
+NO_TENANT = "_fleet"  # the subject token of audit records no tenant owns (an attempt without a token)
+
+
 def audit_event(tenant: str, outcome: str) -> str:
     return f"{EVENTS_ROOT}.audit.{_token(tenant)}.{_token(outcome)}"
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 import structlog
 from sqlalchemy import func
@@ -22,12 +22,11 @@ from sqlmodel import Session, SQLModel, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.api.models import utcnow
-from shared import subjects
+from shared import events
 from shared.auth import Principal
 
 log = structlog.get_logger(__name__)
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
-NO_TENANT = "_fleet"  # the subject token of records no tenant owns (an unauthenticated attempt)
 
 
 class AuditRecord(SQLModel, table=True):
@@ -47,6 +46,11 @@ class AuditRecord(SQLModel, table=True):
     outcome: str = SqlField(max_length=16)  # accepted, done, refused, failed
     code: str | None = SqlField(default=None, max_length=40)
     operation_id: str | None = SqlField(default=None, max_length=200)
+
+    def event(self) -> events.AuditRecorded:
+        assert self.id is not None  # written first
+        at = self.at if self.at.tzinfo is not None else self.at.replace(tzinfo=UTC)  # SQLite drops the zone
+        return events.AuditRecorded(at_s=at.timestamp(), **self.model_dump(exclude={"at"}))
 
 
 def outcome_of(status: int) -> str:
@@ -137,7 +141,6 @@ class AuditMiddleware:
         )
         try:
             record = await asyncio.to_thread(platform.audit.add, record)
-            await platform.events.publish(subjects.audit_event(record.tenant or NO_TENANT, record.outcome),
-                                          record.model_dump(mode="json"), event_id=f"audit-{request_id}")
+            await events.publish(platform.events, record.event(), event_id=f"audit-{request_id}")
         except Exception as exc:  # the change happened; a lost audit line is logged, never raised
             log.error("audit record not written", error=str(exc), request_id=request_id, action=record.action)

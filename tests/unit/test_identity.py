@@ -12,7 +12,7 @@ import pytest
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
-from services.api.db import Inventory, make_engine, migrate
+from services.api.db import Inventory
 from services.api.identity_store import IdentityStore
 from services.api.models import Vm
 from services.api.network_store import NetworkStore
@@ -22,14 +22,6 @@ from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthe
 
 # Argon2 with small costs: the same algorithm and format, a fraction of the time per check.
 QUICK_ARGON2 = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=8 * 1024),))
-
-
-@pytest.fixture
-def engine(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'inv.db'}")
-    migrate(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from services.api.db import Inventory, make_engine, migrate
+from services.api.db import Inventory
 from services.api.identity_store import IdentityStore
 from services.api.models import Vm
 from services.api.network_store import NetworkStore
@@ -83,14 +83,6 @@ def test_a_vm_hold_key_prefixes_its_snapshots_and_a_volume_its_growth():
 
 
 # -- the ledger on SQLite --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def engine(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'inv.db'}")
-    migrate(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture
