@@ -267,6 +267,7 @@ def test_a_tenant_sees_only_its_own_objects_operations_events_and_audit(stack_cf
                    (e["subject"] for e in streams["b"].events))
         # A: its own, seen live; the admin sees A's too
         assert streams["a"].mentions(vm_id) and streams["a"].mentions(net["operation_id"])
+        assert f"vmflow.evt.audit.{a}.accepted" in {e["subject"] for e in streams["a"].events}
         assert streams["admin"].mentions(vm_id)
         assert ca.call("GET", f"/v1/operations/{op_id}")["state"] == "succeeded"
         mine = ca.call("GET", "/v1/audit")
@@ -296,3 +297,64 @@ def test_errors_are_json_with_a_code_everywhere(stack_cfg, api):
         assert response.status_code == status, (method, path, response.text)
         assert response.json()["error"]["code"] == code and response.json()["error"]["message"]
         assert len(response.headers["x-request-id"]) == 32
+
+
+def _done(client: VmflowClient, accepted: dict, state: str = "succeeded") -> dict:
+    op = client.wait_operation(accepted["operation_id"], timeout_s=300, interval_s=0.3)
+    assert op["state"] == state, op
+    return op
+
+
+def test_volumes_growth_snapshots_and_templates_count_and_are_given_back(stack_cfg, api, cleanup):
+    """Disk is root disks + data volumes + templates; a refusal changes nothing; everything is
+    back to zero once deleted. Another tenant does not see the template."""
+    tenant = _tenant(api, {"disk_gib": 4, "volumes": 1, "snapshots": 1})
+    with _client(stack_cfg, _token(api, tenant, "member")) as member, \
+            _client(stack_cfg, _token(api, _tenant(api), "member")) as stranger:
+        vm = member.create_vm("keeper", vcpus=1, memory_mib=96, disk_gib=1, image="lab-guest")
+        cleanup.append(vm_id := vm["vm"]["id"])
+        _done(member, vm)
+        _done(member, member.call("POST", f"/v1/vms/{vm_id}/stop", json={"force": True}))
+        volume = _unique("qv")
+        _done(member, member.call("POST", "/v1/volumes", json={"name": volume, "pool": "shared", "size_gib": 1}))
+        usage = _usage(api, tenant)
+        assert (usage["disk_gib"]["used"], usage["volumes"]["used"]) == (2, 1)
+        with pytest.raises(ApiError) as second:
+            member.call("POST", "/v1/volumes", json={"name": _unique("qv"), "pool": "shared", "size_gib": 1})
+        assert second.value.code == "quota_exceeded" and "volumes: asked 1, 0 left of 1" in second.value.message
+        with pytest.raises(ApiError) as too_big:
+            member.call("POST", f"/v1/volumes/{volume}/resize", json={"size_gib": 4})
+        assert too_big.value.code == "quota_exceeded" and "disk_gib: asked 3, 2 left of 4" in too_big.value.message
+        _done(member, member.call("POST", f"/v1/volumes/{volume}/resize", json={"size_gib": 2}))
+        assert _usage(api, tenant)["disk_gib"] == {"limit": 4, "used": 3, "reserved": 0, "available": 1}
+        _done(member, member.call("POST", f"/v1/vms/{vm_id}/snapshots", json={"name": "s1"}))
+        with pytest.raises(ApiError) as snapshot:
+            member.call("POST", f"/v1/vms/{vm_id}/snapshots", json={"name": "s2"})
+        assert snapshot.value.code == "quota_exceeded" and "snapshots" in snapshot.value.message
+        template = _unique("qt")
+        _done(member, member.call("POST", f"/v1/vms/{vm_id}/template", json={"name": template}))
+        assert _usage(api, tenant)["disk_gib"]["used"] == 4
+        assert template in {i["name"] for i in member.call("GET", "/v1/images")}
+        assert template not in {i["name"] for i in stranger.call("GET", "/v1/images")}
+        assert volume not in {v["name"] for v in stranger.call("GET", "/v1/volumes")}
+        with pytest.raises(ApiError) as hidden:
+            stranger.call("DELETE", f"/v1/images/{template}")
+        assert hidden.value.status == 404
+        with pytest.raises(ApiError) as shared:
+            member.call("DELETE", "/v1/images/lab-guest")
+        assert shared.value.status == 403
+        _done(member, member.call("DELETE", f"/v1/images/{template}"))
+        _done(member, member.call("DELETE", f"/v1/vms/{vm_id}/snapshots/s1"))
+        _done(member, member.call("DELETE", f"/v1/volumes/{volume}"))
+        _done(member, member.call("DELETE", f"/v1/vms/{vm_id}"))
+    after = _usage(api, tenant)
+    assert all(r["used"] == 0 and r["reserved"] == 0 for r in after.values()), after
+
+
+def test_a_provision_that_fails_gives_its_quota_back(stack_cfg, api, broken_image):
+    tenant = _tenant(api, {"vms": 1})
+    with _client(stack_cfg, _token(api, tenant, "member")) as member:
+        failing = member.create_vm("doomed", vcpus=1, memory_mib=96, disk_gib=1, image=broken_image)
+        _done(member, failing, state="failed")
+        assert member.call("GET", "/v1/vms") == []
+        assert _usage(api, tenant)["vms"] == {"limit": 1, "used": 0, "reserved": 0, "available": 1}
