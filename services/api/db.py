@@ -14,7 +14,7 @@ from sqlmodel import Session, create_engine, select, text
 
 from services.api.models import PlacementGroup, Vm, utcnow
 from services.api.network_models import Port
-from services.api.quota_store import commit_in, release_in
+from services.api.quota_store import commit_in, lock_tenant, release_in
 from shared.errors import Conflict, NotFound
 from shared.models import VmState
 from shared.quota import vm_hold
@@ -148,8 +148,17 @@ class Inventory:
     # -- placement groups -------------------------------------------------------------------------
 
     def add_group(self, group: PlacementGroup) -> PlacementGroup:
-        """Raises Conflict if the tenant already has a group of that name."""
-        return self._insert(group, f"a placement group named '{group.name}' already exists")
+        """Raises Conflict if the tenant already has a group of that name, NotFound when the
+        tenant is gone (its lock keeps a deletion from racing this)."""
+        with Session(self._engine) as session:
+            lock_tenant(session, group.tenant)
+            session.add(group)
+            try:
+                session.commit()
+            except IntegrityError as exc:
+                raise Conflict(f"a placement group named '{group.name}' already exists") from exc
+            session.refresh(group)
+            return group
 
     def get_group(self, group_id: str, tenant: str | None) -> PlacementGroup:
         """``tenant`` None: whoever's it is."""

@@ -25,6 +25,7 @@ from sqlmodel import Session, select
 
 from services.api.models import PlacementGroup, Vm, utcnow
 from services.api.network_models import Network
+from services.api.quota_store import lock_tenant
 from services.api.tenancy_models import (
     ApiToken,
     QuotaHold,
@@ -90,11 +91,7 @@ class IdentityStore:
         if tenant_id == caller.tenant:
             raise Conflict(f"tenant '{tenant_id}' is the one your token acts in; use another admin's token")
         with Session(self._engine) as session:
-            # The lock every reservation takes first: nothing of the tenant's is made meanwhile.
-            locked = session.exec(update(Tenant).where(Tenant.id == tenant_id)
-                                  .values(quota_serial=Tenant.quota_serial + 1))
-            if locked.rowcount != 1:
-                raise NotFound(f"no tenant '{tenant_id}'")
+            lock_tenant(session, tenant_id)  # nothing of the tenant's is made meanwhile
             held = [what for what, table in (("VMs", Vm), ("networks", Network), ("placement groups", PlacementGroup),
                                              ("quota holds", QuotaHold))
                     if session.exec(select(table).where(table.tenant == tenant_id)).first() is not None]

@@ -36,14 +36,20 @@ def usage_in(session: Session, tenant: str) -> tuple[Amounts, Amounts]:
     return totals.get(HoldState.USED, Amounts()), totals.get(HoldState.RESERVED, Amounts())
 
 
+def lock_tenant(session: Session, tenant: str) -> None:
+    """Take the tenant's lock for the rest of the caller's transaction: whatever else takes it
+    (a reservation, a new placement group, the tenant's deletion) waits. Raises NotFound for an
+    unknown tenant."""
+    locked = session.exec(update(Tenant).where(Tenant.id == tenant).values(quota_serial=Tenant.quota_serial + 1))
+    if locked.rowcount != 1:
+        raise NotFound(f"no tenant '{tenant}'")
+
+
 def reserve_in(session: Session, tenant: str, key: str, amounts: Amounts, merge_into: str | None = None) -> None:
     """Reserve ``amounts`` for ``key`` in the caller's transaction. Raises QuotaExceeded naming
     every resource short (the caller's transaction then writes nothing), Conflict when ``key``
     is held already (the same thing being made twice), NotFound for an unknown tenant."""
-    locked = session.exec(update(Tenant).where(Tenant.id == tenant)
-                          .values(quota_serial=Tenant.quota_serial + 1))
-    if locked.rowcount != 1:
-        raise NotFound(f"no tenant '{tenant}'")
+    lock_tenant(session, tenant)
     if session.get(QuotaHold, key) is not None:
         raise Conflict(f"{key} exists or is being made already")
     limits = session.get(Tenant, tenant).limits()
