@@ -104,7 +104,7 @@ def register(app: typer.Typer, *, client: Callable[[], VmflowClient], api: Calla
                 **({"tenant": tenant} if tenant else {}), **({"user": user} if user else {}),
                 **({"expires_in_s": expires_in} if expires_in else {})}
         issued = api(lambda: client().call("POST", "/v1/tokens", json=body))
-        console.print(f"token {issued['id']}: {issued['role']} of {escape(issued['user'])} in tenant "
+        console.print(f"token {issued['id']} for {escape(issued['user'])}, {issued['role']} of tenant "
                       f"{escape(issued['tenant'])}, expires {when(issued['expires_at'])}")
         console.print(issued["token"], markup=False, highlight=False, soft_wrap=True)
         console.print("[yellow]This is the only time the token is shown: store it now[/] "
