@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -156,10 +157,10 @@ def write_profiles(path: Path, profiles: Mapping[str, Profile]) -> None:
     """Replace ``path`` with ``profiles``, atomically, readable and writable by its owner only
     (mode 0600; a new folder 0700). A reader sees the old file or the new one, never half."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # mkstemp: a fresh name, created 0600 and never through a link someone planted there.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
     try:
-        os.fchmod(fd, 0o600)  # whatever the umask, or a leftover tmp file, said
         with os.fdopen(fd, "w") as handle:
             handle.write(dump_profiles(profiles))
         os.replace(tmp, path)

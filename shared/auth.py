@@ -41,6 +41,7 @@ class Principal:
     user: str
     tenant: str
     role: Role
+    expires_at_s: float | None = None  # the token's expiry (epoch seconds); None: never
 
     @property
     def is_admin(self) -> bool:

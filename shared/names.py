@@ -75,11 +75,13 @@ def nic_workflow_id(vm_id: str, action: str, port_id: str) -> str:
 
 
 OPERATION_TENANT_MEMO = "tenant"
+OPERATION_BY_ADMIN_MEMO = "by_admin"
 
 
-def operation_memo(tenant: str) -> dict[str, str]:
-    """The memo the API starts an operation with: whose it is (who may see and cancel it)."""
-    return {OPERATION_TENANT_MEMO: tenant}
+def operation_memo(tenant: str, by_admin: bool) -> dict[str, object]:
+    """The memo the API starts an operation with: whose it is (who may see it) and whether an
+    admin started it (then only an admin may cancel it)."""
+    return {OPERATION_TENANT_MEMO: tenant, OPERATION_BY_ADMIN_MEMO: by_admin}
 
 
 def vm_id_of_operation(op_id: str) -> str | None:

@@ -124,8 +124,9 @@ def volume_hold(name: str) -> str:
     return f"volume/{name}"
 
 
-def volume_growth_hold(name: str, suffix: str) -> str:
-    return f"volume/{name}/grow-{suffix}"
+def volume_growth_hold(name: str) -> str:
+    """One growth at a time per volume: a second resize while one runs is refused."""
+    return f"volume/{name}/grow"
 
 
 def image_hold(name: str) -> str:

@@ -1,7 +1,9 @@
 """The audit trail: every change (any request but GET, HEAD and OPTIONS) and every refused
 attempt, with who (token, user, tenant, role), what (method, route, path, operation), when and
 the outcome (status and error code). Written by an ASGI middleware after the response, so a
-handler can never forget it; published as ``vmflow.evt.audit.<tenant>.<outcome>`` too.
+handler can never forget it; published as ``vmflow.evt.audit.<tenant>.<outcome>`` too. A
+tenant's trail holds what its own tokens did; what admins did, and attempts without a valid
+token, are the fleet's (tenant None, subject ``_fleet``), which only admins read.
 
 The middleware also gives every request an id (``X-Request-Id``), which the catch-all error
 handler puts in its answer and the logs, so a 500 can be found.
@@ -24,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.api.models import utcnow
 from shared import events
 from shared.auth import Principal
+from shared.errors import VmflowError
 
 log = structlog.get_logger(__name__)
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -129,15 +132,17 @@ class AuditMiddleware:
             try:
                 code = json.loads(seen["body"])["error"]["code"]
             except (ValueError, KeyError, TypeError):
-                code = "internal" if status >= 500 else None
+                code = VmflowError.code if status >= 500 else None
         location = seen["location"].decode() if seen["location"] else ""
         record = AuditRecord(
             request_id=request_id, method=scope["method"], path=scope["path"][:300],
             action=f"{scope['method']} {route.path if route is not None else scope['path']}"[:120],
             status=status, outcome=outcome_of(status), code=code,
             operation_id=location.removeprefix("/v1/operations/") if location.startswith("/v1/operations/") else None,
-            **({"token_id": principal.token_id, "user": principal.user, "tenant": principal.tenant,
-                "role": principal.role.value} if principal is not None else {}),
+            # An admin's records are the fleet's trail, not its token's tenant's: that tenant's
+            # readers must not read what admins did to other tenants.
+            **({"token_id": principal.token_id, "user": principal.user, "role": principal.role.value,
+                "tenant": None if principal.is_admin else principal.tenant} if principal is not None else {}),
         )
         try:
             record = await asyncio.to_thread(platform.audit.add, record)

@@ -9,11 +9,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from shared.errors import Unauthenticated, VmflowError
+from shared.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    Unauthenticated,
+    VmflowError,
+)
 
 log = structlog.get_logger(__name__)
-_HTTP_CODES = {401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-               409: "conflict", 413: "too_large", 415: "unsupported_media_type"}
+# The framework's own refusals (unknown route, wrong method, ...) in the platform's codes; the
+# statuses no platform error has keep a code of their own.
+_HTTP_CODES = {401: Unauthenticated.code, 403: Forbidden.code, 404: NotFound.code, 409: Conflict.code,
+               405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type"}
 
 
 def error_body(code: str, message: str, details: list | None = None) -> dict:
@@ -39,7 +48,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def invalid_request(_req: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [_describe(e) for e in exc.errors()]
         return JSONResponse(
-            error_body("invalid_request", "; ".join(problems), problems), status_code=422
+            error_body(InvalidRequest.code, "; ".join(problems), problems), status_code=422
         )
 
     @app.exception_handler(HTTPException)
@@ -53,5 +62,5 @@ def install_error_handlers(app: FastAPI) -> None:
         log.error("unexpected error", request_id=request_id, path=request.url.path, error_type=type(exc).__name__,
                   exc_info=exc)
         message = f"an unexpected error; the logs say more under request id {request_id}"
-        return JSONResponse({"error": {"code": "internal", "message": message, "request_id": request_id}},
+        return JSONResponse({"error": {"code": VmflowError.code, "message": message, "request_id": request_id}},
                             status_code=500, headers={"X-Request-Id": request_id})

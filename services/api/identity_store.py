@@ -1,9 +1,9 @@
 """Tenants, users and API tokens. Blocking: call from threads.
 
 Token secrets are stored only as Argon2 hashes (pwdlib). Argon2 is slow on purpose, so a
-secret verified once is remembered for ``cache_s`` as a SHA-256 digest in this process; the
-token's row (revoked? expired? its role) is still read on every request, so revocation and
-expiry take effect at once on every API replica.
+secret verified once is remembered for ``cache_s`` as a SHA-256 digest in this process (and a
+wrong one refused without hashing again); the token's row (revoked? expired? its role) is still
+read on every request, so revocation and expiry take effect at once on every API replica.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ _TOKENS, _USERS = ApiToken.__table__, User.__table__
 _TOKEN_ROW = (select(_TOKENS.c.id, _TOKENS.c.tenant, _TOKENS.c.role, _TOKENS.c.secret_hash, _TOKENS.c.expires_at,
                      _TOKENS.c.revoked_at, _USERS.c.name.label("user"))
               .join(_USERS, _USERS.c.id == _TOKENS.c.user_id))
+_MAX_REFUSED = 10_000
 BOOTSTRAP_TENANT = "default"
 BOOTSTRAP_USER = "admin"
 
@@ -50,12 +51,28 @@ def _aware(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
 
+def _child_expiry(caller: Principal | None, expires_in_s: int | None) -> datetime | None:
+    """When a new token expires: as asked, and never after the token that makes it (so a leaked
+    short-lived token cannot mint itself a lasting one). Raises InvalidRequest past that."""
+    expires = utcnow() + timedelta(seconds=expires_in_s) if expires_in_s else None
+    if caller is None or caller.expires_at_s is None:
+        return expires
+    limit = datetime.fromtimestamp(caller.expires_at_s, UTC)
+    if expires is None:
+        return limit
+    if expires > limit:
+        raise InvalidRequest(f"expires_in_s: at most {max(0, int((limit - utcnow()).total_seconds()))} s: "
+                             f"the token asking expires at {limit:%Y-%m-%d %H:%M:%S} UTC")
+    return expires
+
+
 class IdentityStore:
     def __init__(self, engine: Engine, cache_s: float = 60.0, hasher: PasswordHash | None = None) -> None:
         self._engine = engine
         self._hasher = hasher or PasswordHash((Argon2Hasher(),))
         self._cache_s = cache_s
         self._verified: dict[str, tuple[bytes, float]] = {}
+        self._refused: dict[tuple[str, bytes], float] = {}  # wrong secrets seen lately, per token
         self._lock = threading.Lock()
 
     # -- tenants -----------------------------------------------------------------------------
@@ -68,26 +85,31 @@ class IdentityStore:
             try:
                 session.commit()
             except IntegrityError:
+                session.rollback()
+                old = session.get(Tenant, body.name)
+                if old is not None and old.deleted_at is not None:
+                    raise Conflict(f"a tenant named '{body.name}' existed until {_aware(old.deleted_at):%Y-%m-%d}; "
+                                   "tenant names are not reused (its audit trail keeps the name)") from None
                 raise Conflict(f"a tenant named '{body.name}' already exists") from None
             return session.get(Tenant, body.name)
 
     def tenant(self, tenant_id: str) -> Tenant:
         with Session(self._engine) as session:
             row = session.get(Tenant, tenant_id)
-            if row is None:
+            if row is None or row.deleted_at is not None:
                 raise NotFound(f"no tenant '{tenant_id}'")
             return row
 
     def tenants(self, visible: str | None) -> list[Tenant]:
         with Session(self._engine) as session:
-            query = select(Tenant).order_by(Tenant.created_at)
+            query = select(Tenant).where(Tenant.deleted_at.is_(None)).order_by(Tenant.created_at)
             if visible is not None:
                 query = query.where(Tenant.id == visible)
             return list(session.exec(query))
 
     def remove_tenant(self, tenant_id: str, caller: Principal) -> None:
         """Refused (409) while the tenant holds anything, and for the caller's own tenant. Its
-        users and tokens go with it."""
+        users and tokens go with it; its name stays taken (a tombstone)."""
         if tenant_id == caller.tenant:
             raise Conflict(f"tenant '{tenant_id}' is the one your token acts in; use another admin's token")
         with Session(self._engine) as session:
@@ -99,7 +121,7 @@ class IdentityStore:
                 raise Conflict(f"tenant '{tenant_id}' still has {', '.join(held)}; delete them first")
             session.exec(delete(ApiToken).where(ApiToken.tenant == tenant_id))
             session.exec(delete(User).where(User.tenant == tenant_id))
-            session.exec(delete(Tenant).where(Tenant.id == tenant_id))
+            session.exec(update(Tenant).where(Tenant.id == tenant_id).values(deleted_at=utcnow()))
             session.commit()
 
     # -- users -------------------------------------------------------------------------------
@@ -156,10 +178,11 @@ class IdentityStore:
                 raise Forbidden("only an admin makes tokens for another user")
         parts, text = new_token()
         with Session(self._engine) as session:
-            if session.get(Tenant, tenant_id) is None:
+            tenant = session.get(Tenant, tenant_id)
+            if tenant is None or tenant.deleted_at is not None:
                 raise InvalidRequest(f"tenant: no tenant '{tenant_id}'")
             user = self._user(session, tenant_id, user_name, create=caller is None or caller.is_admin)
-            expires = utcnow() + timedelta(seconds=body.expires_in_s) if body.expires_in_s else None
+            expires = _child_expiry(caller, body.expires_in_s)
             row = ApiToken(id=parts.token_id, user_id=user.id, tenant=tenant_id, role=body.role,
                            secret_hash=self._hasher.hash(parts.secret), description=body.description,
                            created_by=caller.token_id if caller else None, expires_at=expires)
@@ -179,8 +202,14 @@ class IdentityStore:
             return [(row, user) for row, user in rows if caller.role.allows(Role(row.role))]
 
     def token(self, token_id: str, caller: Principal) -> tuple[ApiToken, str]:
-        for row, user in self.tokens(caller):
-            if row.id == token_id:
+        """Raises NotFound for a token the caller may not see (as ``tokens`` shows them)."""
+        with Session(self._engine) as session:
+            found = session.exec(select(ApiToken, User.name).join(User, User.id == ApiToken.user_id)
+                                 .where(ApiToken.id == token_id)).first()
+        if found is not None:
+            row, user = found
+            mine = row.tenant == caller.tenant and user == caller.user and caller.role.allows(Role(row.role))
+            if caller.is_admin or mine:
                 return row, user
         raise NotFound(f"no token '{token_id}'")
 
@@ -211,7 +240,8 @@ class IdentityStore:
             raise Unauthenticated(f"token {row.id} was revoked at {_aware(row.revoked_at):%Y-%m-%d %H:%M:%S} UTC")
         if row.expires_at is not None and _aware(row.expires_at) <= datetime.now(UTC):
             raise Unauthenticated(f"token {row.id} expired at {_aware(row.expires_at):%Y-%m-%d %H:%M:%S} UTC")
-        return Principal(row.id, user, row.tenant, Role(row.role))
+        expires_at = _aware(row.expires_at)
+        return Principal(row.id, user, row.tenant, Role(row.role), expires_at.timestamp() if expires_at else None)
 
     def _secret_ok(self, row, secret: str) -> bool:
         digest = hashlib.sha256(secret.encode()).digest()
@@ -220,7 +250,14 @@ class IdentityStore:
             cached = self._verified.get(row.id)
         if cached is not None and cached[1] > now and hmac.compare_digest(cached[0], digest):
             return True
+        with self._lock:
+            if self._refused.get((row.id, digest), 0.0) > now:  # the same wrong secret again: no Argon2
+                return False
         if not self._hasher.verify(secret, row.secret_hash):
+            with self._lock:
+                if len(self._refused) > _MAX_REFUSED:
+                    self._refused.clear()
+                self._refused[(row.id, digest)] = now + self._cache_s
             return False
         with self._lock:
             self._verified[row.id] = (digest, now + self._cache_s)

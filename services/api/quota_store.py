@@ -40,7 +40,8 @@ def lock_tenant(session: Session, tenant: str) -> None:
     """Take the tenant's lock for the rest of the caller's transaction: whatever else takes it
     (a reservation, a new placement group, the tenant's deletion) waits. Raises NotFound for an
     unknown tenant."""
-    locked = session.exec(update(Tenant).where(Tenant.id == tenant).values(quota_serial=Tenant.quota_serial + 1))
+    locked = session.exec(update(Tenant).where(Tenant.id == tenant, Tenant.deleted_at.is_(None))
+                          .values(quota_serial=Tenant.quota_serial + 1))
     if locked.rowcount != 1:
         raise NotFound(f"no tenant '{tenant}'")
 
@@ -125,7 +126,7 @@ class QuotaLedger:
         """(limits, used, reserved). Raises NotFound for an unknown tenant."""
         with Session(self._engine) as session:
             row = session.get(Tenant, tenant)
-            if row is None:
+            if row is None or row.deleted_at is not None:
                 raise NotFound(f"no tenant '{tenant}'")
             used, reserved = usage_in(session, tenant)
             return row.limits(), used, reserved
@@ -135,7 +136,7 @@ class QuotaLedger:
         tenant holds is allowed: returns warnings saying nothing new fits until it holds less."""
         with Session(self._engine) as session:
             row = session.get(Tenant, tenant)
-            if row is None:
+            if row is None or row.deleted_at is not None:
                 raise NotFound(f"no tenant '{tenant}'")
             for name in limits.model_fields_set:
                 setattr(row, f"quota_{name}", getattr(limits, name))

@@ -11,7 +11,7 @@ from fastapi import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from services.api.models import Vm
 from services.api.platform import Platform
@@ -213,23 +213,38 @@ def require_state(vm: Vm, allowed: Iterable[VmState], action: str) -> None:
         raise Conflict(f"cannot {action} VM '{vm.name}' while it is {vm.state.value} (needs: {needs})")
 
 
+async def _started(p: Platform, op_id: str) -> bool:
+    """Whether the server has the workflow; True when nobody can tell (keep what it may settle)."""
+    try:
+        await p.temporal.get_workflow_handle(op_id).describe()
+        return True
+    except RPCError as probe:
+        return probe.status != RPCStatusCode.NOT_FOUND
+    except Exception:
+        return True
+
+
 async def start_operation(p: Platform, workflow: str, arg: object, op_id: str, target: str,
-                          response: Response, tenant: str, reserved: str | None = None) -> StorageOperationAccepted:
-    """Start the workflow under ``op_id`` as ``tenant``'s; 202 with its Location. The same
+                          response: Response, tenant: str, reserved: str | None = None, *,
+                          who: Principal) -> StorageOperationAccepted:
+    """Start the workflow under ``op_id`` as ``tenant``'s, started by ``who``; 202 with its Location. The same
     operation running already is a Conflict (409). The quota hold ``reserved`` (made for this
     operation) is released when it cannot start."""
     try:
         await p.temporal.start_workflow(workflow, arg, id=op_id, task_queue=ORCHESTRATOR_QUEUE,
                                         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-                                        memo=operation_memo(tenant))
-    except BaseException as exc:
+                                        memo=operation_memo(tenant, who.is_admin))
+    except WorkflowAlreadyStartedError as exc:
         if reserved is not None:
             await asyncio.to_thread(p.ledger.release, reserved)
-        if isinstance(exc, WorkflowAlreadyStartedError):
-            raise Conflict(f"operation {op_id} is already under way") from exc
-        if isinstance(exc, RPCError):
-            raise ServiceUnavailable(f"could not start the operation: {exc.message}") from exc
-        raise
+        raise Conflict(f"operation {op_id} is already under way") from exc
+    except Exception as exc:
+        # The start may have reached the server all the same: the hold goes only when it did not,
+        # else the operation settles it.
+        if reserved is not None and not await _started(p, op_id):
+            await asyncio.to_thread(p.ledger.release, reserved)
+        message = exc.message if isinstance(exc, RPCError) else str(exc)
+        raise ServiceUnavailable(f"could not start the operation: {message}") from exc
     response.status_code = 202
     response.headers["Location"] = f"/v1/operations/{op_id}"
     return StorageOperationAccepted(operation_id=op_id, target=target)

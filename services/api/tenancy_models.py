@@ -36,6 +36,9 @@ class Tenant(SQLModel, table=True):
     quota_networks: int | None = None
     quota_serial: int = 0
     created_at: datetime = SqlField(default_factory=utcnow)
+    # Deleted tenants stay as tombstones: a new tenant of the same name would otherwise inherit
+    # the old one's audit trail and operations.
+    deleted_at: datetime | None = None
 
     def limits(self) -> Limits:
         return Limits(**{r.value: getattr(self, f"quota_{r.value}") for r in Resource})

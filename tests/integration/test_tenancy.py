@@ -340,6 +340,15 @@ def test_volumes_growth_snapshots_and_templates_count_and_are_given_back(stack_c
         with pytest.raises(ApiError) as hidden:
             stranger.call("DELETE", f"/v1/images/{template}")
         assert hidden.value.status == 404
+        # Nor can it boot or clone the template: that would copy the other tenant's disk.
+        with pytest.raises(ApiError) as boot:
+            stranger.create_vm("thief", vcpus=1, memory_mib=96, disk_gib=1, image=template)
+        assert boot.value.status == 422 and f"unknown image '{template}'" in boot.value.message
+        with pytest.raises(ApiError) as clone:
+            stranger.call("POST", "/v1/volumes", json={"name": _unique("qc"), "pool": "shared", "size_gib": 1,
+                                                       "image": template})
+        assert clone.value.status == 422 and "no image named" in clone.value.message
+        assert stranger.call("GET", "/v1/vms") == [] and stranger.call("GET", "/v1/volumes") == []
         with pytest.raises(ApiError) as shared:
             member.call("DELETE", "/v1/images/lab-guest")
         assert shared.value.status == 403

@@ -349,3 +349,29 @@ def test_a_tenant_removed_while_a_vm_is_created_never_leaves_the_vm_behind(engin
         for thread in threads:
             thread.join()
         assert not (outcomes["removed"] and outcomes["created"]), f"race {i}: a VM outlived tenant {tenant}"
+
+
+def test_a_token_never_outlives_the_token_that_made_it(store):
+    parent_row, _user, parent_text = store.issue(None, TokenCreate(role=Role.MEMBER, expires_in_s=600))
+    parent = store.authenticate(parent_text)
+    assert parent.expires_at_s is not None
+    unbounded, _u, _t = store.issue(parent, TokenCreate(role=Role.READER))
+    assert unbounded.expires_at is not None
+    assert abs(unbounded.expires_at.replace(tzinfo=None) - parent_row.expires_at.replace(tzinfo=None)).total_seconds() < 1
+    with pytest.raises(InvalidRequest, match="expires_in_s: at most"):
+        store.issue(parent, TokenCreate(role=Role.READER, expires_in_s=3600))
+    shorter, _u, _t = store.issue(parent, TokenCreate(role=Role.READER, expires_in_s=60))
+    assert shorter.expires_at < parent_row.expires_at
+
+
+def test_a_deleted_tenants_name_is_not_given_to_a_new_tenant(store, engine):
+    admin = store.authenticate(store.issue(None, TokenCreate(role=Role.ADMIN))[2])
+    store.add_tenant(TenantCreate(name="gone"))
+    store.remove_tenant("gone", admin)
+    with pytest.raises(NotFound):
+        store.tenant("gone")
+    assert "gone" not in {t.id for t in store.tenants(None)}
+    with pytest.raises(Conflict, match="not reused"):
+        store.add_tenant(TenantCreate(name="gone"))
+    with pytest.raises(InvalidRequest, match="no tenant 'gone'"):
+        store.issue(admin, TokenCreate(role=Role.READER, tenant="gone", user="x"))

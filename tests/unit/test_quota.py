@@ -79,7 +79,7 @@ def test_a_limit_equal_to_what_is_held_or_none_does_not_warn():
 
 def test_a_vm_hold_key_prefixes_its_snapshots_and_a_volume_its_growth():
     assert snapshot_hold("v1", "s").startswith(vm_hold("v1") + "/")
-    assert volume_growth_hold("d", "1").startswith(volume_hold("d") + "/")
+    assert volume_growth_hold("d").startswith(volume_hold("d") + "/")
 
 
 # -- the ledger on SQLite --------------------------------------------------------------------------
@@ -141,7 +141,7 @@ def test_a_growth_joins_its_volume_when_committed(engine, ledger):
     tenant = _tenant(engine, disk_gib=100)
     ledger.reserve(tenant, volume_hold("d"), Amounts(volumes=1, disk_gib=10))
     ledger.settle(commit=[volume_hold("d")])
-    growth = volume_growth_hold("d", "1")
+    growth = volume_growth_hold("d")
     ledger.reserve(tenant, growth, Amounts(disk_gib=5), merge_into=volume_hold("d"))
     assert ledger.usage(tenant)[1:] == (Amounts(volumes=1, disk_gib=10), Amounts(disk_gib=5))
     ledger.settle(commit=[growth])
@@ -154,7 +154,7 @@ def test_a_growth_joins_its_volume_when_committed(engine, ledger):
 def test_releasing_a_volume_releases_its_pending_growth(engine, ledger):
     tenant = _tenant(engine)
     ledger.reserve(tenant, volume_hold("d"), Amounts(volumes=1, disk_gib=10))
-    ledger.reserve(tenant, volume_growth_hold("d", "1"), Amounts(disk_gib=5), merge_into=volume_hold("d"))
+    ledger.reserve(tenant, volume_growth_hold("d"), Amounts(disk_gib=5), merge_into=volume_hold("d"))
     assert ledger.release(volume_hold("d")) == 2
     assert ledger.usage(tenant)[1:] == (Amounts(), Amounts())
 
@@ -180,7 +180,7 @@ def test_releasing_a_vm_leaves_a_vm_whose_id_it_prefixes(engine, ledger):
 def test_a_key_with_like_wildcards_releases_only_its_own_holds(engine, ledger):
     tenant = _tenant(engine)
     ledger.reserve(tenant, volume_hold("a_b"), Amounts(volumes=1))
-    ledger.reserve(tenant, volume_growth_hold("axb", "1"), Amounts(disk_gib=1))
+    ledger.reserve(tenant, volume_growth_hold("axb"), Amounts(disk_gib=1))
     assert ledger.release(volume_hold("a_b")) == 1
     assert ledger.usage(tenant)[2] == Amounts(disk_gib=1)
 

@@ -11,6 +11,7 @@ import asyncio
 from fastapi import APIRouter, Depends, Response
 
 from services.api.models import Vm
+from services.api.ownership import image_visible, template_owners, visible_image
 from services.api.platform import Platform, get_platform
 from services.api.policy import principal
 from services.api.storage_models import (
@@ -38,27 +39,15 @@ from shared.storage_models import (
 router = APIRouter(prefix="/v1", tags=["storage"])
 
 
-async def _owners(p: Platform) -> dict[str, str]:
-    """template name -> the tenant it belongs to; images not named here are shared."""
-    return {key.removeprefix("image/"): tenant
-            for key, tenant in (await asyncio.to_thread(p.ledger.owners, "image/")).items()}
-
-
-def _visible(who: Principal, owners: dict[str, str], name: str) -> bool:
-    return who.is_admin or owners.get(name, who.tenant) == who.tenant
-
-
 @router.get("/images", response_model=list[ImagePublic])
 async def list_images(p: Platform = Depends(get_platform), who: Principal = Depends(principal)):
-    owners = await _owners(p)
-    return [ImagePublic.of(v) for v in (await p.storage.image_views()).images if _visible(who, owners, v.name)]
+    owners = await template_owners(p)
+    return [ImagePublic.of(v) for v in (await p.storage.image_views()).images if image_visible(who, owners, v)]
 
 
 @router.get("/images/{name}", response_model=ImagePublic)
 async def get_image(name: str, p: Platform = Depends(get_platform), who: Principal = Depends(principal)):
-    if not _visible(who, await _owners(p), name):
-        raise NotFound(f"no image named '{name}'")
-    return ImagePublic.of(await p.storage.image_view(name))
+    return ImagePublic.of(await visible_image(p, who, name))
 
 
 @router.post("/images", status_code=202, response_model=StorageOperationAccepted)
@@ -72,7 +61,7 @@ async def create_image(body: ImageCreate, response: Response, p: Platform = Depe
             vm = await get_vm(p, body.from_vm, who)
         except NotFound:
             raise InvalidRequest(f"from_vm: no VM with id '{body.from_vm}'") from None
-        return await _template(p, vm, TemplateCreate(name=body.name, description=body.description), response)
+        return await _template(p, vm, TemplateCreate(name=body.name, description=body.description), response, who=who)
     assert body.source_path is not None and body.format is not None  # the model checked it
     req = ImportRequest(
         name=body.name, source_path=body.source_path, format=body.format, description=body.description,
@@ -81,7 +70,7 @@ async def create_image(body: ImageCreate, response: Response, p: Platform = Depe
     )
     await p.storage.check_import(req)
     return await start_operation(p, "ImportImage", ImportImageInput(who.tenant, req),
-                                 image_operation_id(body.name, "create"), f"image/{body.name}", response, who.tenant)
+                                 image_operation_id(body.name, "create"), f"image/{body.name}", response, who.tenant, who=who)
 
 
 @router.post("/vms/{vm_id}/template", status_code=202, response_model=StorageOperationAccepted)
@@ -89,19 +78,20 @@ async def create_template(vm_id: str, body: TemplateCreate, response: Response,
                           p: Platform = Depends(get_platform), who: Principal = Depends(principal)):
     """Flatten the stopped VM's disk into a new image that boots like the VM's image. It belongs
     to the VM's tenant and counts the VM's disk size against its quota."""
-    return await _template(p, await get_vm(p, vm_id, who), body, response)
+    return await _template(p, await get_vm(p, vm_id, who), body, response, who=who)
 
 
-async def _template(p: Platform, vm: Vm, body: TemplateCreate, response: Response) -> StorageOperationAccepted:
+async def _template(p: Platform, vm: Vm, body: TemplateCreate, response: Response, *,
+                    who: Principal) -> StorageOperationAccepted:
     require_state(vm, (VmState.STOPPED,), "make a template of")
     req = TemplateRequest(body.name, vm.id, vm.name, vm.image, body.description)
-    await p.storage.check_template(req)
+    await p.storage.check_template(req, who=who)
     hold = image_hold(body.name)
     await asyncio.to_thread(p.ledger.reserve, vm.tenant, hold, Amounts(disk_gib=vm.disk_gib))
     quota = QuotaSettlement(commit_on_success=(hold,), release_on_failure=(hold,))
     return await start_operation(p, "CreateTemplate", TemplateInput(vm.tenant, req, quota),
                                  image_operation_id(body.name, "create"), f"image/{body.name}", response,
-                                 vm.tenant, reserved=hold)
+                                 vm.tenant, reserved=hold, who=who)
 
 
 @router.delete("/images/{name}", status_code=202, response_model=StorageOperationAccepted)
@@ -109,11 +99,9 @@ async def delete_image(name: str, response: Response, p: Platform = Depends(get_
                        who: Principal = Depends(principal)):
     """Delete an image no volume is backed by (409 otherwise). A tenant deletes its own
     templates; shared images are the admins'."""
-    owners = await _owners(p)
-    if not _visible(who, owners, name):
-        raise NotFound(f"no image named '{name}'")
+    await visible_image(p, who, name)
+    owners = await template_owners(p)
     if name not in owners and not who.is_admin:
-        await p.storage.image_view(name)  # NotFound for an unknown image
         raise Forbidden(f"image '{name}' is shared with every tenant; only an admin deletes it")
     tenant = owners.get(name, who.tenant)
     usage = await p.storage.image_usage(name)
@@ -122,4 +110,4 @@ async def delete_image(name: str, response: Response, p: Platform = Depends(get_
         raise Conflict(f"image '{name}' is in use by {len(usage.volumes)} volume(s): {shown}")
     quota = QuotaSettlement(release_on_success=(image_hold(name),))
     return await start_operation(p, "DeleteImage", DeleteImageInput(tenant, name, quota),
-                                 image_operation_id(name, "delete"), f"image/{name}", response, tenant)
+                                 image_operation_id(name, "delete"), f"image/{name}", response, tenant, who=who)

@@ -39,7 +39,7 @@ async def create_network(body: NetworkCreate, response: Response, p: Platform = 
     network = await asyncio.to_thread(p.network_store.add_network, row, subnet)
     try:
         return await start_operation(p, "CreateNetwork", NetworkOpInput(network.id, tenant, network.vni), op_id,
-                                     network.id, response, tenant)
+                                     network.id, response, tenant, who=who)
     except Exception:
         await asyncio.to_thread(p.network_store.remove_network, network.id)
         raise
@@ -72,4 +72,4 @@ async def delete_network(network_id: str, response: Response, p: Platform = Depe
     op_id = network_workflow_id(network_id, "delete")
     network = await asyncio.to_thread(p.network_store.begin_delete, network_id, who.visible_tenant, op_id)
     return await start_operation(p, "DeleteNetwork", NetworkOpInput(network.id, network.tenant, network.vni), op_id,
-                                 network.id, response, network.tenant)
+                                 network.id, response, network.tenant, who=who)

@@ -1,8 +1,10 @@
 """/v1/operations/{id}: an operation is a workflow; its id is the workflow id.
 
 An operation belongs to the tenant in its memo (the API starts every operation with one), else
-to the tenant of the VM its id names; anything else (a host's maintenance or failover) is the
-fleet's, which only admins see. Another tenant's operation is not found."""
+to the tenant of the VM its id names (a failover's restart of it: the tenant may follow it);
+anything else (a host's maintenance or failover) is the fleet's, which only admins see. Another
+tenant's operation is not found. A tenant cancels only what it started itself: an operation an
+admin or the platform started on its VM is refused (403)."""
 
 from __future__ import annotations
 
@@ -20,9 +22,13 @@ from temporalio.service import RPCError, RPCStatusCode
 from services.api.platform import Platform, get_platform
 from services.api.policy import principal
 from shared.auth import Principal
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, Forbidden, NotFound
 from shared.models import OperationProgress
-from shared.names import OPERATION_TENANT_MEMO, vm_id_of_operation
+from shared.names import (
+    OPERATION_BY_ADMIN_MEMO,
+    OPERATION_TENANT_MEMO,
+    vm_id_of_operation,
+)
 
 router = APIRouter(prefix="/v1/operations", tags=["operations"])
 
@@ -107,6 +113,9 @@ async def cancel_operation(op_id: str, p: Platform = Depends(get_platform), who:
     """Ask a running operation to stop. A migration aborts libvirt's job and leaves the VM where
     it was. 409 when the operation has finished already."""
     handle, desc = await _describe(p, op_id, who)
+    if not who.is_admin and (await desc.memo_value(OPERATION_TENANT_MEMO, None) != who.tenant
+                             or await desc.memo_value(OPERATION_BY_ADMIN_MEMO, True)):
+        raise Forbidden(f"operation {op_id} was started by the fleet's operators; only an admin cancels it")
     if desc.status != WorkflowExecutionStatus.RUNNING:
         raise Conflict(f"operation {op_id} is {_STATES.get(desc.status, 'finished')}; nothing to cancel")
     await handle.cancel()

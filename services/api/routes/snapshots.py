@@ -54,10 +54,11 @@ async def _existing(p: Platform, vm_id: str, name: str) -> SnapshotView:
 
 
 async def _start(p: Platform, workflow: str, vm: Vm, name: str, action: str, response: Response,
-                 quota: QuotaSettlement | None = None, reserved: str | None = None) -> StorageOperationAccepted:
+                 quota: QuotaSettlement | None = None, reserved: str | None = None, *,
+                 who: Principal) -> StorageOperationAccepted:
     op_id = vm_storage_operation_id(vm.id, action, uuid.uuid4().hex[:8])
     return await start_operation(p, workflow, SnapshotInput(vm.tenant, vm.id, name, quota), op_id,
-                                 f"snapshot/{name}", response, vm.tenant, reserved)
+                                 f"snapshot/{name}", response, vm.tenant, reserved, who=who)
 
 
 @router.get("", response_model=list[SnapshotPublic])
@@ -85,7 +86,7 @@ async def create_snapshot(vm_id: str, body: SnapshotCreate, response: Response, 
     hold = snapshot_hold(vm.id, body.name)
     await asyncio.to_thread(p.ledger.reserve, vm.tenant, hold, Amounts(snapshots=1))
     return await _start(p, "CreateSnapshot", vm, body.name, "snapshot", response,
-                        QuotaSettlement(commit_on_success=(hold,), release_on_failure=(hold,)), hold)
+                        QuotaSettlement(commit_on_success=(hold,), release_on_failure=(hold,)), hold, who=who)
 
 
 @router.post("/{name}/revert", status_code=202, response_model=StorageOperationAccepted)
@@ -95,7 +96,7 @@ async def revert_snapshot(vm_id: str, name: str, response: Response, p: Platform
     vm = await get_vm(p, vm_id, who)
     await _existing(p, vm.id, name)
     require_state(vm, _STOPPED, "revert")
-    return await _start(p, "RevertSnapshot", vm, name, "revert", response)
+    return await _start(p, "RevertSnapshot", vm, name, "revert", response, who=who)
 
 
 @router.delete("/{name}", status_code=202, response_model=StorageOperationAccepted)
@@ -105,4 +106,4 @@ async def delete_snapshot(vm_id: str, name: str, response: Response, p: Platform
     await _existing(p, vm.id, name)
     require_state(vm, _STOPPED, "delete a snapshot of")
     return await _start(p, "DeleteSnapshot", vm, name, "snapdelete", response,
-                        QuotaSettlement(release_on_success=(snapshot_hold(vm.id, name),)))
+                        QuotaSettlement(release_on_success=(snapshot_hold(vm.id, name),)), who=who)

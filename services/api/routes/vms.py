@@ -20,6 +20,7 @@ from services.api.models import (
     VmPublic,
     vm_summary,
 )
+from services.api.ownership import visible_image
 from services.api.platform import Platform, get_platform
 from services.api.policy import principal
 from shared import events
@@ -75,7 +76,7 @@ async def _accepted(p: Platform, response: Response, op_id: str, vm: Vm) -> Oper
     return OperationAccepted(operation_id=op_id, vm=public)
 
 
-async def _check_spec(p: Platform, body: VmCreate, tenant: str) -> Image:
+async def _check_spec(p: Platform, body: VmCreate, who: Principal) -> Image:
     """Raises InvalidRequest naming every problem at once; returns the image."""
     s = p.settings
     problems = []
@@ -90,6 +91,7 @@ async def _check_spec(p: Platform, body: VmCreate, tenant: str) -> Image:
                         "host; use storage 'shared' for an HA VM")
     image = None
     try:
+        await visible_image(p, who, body.image)  # another tenant's template is not there for it
         image = await p.storage.image(body.image)
     except NotFound:
         problems.append(f"image: unknown image '{body.image}' (see GET /v1/images)")
@@ -100,7 +102,7 @@ async def _check_spec(p: Platform, body: VmCreate, tenant: str) -> Image:
             problems.append(f"disk_gib: image '{image.name}' needs at least {image.min_disk_gib}")
     if body.placement_group_id is not None:
         try:
-            await asyncio.to_thread(p.inventory.get_group, body.placement_group_id, tenant)
+            await asyncio.to_thread(p.inventory.get_group, body.placement_group_id, who.tenant)
         except NotFound:
             problems.append(f"placement_group_id: unknown placement group '{body.placement_group_id}'")
     if problems:
@@ -122,7 +124,7 @@ async def create_vm(body: VmCreate, response: Response, p: Platform = Depends(ge
     are allocated here, with the row, and its share of the tenant's quota reserved: a full subnet,
     a taken address or a quota without room is refused at once."""
     tenant = who.tenant
-    image = await _check_spec(p, body, tenant)
+    image = await _check_spec(p, body, who)
     row = Vm(tenant=tenant, **body.model_dump(exclude={"networks"}))
     vm = await asyncio.to_thread(p.network_store.add_vm, row, body.networks)
     op_id = provision_workflow_id(vm.id)
@@ -139,7 +141,7 @@ async def create_vm(body: VmCreate, response: Response, p: Platform = Depends(ge
             id=op_id,
             task_queue=ORCHESTRATOR_QUEUE,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,  # a VM is provisioned once
-            memo=operation_memo(tenant),
+            memo=operation_memo(tenant, who.is_admin),
         )
     except Exception as exc:
         await _settle_ambiguous_start(p, vm, op_id, exc)
@@ -192,7 +194,7 @@ async def delete_vm(vm_id: str, response: Response, p: Platform = Depends(get_pl
     try:
         await p.temporal.start_workflow(
             "DeleteVm", DeleteInput(vm.id, vm.tenant, vm.host_id), id=op_id,
-            task_queue=ORCHESTRATOR_QUEUE, memo=operation_memo(vm.tenant),
+            task_queue=ORCHESTRATOR_QUEUE, memo=operation_memo(vm.tenant, who.is_admin),
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
         )
     except WorkflowAlreadyStartedError:
@@ -213,7 +215,7 @@ async def _power(p: Platform, vm_id: str, action: PowerAction, options: PowerOpt
             "VmPowerAction",
             PowerInput(vm.id, vm.tenant, action, vm.host_id or "", image.boot_marker,
                        options.timeout_s, options.force, p.settings.boot_timeout_s),
-            id=op_id, task_queue=ORCHESTRATOR_QUEUE, memo=operation_memo(vm.tenant),
+            id=op_id, task_queue=ORCHESTRATOR_QUEUE, memo=operation_memo(vm.tenant, who.is_admin),
         )
     except Exception as exc:
         await asyncio.to_thread(p.inventory.update, vm.id, state=vm.state)
@@ -265,7 +267,7 @@ async def migrate_vm(vm_id: str, response: Response,
     try:
         await p.temporal.start_workflow(
             "LiveMigrate", MigrateInput(before, options.target_host_id, policy, claimed=True),
-            id=op_id, task_queue=ORCHESTRATOR_QUEUE, memo=operation_memo(vm.tenant),
+            id=op_id, task_queue=ORCHESTRATOR_QUEUE, memo=operation_memo(vm.tenant, who.is_admin),
         )
     except Exception as exc:
         await asyncio.to_thread(p.inventory.update, vm.id, state=vm.state)

@@ -16,6 +16,7 @@ import uuid
 from fastapi import APIRouter, Depends, Response
 
 from services.api.models import Vm
+from services.api.ownership import visible_image, visible_volume, volume_tenants
 from services.api.platform import Platform, get_platform
 from services.api.policy import principal
 from services.api.storage_models import (
@@ -59,32 +60,12 @@ async def _owner(p: Platform, volume: VolumeView) -> Vm | None:
         return None
 
 
-async def _tenants(p: Platform, volumes: list[VolumeView]) -> dict[str, str]:
-    """volume name -> its tenant: a data volume's from its quota hold, a root disk's from its VM."""
-    held = await asyncio.to_thread(p.ledger.owners, "volume/")
-    owners = {key.removeprefix("volume/"): tenant for key, tenant in held.items() if key.count("/") == 1}
-    roots = [v for v in volumes if v.kind is VolumeKind.ROOT and v.vm_id]
-    vms = await asyncio.to_thread(p.inventory.many, [v.vm_id for v in roots])
-    vm_tenants = {vm.id: vm.tenant for vm in vms}
-    for volume in roots:
-        if volume.vm_id in vm_tenants:
-            owners[volume.name] = vm_tenants[volume.vm_id]
-    return owners
-
-
-async def _volume(p: Platform, who: Principal, name: str) -> VolumeView:
-    """The volume if ``who`` may see it; NotFound (404) otherwise."""
-    volume = await p.storage.volume(name)
-    if not who.is_admin and (await _tenants(p, [volume])).get(volume.name) != who.tenant:
-        raise NotFound(f"no volume named '{name}'")
-    return volume
-
-
-async def _data_volume(p: Platform, who: Principal, name: str, action: str) -> VolumeView:
-    volume = await _volume(p, who, name)
+async def _data_volume(p: Platform, who: Principal, name: str, action: str) -> tuple[VolumeView, str]:
+    """The data volume and its tenant (the caller's when nobody claims it: an admin's own)."""
+    volume, tenant = await visible_volume(p, who, name)
     if volume.kind is VolumeKind.ROOT:
         raise Conflict(f"cannot {action} '{name}': it is the root disk of VM {volume.vm_id}")
-    return volume
+    return volume, tenant or who.tenant
 
 
 def _suffix() -> str:
@@ -96,13 +77,13 @@ async def list_volumes(p: Platform = Depends(get_platform), who: Principal = Dep
     volumes = list((await p.storage.volumes()).volumes)
     if who.is_admin:
         return [VolumePublic.of(v) for v in volumes]
-    owners = await _tenants(p, volumes)
+    owners = await volume_tenants(p, volumes)
     return [VolumePublic.of(v) for v in volumes if owners.get(v.name) == who.tenant]
 
 
 @router.get("/volumes/{name}", response_model=VolumePublic)
 async def get_volume(name: str, p: Platform = Depends(get_platform), who: Principal = Depends(principal)):
-    return VolumePublic.of(await _volume(p, who, name))
+    return VolumePublic.of((await visible_volume(p, who, name))[0])
 
 
 @router.post("/volumes", status_code=202, response_model=StorageOperationAccepted)
@@ -112,6 +93,8 @@ async def create_volume(body: VolumeCreate, response: Response, p: Platform = De
     size counts against the tenant's disk quota from now on."""
     req = VolumeCreateRequest(body.name, body.pool, body.size_gib, body.image, body.clone)
     try:
+        if body.image is not None:  # a clone of an image the caller may not see would copy its data
+            await visible_image(p, who, body.image)
         await p.storage.check_volume(req)
     except NotFound as exc:  # an unknown image named in the body
         raise InvalidRequest(f"image: {exc.message}") from None
@@ -120,7 +103,7 @@ async def create_volume(body: VolumeCreate, response: Response, p: Platform = De
     quota = QuotaSettlement(commit_on_success=(hold,), release_on_failure=(hold,))
     return await start_operation(p, "CreateVolume", CreateVolumeInput(who.tenant, req, quota),
                                  volume_operation_id(body.name, "create"), f"volume/{body.name}", response,
-                                 who.tenant, reserved=hold)
+                                 who.tenant, reserved=hold, who=who)
 
 
 @router.post("/volumes/{name}/resize", status_code=202, response_model=StorageOperationAccepted)
@@ -128,36 +111,37 @@ async def resize_volume(name: str, body: VolumeResize, response: Response, p: Pl
                         who: Principal = Depends(principal)):
     """Grow a data volume; shrinking is refused (422). A volume attached to a VM that is not
     stopped cannot be resized (409). The growth counts against the disk quota."""
-    volume = await _data_volume(p, who, name, "resize")
+    volume, tenant = await _data_volume(p, who, name, "resize")
     if body.size_gib < volume.size_gib:
         raise InvalidRequest(f"size_gib: volumes only grow; '{name}' has {volume.size_gib:g} GiB")
     owner = await _owner(p, volume)
     if owner is not None:
         require_state(owner, (VmState.STOPPED,), f"resize volume '{name}' attached to")
-    tenant = (await _tenants(p, [volume])).get(volume.name, who.tenant)
     suffix = _suffix()
-    growth = volume_growth_hold(name, suffix)
-    await asyncio.to_thread(p.ledger.reserve, tenant, growth,
-                            Amounts(disk_gib=max(0, body.size_gib - int(volume.size_gib))), volume_hold(name))
+    growth = volume_growth_hold(name)  # one at a time: a second resize meanwhile is a Conflict
+    try:
+        await asyncio.to_thread(p.ledger.reserve, tenant, growth,
+                                Amounts(disk_gib=max(0, body.size_gib - int(volume.size_gib))), volume_hold(name))
+    except Conflict:
+        raise Conflict(f"volume '{name}' is being resized already") from None
     quota = QuotaSettlement(commit_on_success=(growth,), release_on_failure=(growth,))
     req = ResizeVolumeInput(tenant, VolumeResizeRequest(name, body.size_gib), quota)
     return await start_operation(p, "ResizeVolume", req, volume_operation_id(name, "resize", suffix),
-                                 f"volume/{name}", response, tenant, reserved=growth)
+                                 f"volume/{name}", response, tenant, reserved=growth, who=who)
 
 
 @router.delete("/volumes/{name}", status_code=202, response_model=StorageOperationAccepted)
 async def delete_volume(name: str, response: Response, p: Platform = Depends(get_platform),
                         who: Principal = Depends(principal)):
     """Delete a data volume; 409 while it is attached to a VM. Its quota is free once it is gone."""
-    volume = await _data_volume(p, who, name, "delete")
+    volume, tenant = await _data_volume(p, who, name, "delete")
     owner = await _owner(p, volume)
     if owner is not None:
         raise Conflict(f"volume '{name}' is attached to VM '{owner.name}' ({owner.id}); detach it first")
-    tenant = (await _tenants(p, [volume])).get(volume.name, who.tenant)
     req = VolumeDeleteRequest(name, stale_attachment=volume.vm_id)
     quota = QuotaSettlement(release_on_success=(volume_hold(name),))
     return await start_operation(p, "DeleteVolume", DeleteVolumeInput(tenant, req, quota),
-                                 volume_operation_id(name, "delete"), f"volume/{name}", response, tenant)
+                                 volume_operation_id(name, "delete"), f"volume/{name}", response, tenant, who=who)
 
 
 @router.post("/volumes/{name}/attach", status_code=202, response_model=StorageOperationAccepted)
@@ -195,8 +179,8 @@ async def detach_from_vm(vm_id: str, name: str, response: Response, p: Platform 
 
 async def _attach(p: Platform, who: Principal, vm_id: str, name: str, response: Response) -> StorageOperationAccepted:
     vm = await get_vm(p, vm_id, who)
-    volume = await _data_volume(p, who, name, "attach")
-    if (await _tenants(p, [volume])).get(volume.name, vm.tenant) != vm.tenant:
+    volume, tenant = await _data_volume(p, who, name, "attach")
+    if tenant != vm.tenant:
         raise Conflict(f"volume '{name}' and VM '{vm.name}' belong to different tenants")
     require_state(vm, _ATTACHABLE, f"attach volume '{name}' to")
     if volume.vm_id == vm.id:
@@ -210,21 +194,20 @@ async def _attach(p: Platform, who: Principal, vm_id: str, name: str, response: 
     inp = AttachmentInput(vm.tenant, name, vm.id, vm.host_id or "", volume.path,
                           stale_attachment=volume.vm_id)
     return await start_operation(p, "AttachVolume", inp, volume_operation_id(name, "attach", _suffix()),
-                                 f"volume/{name}", response, vm.tenant)
+                                 f"volume/{name}", response, vm.tenant, who=who)
 
 
 async def _detach(p: Platform, who: Principal, name: str, vm_id: str | None,
                   response: Response) -> StorageOperationAccepted:
     if vm_id is not None:
         await get_vm(p, vm_id, who)
-    volume = await _data_volume(p, who, name, "detach")
+    volume, tenant = await _data_volume(p, who, name, "detach")
     if volume.vm_id is None or (vm_id is not None and volume.vm_id != vm_id):
         raise Conflict(f"volume '{name}' is not attached to {'VM ' + vm_id if vm_id else 'any VM'}")
     owner = await _owner(p, volume)
     if owner is not None:
         require_state(owner, _ATTACHABLE, f"detach volume '{name}' from")
     host_id = owner.host_id if owner is not None else None
-    tenant = owner.tenant if owner is not None else (await _tenants(p, [volume])).get(volume.name, who.tenant)
     inp = AttachmentInput(tenant, name, volume.vm_id, host_id or "", volume.path)
     return await start_operation(p, "DetachVolume", inp, volume_operation_id(name, "detach", _suffix()),
-                                 f"volume/{name}", response, tenant)
+                                 f"volume/{name}", response, tenant, who=who)

@@ -1,5 +1,6 @@
 """Tenants with their quotas, users, API tokens (hashes only), the quota ledger and the audit
-trail. Every VM, network and placement group so far belongs to the tenant 'default'.
+trail. Every tenant named so far becomes a tenant without limits, and its VMs and networks count
+in its quota.
 
 Revision ID: 0007
 Revises: 0006
@@ -29,6 +30,7 @@ def upgrade() -> None:
         # Bumped by every reservation: the row lock that serializes a tenant's quota checks.
         sa.Column("quota_serial", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("deleted_at", sa.DateTime(), nullable=True),  # a tombstone: the name is not reused
     )
     op.bulk_insert(tenants, [{"id": "default", "description": "the tenant of everything made before tenants",
                               "quota_serial": 0, "created_at": datetime.now(UTC)}])
@@ -82,6 +84,27 @@ def upgrade() -> None:
         sa.Column("operation_id", sa.String(length=200), nullable=True),
     )
     op.create_index("ix_audit_tenant", "audit", ["tenant"])
+    _backfill(datetime.now(UTC))
+
+
+def _backfill(now: datetime) -> None:
+    """Every tenant named so far gets a row (no limits), and every VM and network its hold, so
+    that quotas set later count what exists."""
+    bind = op.get_bind()
+    bind.execute(sa.text(
+        "INSERT INTO tenants (id, description, quota_serial, created_at) "
+        "SELECT known.t, '', 0, :now FROM (SELECT tenant AS t FROM vms UNION SELECT tenant FROM networks "
+        "UNION SELECT tenant FROM placement_groups) AS known WHERE known.t NOT IN (SELECT id FROM tenants)"),
+        {"now": now})
+    bind.execute(sa.text(
+        "INSERT INTO quota_holds (key, tenant, state, vms, vcpus, memory_mib, disk_gib, volumes, snapshots, "
+        "networks, created_at) SELECT 'vm/' || id, tenant, "
+        "CASE WHEN state = 'PROVISIONING' THEN 'RESERVED' ELSE 'USED' END, 1, vcpus, memory_mib, disk_gib, "
+        "0, 0, 0, :now FROM vms"), {"now": now})
+    bind.execute(sa.text(
+        "INSERT INTO quota_holds (key, tenant, state, vms, vcpus, memory_mib, disk_gib, volumes, snapshots, "
+        "networks, created_at) SELECT 'network/' || id, tenant, 'USED', 0, 0, 0, 0, 0, 0, 1, :now FROM networks"),
+        {"now": now})
 
 
 def downgrade() -> None:
