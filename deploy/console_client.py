@@ -30,10 +30,9 @@ from websockets.exceptions import (
 from websockets.sync.client import ClientConnection, connect
 
 from deploy.client import bearer_headers
-from shared.console import WS_CLOSE_VM_MOVED
+from shared.console import WS_CLOSE_UNAUTHENTICATED, WS_CLOSE_VM_MOVED
 
 ESCAPE = b"\x1d"  # Ctrl-]
-WS_CLOSE_UNAUTHENTICATED = 4401  # the API's close code for a handshake without a valid token
 _RECONNECT_DELAYS_S = (0.5, 1.0, 2.0, 3.0, 5.0)
 _STABLE_SESSION_S = 10.0  # a session that lasted this long resets the reconnect count
 _OPEN_TIMEOUT_S = 10.0

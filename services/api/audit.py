@@ -5,6 +5,8 @@ handler can never forget it; published as ``vmflow.evt.audit.<tenant>.<outcome>`
 tenant's trail holds what its own tokens did; what admins did, and attempts without a valid
 token, are the fleet's (tenant None, subject ``_fleet``), which only admins read.
 
+A console session (a websocket) is recorded when it ends, its close code as its status.
+
 The middleware also gives every request an id (``X-Request-Id``), which the catch-all error
 handler puts in its answer and the logs, so a 500 can be found.
 """
@@ -26,7 +28,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.api.models import utcnow
 from shared import events
 from shared.auth import Principal
-from shared.errors import VmflowError
+from shared.console import (
+    WS_CLOSE_CONFLICT,
+    WS_CLOSE_FORBIDDEN,
+    WS_CLOSE_NOT_FOUND,
+    WS_CLOSE_UNAUTHENTICATED,
+)
+from shared.errors import Conflict, Forbidden, NotFound, Unauthenticated, VmflowError
 
 log = structlog.get_logger(__name__)
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -54,6 +62,16 @@ class AuditRecord(SQLModel, table=True):
         assert self.id is not None  # written first
         at = self.at if self.at.tzinfo is not None else self.at.replace(tzinfo=UTC)  # SQLite drops the zone
         return events.AuditRecorded(at_s=at.timestamp(), **self.model_dump(exclude={"at"}))
+
+
+# Websocket close codes the API refuses with (services/api/policy.py, shared/console.py).
+_WS_REFUSALS = {WS_CLOSE_UNAUTHENTICATED: Unauthenticated.code, WS_CLOSE_FORBIDDEN: Forbidden.code,
+                WS_CLOSE_NOT_FOUND: NotFound.code, WS_CLOSE_CONFLICT: Conflict.code}
+_WS_OUTCOME = {code: "refused" for code in _WS_REFUSALS}
+
+
+def _verb(scope: Scope) -> str:
+    return "WEBSOCKET" if scope["type"] == "websocket" else scope["method"]
 
 
 def outcome_of(status: int) -> str:
@@ -97,6 +115,9 @@ class AuditMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -120,6 +141,26 @@ class AuditMiddleware:
             if scope["method"] not in _READS:
                 await self._record(scope, request_id, seen)
 
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A websocket (the console) is recorded when it ends: its close code is its status,
+        4401/4403/4404/4409 a refusal."""
+        request_id = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        seen: dict = {"status": 1000, "location": None, "body": b"", "method": "GET"}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "websocket.close":
+                seen["status"] = message.get("code", 1000)
+                reason = _WS_REFUSALS.get(seen["status"])
+                if reason is not None:
+                    seen["body"] = json.dumps({"error": {"code": reason}}).encode()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            await self._record(scope, request_id, seen)
+
     async def _record(self, scope: Scope, request_id: str, seen: dict) -> None:
         platform = getattr(scope["app"].state, "platform", None)
         if platform is None:
@@ -127,17 +168,21 @@ class AuditMiddleware:
         principal: Principal | None = scope.get("state", {}).get("principal")
         route = scope.get("route")
         status = seen["status"]
+        method = seen.get("method", scope.get("method", "GET"))
         code = None
-        if status >= 400:
+        if status in _WS_REFUSALS:
+            code = _WS_REFUSALS[status]
+        elif status >= 400 and scope["type"] == "http":
             try:
                 code = json.loads(seen["body"])["error"]["code"]
             except (ValueError, KeyError, TypeError):
                 code = VmflowError.code if status >= 500 else None
         location = seen["location"].decode() if seen["location"] else ""
+        outcome = _WS_OUTCOME.get(status, "done") if scope["type"] == "websocket" else outcome_of(status)
         record = AuditRecord(
-            request_id=request_id, method=scope["method"], path=scope["path"][:300],
-            action=f"{scope['method']} {route.path if route is not None else scope['path']}"[:120],
-            status=status, outcome=outcome_of(status), code=code,
+            request_id=request_id, method=method, path=scope["path"][:300],
+            action=f"{_verb(scope)} {route.path if route is not None else scope['path']}"[:120],
+            status=status, outcome=outcome, code=code,
             operation_id=location.removeprefix("/v1/operations/") if location.startswith("/v1/operations/") else None,
             # An admin's records are the fleet's trail, not its token's tenant's: that tenant's
             # readers must not read what admins did to other tenants.

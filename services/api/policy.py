@@ -14,6 +14,11 @@ from fastapi import WebSocket, WebSocketException
 from starlette.requests import HTTPConnection
 
 from shared.auth import Principal, Role
+from shared.console import (
+    WS_CLOSE_FORBIDDEN,
+    WS_CLOSE_NOT_FOUND,
+    WS_CLOSE_UNAUTHENTICATED,
+)
 from shared.errors import Forbidden, NotFound, Unauthenticated, VmflowError
 
 R, M, A = Role.READER, Role.MEMBER, Role.ADMIN
@@ -134,7 +139,7 @@ async def _check(connection: HTTPConnection) -> Principal | None:
     return principal
 
 
-_WS_CLOSE = {401: 4401, 403: 4403, 404: 4404}
+_WS_CLOSE = {401: WS_CLOSE_UNAUTHENTICATED, 403: WS_CLOSE_FORBIDDEN, 404: WS_CLOSE_NOT_FOUND}
 
 
 async def authorize(connection: HTTPConnection) -> None:
@@ -146,7 +151,7 @@ async def authorize(connection: HTTPConnection) -> None:
     except VmflowError as exc:
         if isinstance(connection, WebSocket):
             await connection.accept()
-            raise WebSocketException(_WS_CLOSE.get(exc.http_status, 4403), exc.message[:120]) from None
+            raise WebSocketException(_WS_CLOSE.get(exc.http_status, WS_CLOSE_FORBIDDEN), exc.message[:120]) from None
         raise
 
 

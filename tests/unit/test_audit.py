@@ -4,9 +4,15 @@ each one published as a typed event under its tenant's subject."""
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
-from services.api.audit import AuditLog, AuditRecord, outcome_of
+from fastapi import FastAPI, WebSocket
+from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from services.api.audit import AuditLog, AuditMiddleware, AuditRecord, outcome_of
 from shared import subjects
+from shared.auth import Principal, Role
 
 
 def _record(tenant: str | None, status: int, action: str = "POST /v1/vms") -> AuditRecord:
@@ -38,3 +44,39 @@ def test_a_record_becomes_an_event_under_its_tenant_or_the_fleet(engine):
 def test_outcomes_follow_the_status():
     assert [outcome_of(s) for s in (200, 201, 202, 204, 401, 404, 409, 500, 503)] == [
         "done", "done", "accepted", "done", "refused", "refused", "refused", "failed", "failed"]
+
+
+class _Events:
+    def __init__(self) -> None:
+        self.subjects: list[str] = []
+
+    async def publish(self, subject: str, data: dict, event_id: str | None = None) -> None:
+        self.subjects.append(subject)
+
+
+def test_a_console_session_is_recorded_when_it_ends_with_its_close_code(engine):
+    app = FastAPI()
+    app.add_middleware(AuditMiddleware)
+    published = _Events()
+    app.state.platform = SimpleNamespace(audit=AuditLog(engine), events=published)
+
+    @app.websocket("/v1/vms/{vm_id}/console")
+    async def console(websocket: WebSocket, vm_id: str):
+        websocket.state.principal = Principal("t" * 16, "alice", "acme", Role.MEMBER)
+        await websocket.accept()
+        await websocket.close(4404 if vm_id == "gone" else 1000)
+
+    client = TestClient(app)
+    for vm_id in ("gone", "here"):
+        try:
+            with client.websocket_connect(f"/v1/vms/{vm_id}/console") as ws:
+                ws.receive_text()
+        except WebSocketDisconnect:
+            pass
+    total, records = AuditLog(engine).page("acme", 0, 10)
+    assert total == 2
+    here, gone = records
+    assert (gone.action, gone.status, gone.outcome, gone.code) == (
+        "WEBSOCKET /v1/vms/{vm_id}/console", 4404, "refused", "not_found")
+    assert (here.status, here.outcome, here.user, here.path) == (1000, "done", "alice", "/v1/vms/here/console")
+    assert published.subjects == ["vmflow.evt.audit.acme.refused", "vmflow.evt.audit.acme.done"]
