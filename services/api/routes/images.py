@@ -85,7 +85,7 @@ async def _template(p: Platform, vm: Vm, body: TemplateCreate, response: Respons
                     who: Principal) -> StorageOperationAccepted:
     require_state(vm, (VmState.STOPPED,), "make a template of")
     req = TemplateRequest(body.name, vm.id, vm.name, vm.image, body.description)
-    await p.storage.check_template(req, who=who)
+    await p.storage.check_template(req)
     hold = image_hold(body.name)
     await asyncio.to_thread(p.ledger.reserve, vm.tenant, hold, Amounts(disk_gib=vm.disk_gib))
     quota = QuotaSettlement(commit_on_success=(hold,), release_on_failure=(hold,))
