@@ -70,7 +70,8 @@ async def create_image(body: ImageCreate, response: Response, p: Platform = Depe
     )
     await p.storage.check_import(req)
     return await start_operation(p, "ImportImage", ImportImageInput(who.tenant, req),
-                                 image_operation_id(body.name, "create"), f"image/{body.name}", response, who.tenant, who=who)
+                                 image_operation_id(body.name, "create"), f"image/{body.name}", response,
+                                 who.tenant, who=who)
 
 
 @router.post("/vms/{vm_id}/template", status_code=202, response_model=StorageOperationAccepted)
