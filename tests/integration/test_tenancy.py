@@ -71,7 +71,7 @@ def test_an_admin_token_is_stored_only_as_a_hash_and_readable_by_its_owner_only(
     secret = stack_cfg.admin_token_file.read_text().strip()
     assert api.call("GET", "/v1/whoami")["role"] == "admin"
     database = (stack_cfg.root / "vmflow.db").read_bytes()
-    assert secret.encode() not in database and secret.split("_")[2].encode() not in database
+    assert secret.encode() not in database and secret.split("_", 2)[2].encode() not in database
     listed = api.call("GET", "/v1/tokens")
     assert all("token" not in t and "secret_hash" not in t for t in listed)
 
