@@ -9,6 +9,7 @@ from pathlib import Path
 
 import structlog
 from fastapi import Depends, FastAPI
+from sqlalchemy.engine import Engine
 from temporalio.worker import Worker
 
 from services.api.audit import AuditLog, AuditMiddleware
@@ -50,47 +51,55 @@ from shared.temporal import ActivityContext, connect_temporal
 log = structlog.get_logger(__name__)
 
 
+async def _open_platform(settings: ApiSettings) -> tuple[Platform, Engine]:
+    """The database (migrated; the first admin token made when asked), NATS and Temporal,
+    connected once for the API's lifetime."""
+    engine = make_engine(settings.database_url)
+    await asyncio.to_thread(migrate, engine)
+    identities = IdentityStore(engine, settings.token_cache_s)
+    if settings.admin_token_file and await asyncio.to_thread(identities.ensure_admin_token,
+                                                             Path(settings.admin_token_file)):
+        log.info("admin token written", path=settings.admin_token_file)
+    nc = await connect(settings, "vmflow-api")
+    await ensure_event_stream(nc.jetstream(), settings.event_stream)
+    platform = Platform(
+        settings=settings,
+        inventory=Inventory(engine),
+        nats=nc,
+        temporal=await connect_temporal(settings),
+        events=EventPublisher(nc.jetstream(), "api"),
+        scheduler=SchedulerClient(nc, settings.request_timeout_s),
+        storage=StorageClient(nc, settings.request_timeout_s),
+        network_store=NetworkStore(engine),
+        identities=identities,
+        ledger=QuotaLedger(engine),
+        audit=AuditLog(engine),
+    )
+    return platform, engine
+
+
+def _inventory_worker(p: Platform) -> Worker:
+    """The worker of the activities through which workflows change the inventory."""
+    activities = InventoryActivities(p.inventory, p.events, p.ledger)
+    network_activities = NetworkActivities(p.network_store, p.inventory, p.scheduler)
+    return Worker(
+        p.temporal,
+        task_queue=INVENTORY_QUEUE,
+        activities=[activities.update_vm, activities.forget_vm, activities.begin_operation,
+                    activities.vms_on_host, activities.settle_quota, *network_activities.all()],
+        interceptors=[ActivityContext()],
+    )
+
+
 def create_app(settings: ApiSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        engine = make_engine(settings.database_url)
-        await asyncio.to_thread(migrate, engine)
-        inventory = Inventory(engine)
-        network_store = NetworkStore(engine)
-        identities = IdentityStore(engine, settings.token_cache_s)
-        if settings.admin_token_file and await asyncio.to_thread(identities.ensure_admin_token,
-                                                                 Path(settings.admin_token_file)):
-            log.info("admin token written", path=settings.admin_token_file)
-        nc = await connect(settings, "vmflow-api")
-        js = nc.jetstream()
-        await ensure_event_stream(js, settings.event_stream)
-        publisher = EventPublisher(js, "api")
-        temporal = await connect_temporal(settings)
-        app.state.platform = Platform(
-            settings=settings,
-            inventory=inventory,
-            nats=nc,
-            temporal=temporal,
-            events=publisher,
-            scheduler=SchedulerClient(nc, settings.request_timeout_s),
-            storage=StorageClient(nc, settings.request_timeout_s),
-            network_store=network_store,
-            identities=identities,
-            ledger=QuotaLedger(engine),
-            audit=AuditLog(engine),
-        )
-        activities = InventoryActivities(inventory, publisher, app.state.platform.ledger)
-        network_activities = NetworkActivities(network_store, inventory, app.state.platform.scheduler)
-        worker = Worker(
-            temporal,
-            task_queue=INVENTORY_QUEUE,
-            activities=[activities.update_vm, activities.forget_vm, activities.begin_operation,
-                        activities.vms_on_host, activities.settle_quota,
-                        *network_activities.all()],
-            interceptors=[ActivityContext()],
-        )
+        p, engine = await _open_platform(settings)
+        app.state.platform = p
+        worker = _inventory_worker(p)
         run = asyncio.create_task(worker.run())
-        follower = RealityFollower(inventory, publisher, temporal, settings.boot_timeout_s)
+        follower = RealityFollower(p.inventory, p.events, p.temporal, settings.boot_timeout_s)
+        js = p.nats.jetstream()
         followers = [
             asyncio.create_task(follow_lifecycle(js, settings.event_stream, follower)),
             asyncio.create_task(follow_host_reports(js, settings.heartbeat_bucket, follower)),
@@ -105,9 +114,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
             await worker.shutdown()
             run.cancel()
             try:
-                await asyncio.wait_for(nc.drain(), 5)
+                await asyncio.wait_for(p.nats.drain(), 5)
             except asyncio.TimeoutError:
-                await nc.close()
+                await p.nats.close()
             engine.dispose()
 
     app = FastAPI(
