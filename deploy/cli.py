@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from deploy import cli_identity, cli_networks, cli_tenants, stack
+from deploy import cli_identity, cli_networks, cli_operations, cli_tenants, stack
 from deploy import cli_session as session
 from deploy.cli_networks import parse_nic
 from deploy.cli_session import DEFAULT_RUN_DIR
@@ -55,13 +55,16 @@ def up(hosts: int = typer.Option(3, min=1, max=16, help="number of lab KVM hosts
        run_dir: Path = typer.Option(DEFAULT_RUN_DIR, help="state, logs and pids go here")) -> None:
     """Start NATS, Temporal, the lab hosts and every service on this machine."""
     cfg = stack.StackConfig(run_dir=str(run_dir.resolve()), host_count=hosts)
-    stack.up(cfg, say=console.print)
+    cfg = stack.up(cfg, say=console.print)
     console.print(f"API        {cfg.api_url}  (docs: {cfg.api_url}/docs)")
     console.print(f"Temporal   {cfg.temporal_address}  (UI: http://127.0.0.1:{cfg.temporal_ui_port})")
     console.print(f"NATS       {cfg.nats_url}")
     console.print(f"Admin token {cfg.admin_token_file}  (readable by {_owner_of(cfg.admin_token_file)} only; "
                   "the CLI uses it)")
     console.print(f"logs       {cfg.root / 'logs'}")
+    console.print("metrics    (Prometheus text format)")
+    for name, where in stack.metrics_endpoints(cfg).items():
+        console.print(f"  {name:<16} {escape(where)}")
 
 
 @app.command()
@@ -258,6 +261,7 @@ cli_networks.register(app, vm_app, _client, _api, _follow, console)
 cli_identity.register(app, client=_client, api=_api, console=console, options=session.options,
                       local_stack=session.local_stack)
 cli_tenants.register(app, client=_client, api=_api, console=console)
+cli_operations.register(app, client=_client, api=_api, console=console)
 
 
 BENCHES = ("provision", "placement", "migration", "failover", "network", "auth")

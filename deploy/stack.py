@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import httpx
@@ -32,6 +32,7 @@ CACHE_DIR = Path(os.environ.get("VMFLOW_CACHE_DIR", Path.home() / ".cache" / "vm
 GUEST_IMAGE = "lab-guest"
 DIRTY_GUEST_IMAGE = "lab-guest-dirty"  # the same guest rewriting memory fast, for migration tests
 SERVICES = ("scheduler", "storage", "orchestrator", "fencer", "api")
+METERED_SERVICES = ("scheduler", "storage", "orchestrator", "fencer")  # each with a /metrics port of its own
 STACK_FILE = "stack.json"
 SUPERVISED_FILE = "supervised.json"
 FENCING_FILE = "fencing.json"
@@ -54,13 +55,22 @@ class StackConfig:
     temporal_port: int = 7233
     temporal_ui_port: int = 8233
     host_labels: dict[str, list[str]] = field(default_factory=dict)  # host id -> labels
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # process -> its /metrics port
 
     @classmethod
     def isolated(cls, run_dir: Path, lab_name: str, host_count: int = 1,
                  host_labels: dict[str, list[str]] | None = None) -> StackConfig:
         """A stack that shares no port or name with any other: what tests use."""
         return cls(str(run_dir), lab_name, host_count, free_port(), free_port(), free_port(), free_port(),
-                   host_labels or {})
+                   host_labels or {}).with_metrics_ports()
+
+    def with_metrics_ports(self) -> StackConfig:
+        """This config with a free port for each process's /metrics (the API serves its own on
+        its port); as it is when it has them already."""
+        if self.metrics_ports:
+            return self
+        names = [*METERED_SERVICES, *(f"host-worker-{h}" for h in self.host_ids())]
+        return replace(self, metrics_ports={name: free_port() for name in names})
 
     def labels_of(self, host_id: str) -> list[str]:
         return list(self.host_labels.get(host_id, []))
@@ -125,6 +135,26 @@ def common_env(cfg: StackConfig) -> dict[str, str]:
         "VMFLOW_LOG_JSON": "true",
         "PYTHONUNBUFFERED": "1",
     }
+
+
+def metrics_env(cfg: StackConfig, name: str, address: str = "127.0.0.1") -> dict[str, str]:
+    """Where process ``name`` serves its /metrics: nowhere (port 0) when the config has no port for it."""
+    return {"VMFLOW_METRICS_HOST": address, "VMFLOW_METRICS_PORT": str(cfg.metrics_ports.get(name, 0))}
+
+
+def metrics_endpoints(cfg: StackConfig) -> dict[str, str]:
+    """process -> where its Prometheus metrics are. Host workers serve theirs on their lab address,
+    inside their host's network namespace (the root namespace's 127/8 is its own loopback)."""
+    where = {"api": f"{cfg.api_url}/metrics (with the admin token, {cfg.admin_token_file})"}
+    where.update({name: f"http://127.0.0.1:{cfg.metrics_ports[name]}/metrics"
+                  for name in METERED_SERVICES if name in cfg.metrics_ports})
+    the_lab = lab.load_lab(cfg.lab_name, cfg.root / "lab")
+    for host in the_lab.hosts if the_lab else ():
+        port = cfg.metrics_ports.get(f"host-worker-{host.host_id}")
+        if port:
+            where[f"host-worker-{host.host_id}"] = (
+                f"ip netns exec {host.namespace} curl http://{host.address}:{port}/metrics")
+    return where
 
 
 def ensure_guest_image(cfg: StackConfig) -> None:
@@ -209,22 +239,25 @@ def start_relays(cfg: StackConfig) -> None:
 def start_services(cfg: StackConfig, hosts: tuple[lab.LabHost, ...]) -> None:
     env = common_env(cfg)
     py = sys.executable
-    launch(cfg, "scheduler", [py, "-m", "services.scheduler"], env)
+    launch(cfg, "scheduler", [py, "-m", "services.scheduler"], {**env, **metrics_env(cfg, "scheduler")})
     local_pools = {h: str(cfg.local_pool_dir(h)) for h in cfg.host_ids()}
     for path in local_pools.values():  # there before any host measures its disk
         Path(path).mkdir(parents=True, exist_ok=True)
     launch(cfg, "storage", [py, "-m", "services.storage"],
-           {**env, "VMFLOW_POOL_DIR": str(cfg.pool_dir), "VMFLOW_LOCAL_POOLS": json.dumps(local_pools)})
-    launch(cfg, "orchestrator", [py, "-m", "workflows"], env)
+           {**env, **metrics_env(cfg, "storage"), "VMFLOW_POOL_DIR": str(cfg.pool_dir),
+            "VMFLOW_LOCAL_POOLS": json.dumps(local_pools)})
+    launch(cfg, "orchestrator", [py, "-m", "workflows"], {**env, **metrics_env(cfg, "orchestrator")})
     fencing = cfg.root / FENCING_FILE
     if not fencing.exists():  # an operator's edits (another agent for a host) are kept
         fencing.write_text(json.dumps(fencing_config(cfg), indent=2))
-    launch(cfg, "fencer", [py, "-m", "services.fencing"], {**env, "VMFLOW_FENCE_CONFIG": str(fencing)})
+    launch(cfg, "fencer", [py, "-m", "services.fencing"],
+           {**env, **metrics_env(cfg, "fencer"), "VMFLOW_FENCE_CONFIG": str(fencing)})
     launch(cfg, "api", [py, "-m", "services.api"], {
         **env,
         "VMFLOW_DATABASE_URL": f"sqlite:///{cfg.root / 'vmflow.db'}",
         "VMFLOW_LISTEN_PORT": str(cfg.api_port),
         "VMFLOW_ADMIN_TOKEN_FILE": str(cfg.admin_token_file),
+        "VMFLOW_TEMPORAL_UI_URL": f"http://127.0.0.1:{cfg.temporal_ui_port}",
     })
     for host in hosts:
         start_host_worker(cfg, host)
@@ -244,6 +277,7 @@ def start_host_worker(cfg: StackConfig, host: lab.LabHost) -> None:
     launch(cfg, f"host-worker-{host.host_id}", [
         "nsenter", f"--net=/run/netns/{host.namespace}", sys.executable, "-m", "services.host_worker"], {
         **common_env(cfg),
+        **metrics_env(cfg, f"host-worker-{host.host_id}", host.address),  # its address inside its namespace
         "VMFLOW_NATS_URL": f"nats://{LAB_GATEWAY}:{cfg.nats_port}",
         "VMFLOW_TEMPORAL_ADDRESS": f"{LAB_GATEWAY}:{cfg.temporal_port}",
         "VMFLOW_HOST_ID": host.host_id,
@@ -261,9 +295,10 @@ def start_host_worker(cfg: StackConfig, host: lab.LabHost) -> None:
     }, REPO_DIR)
 
 
-def up(cfg: StackConfig, say=print) -> None:
+def up(cfg: StackConfig, say=print) -> StackConfig:
     """Bring everything up and wait until the API is ready and every lab host reports in.
-    On any failure, stop what was started."""
+    On any failure, stop what was started. Returns the config it ran with (metrics ports given)."""
+    cfg = cfg.with_metrics_ports()
     cfg.root.mkdir(parents=True, exist_ok=True)
     if load_config(cfg.root) is not None:
         down(cfg.root, say=lambda _msg: None)
@@ -289,6 +324,7 @@ def up(cfg: StackConfig, say=print) -> None:
         say(f"start failed; logs are in {cfg.root / 'logs'}")
         down(cfg.root, say=lambda _msg: None)
         raise
+    return cfg
 
 
 def _api_ready(cfg: StackConfig) -> bool:
@@ -355,13 +391,15 @@ def status(run_dir: Path) -> dict[str, tuple[bool, str]]:
     report["nats"] = (alive("nats") and port_open(cfg.nats_port), cfg.nats_url)
     report["temporal"] = (alive("temporal") and port_open(cfg.temporal_port),
                           f"{cfg.temporal_address}, UI http://127.0.0.1:{cfg.temporal_ui_port}")
+    metrics_at = metrics_endpoints(cfg)
+    metered = lambda name: f", metrics {metrics_at[name]}" if name in metrics_at else ""  # noqa: E731
     for name in ("scheduler", "storage", "orchestrator", "fencer", "supervisor"):
-        report[name] = (alive(name), f"pid {read_pid(run_dir, name)}")
-    report["api"] = (alive("api") and _api_ready(cfg), f"{cfg.api_url}/docs")
+        report[name] = (alive(name), f"pid {read_pid(run_dir, name)}{metered(name)}")
+    report["api"] = (alive("api") and _api_ready(cfg), f"{cfg.api_url}/docs{metered('api')}")
     lab_file = run_dir / "lab"
     health = lab.lab_health(lab.load_lab(cfg.lab_name, lab_file)) if (lab_file / "lab.json").exists() else {}
     for host_id in cfg.host_ids():
         worker = f"host-worker-{host_id}"
         report[f"libvirtd {host_id}"] = (health.get(host_id, False), "lab host")
-        report[worker] = (alive(worker), f"pid {read_pid(run_dir, worker)}")
+        report[worker] = (alive(worker), f"pid {read_pid(run_dir, worker)}{metered(worker)}")
     return report

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 TOKEN_PREFIX = "vmf_"
+# The portal keeps the signed-in user's API token in this cookie (HttpOnly, SameSite=Strict); the
+# API accepts it for reads and the console only.
+SESSION_COOKIE = "vmflow_session"
 _TOKEN = re.compile(r"^vmf_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 
 

@@ -25,7 +25,7 @@ from nats.js.errors import BadRequestError, BucketNotFoundError
 from nats.js.kv import KeyValue
 from nats.micro.request import Request
 
-from shared import codec, subjects
+from shared import codec, metrics, subjects
 from shared.errors import ServiceUnavailable, Timeout, VmflowError, error_from_code
 from shared.settings import CommonSettings
 
@@ -43,6 +43,16 @@ async def connect(settings: CommonSettings, name: str) -> NatsClient:
     async def on_error(exc: Exception) -> None:
         log.warning("nats error", error=str(exc))
 
+    # nats-py calls these once per lost and per regained connection, not per failed attempt (and
+    # the first once more when the process closes its connection on the way out).
+    async def on_disconnected() -> None:
+        metrics.NATS_DISCONNECTS.inc()
+        log.warning("nats disconnected")
+
+    async def on_reconnected() -> None:
+        metrics.NATS_RECONNECTS.inc()
+        log.info("nats reconnected")
+
     return await nats.connect(
         settings.nats_url,
         name=name,
@@ -51,6 +61,8 @@ async def connect(settings: CommonSettings, name: str) -> NatsClient:
         ping_interval=10,
         max_outstanding_pings=3,
         error_cb=on_error,
+        disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected,
     )
 
 

@@ -9,6 +9,7 @@ import structlog
 from services.scheduler.client import SchedulerActivities, SchedulerClient
 from shared.logging import configure_logging
 from shared.messaging import connect
+from shared.metrics import serve_metrics
 from shared.settings import CommonSettings
 from shared.temporal import connect_temporal, serve
 from workflows.worker import orchestrator_worker
@@ -17,8 +18,9 @@ log = structlog.get_logger("workflows")
 
 
 async def main(settings: CommonSettings) -> None:
+    serve_metrics(settings.metrics_host, settings.metrics_port)
     nc = await connect(settings, "vmflow-orchestrator")
-    client = await connect_temporal(settings)
+    client = await connect_temporal(settings, starts_workflows=True)  # its workflows tag children and hosts
     worker = orchestrator_worker(client, SchedulerActivities(SchedulerClient(nc)))
     log.info("orchestrator ready", temporal=settings.temporal_address)
     await serve(worker, nc)

@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
         VmSummary,
     )
     from shared.names import restart_workflow_id
+    from shared.operation_tags import operation_summary, tagged
 
 from workflows import steps
 from workflows.progress import ProgressTracker
@@ -145,6 +146,9 @@ class HostFailover:
                     RestartInput(vm, f"host {inp.host_id} failed", None, exclude_hosts=(inp.host_id,),
                                  power_on=vm.state is not VmState.STOPPED, boot_timeout_s=inp.boot_timeout_s),
                     id=child_id, task_queue=steps.ORCHESTRATOR_QUEUE,
+                    **tagged("RestartVm",
+                             operation_summary("restart", vm.name, f"off failed host {inp.host_id}", vm.tenant),
+                             vm_id=vm.vm_id, host_ids=(inp.host_id,), tenant=vm.tenant),
                 )
             except Exception as exc:
                 code, message = steps.failure_message(exc)

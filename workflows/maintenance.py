@@ -15,6 +15,7 @@ with workflow.unsafe.imports_passed_through():
     from shared.migration import MaintenanceInput, MigrateInput
     from shared.models import HostAdmin, HostMode, OperationProgress, VmState, VmSummary
     from shared.names import migrate_workflow_id
+    from shared.operation_tags import move_route, operation_summary, tagged
 
 from workflows import steps
 from workflows.migrate import LiveMigrate
@@ -62,6 +63,9 @@ class HostMaintenance:
                 target = await workflow.execute_child_workflow(
                     LiveMigrate.run, MigrateInput(vm, None, inp.policy), id=child_id,
                     task_queue=steps.ORCHESTRATOR_QUEUE,
+                    **tagged("LiveMigrate", operation_summary("live-migrate", vm.name, move_route(vm.host_id, None),
+                                                              vm.tenant),
+                             vm_id=vm.vm_id, host_ids=(vm.host_id,), tenant=vm.tenant),
                 )
             except Exception as exc:
                 _code, message = steps.failure_message(exc)

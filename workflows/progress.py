@@ -6,14 +6,18 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from shared.models import OperationProgress
+    from shared.operation_tags import HOST_IDS, KIND, hosts_with
 
 
 class ProgressTracker:
+    """The operation's progress; a host it reaches joins its ``VmflowHostIds`` search attribute."""
+
     def __init__(self, kind: str) -> None:
         self.value = OperationProgress(kind=kind, vm_id="", step="queued")
 
     def begin(self, vm_id: str, host_id: str | None = None) -> None:
         self.value = OperationProgress(self.value.kind, vm_id, "queued", (), host_id)
+        _tag_host(host_id)
 
     @property
     def step(self) -> str:
@@ -24,7 +28,19 @@ class ProgressTracker:
         v = self.value
         done = v.steps_done if v.step in ("queued", step) else (*v.steps_done, v.step)
         self.value = OperationProgress(v.kind, v.vm_id, step, done, host_id or v.host_id, v.details)
+        _tag_host(host_id)
 
     def note(self, line: str) -> None:
         v = self.value
         self.value = OperationProgress(v.kind, v.vm_id, v.step, v.steps_done, v.host_id, (*v.details, line))
+
+
+def _tag_host(host_id: str | None) -> None:
+    """Add ``host_id`` to the operation's hosts when it is new there. Only an operation started
+    with tags adds any: one started untagged replays as it first ran."""
+    attributes = workflow.info().typed_search_attributes
+    if not host_id or KIND not in attributes:
+        return
+    hosts = attributes.get(HOST_IDS) or []
+    if host_id not in hosts:
+        workflow.upsert_search_attributes([HOST_IDS.value_set(hosts_with(hosts, host_id))])

@@ -12,6 +12,7 @@ from shared.temporal import ActivityContext
 from workflows.delete import DeleteVm
 from workflows.failover import HostFailover
 from workflows.maintenance import HostMaintenance
+from workflows.metering import OperationMetrics
 from workflows.migrate import LiveMigrate
 from workflows.networks import NETWORK_WORKFLOWS
 from workflows.power import VmPowerAction
@@ -30,5 +31,5 @@ def orchestrator_worker(client: Client, scheduler: SchedulerActivities) -> Worke
         task_queue=ORCHESTRATOR_QUEUE,
         workflows=WORKFLOWS,
         activities=[scheduler.place, scheduler.release, scheduler.set_host_admin],
-        interceptors=[ActivityContext()],
+        interceptors=[ActivityContext(), OperationMetrics()],
     )

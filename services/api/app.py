@@ -30,6 +30,7 @@ from services.api.routes import (
     health,
     hosts,
     images,
+    metrics,
     networks,
     nics,
     operations,
@@ -42,6 +43,8 @@ from services.api.routes import (
     volumes,
 )
 from services.api.settings import ApiSettings
+from services.portal.app import create_portal
+from services.portal.session import CookiePolicy
 from services.scheduler.client import SchedulerClient
 from services.storage.client import StorageClient
 from shared.messaging import EventPublisher, connect, ensure_event_stream
@@ -66,7 +69,7 @@ async def _open_platform(settings: ApiSettings) -> tuple[Platform, Engine]:
         settings=settings,
         inventory=Inventory(engine),
         nats=nc,
-        temporal=await connect_temporal(settings),
+        temporal=await connect_temporal(settings, starts_workflows=True),
         events=EventPublisher(nc.jetstream(), "api"),
         scheduler=SchedulerClient(nc, settings.request_timeout_s),
         storage=StorageClient(nc, settings.request_timeout_s),
@@ -130,6 +133,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     install_error_handlers(app)
     for router in (vms.router, nics.router, networks.router, placement_groups.router, hosts.router,
                    operations.router, images.router, pools.router, volumes.router, snapshots.router, events.router,
-                   health.router, console.router, tenants.router, tokens.router, audit.router):
+                   health.router, console.router, tenants.router, tokens.router, audit.router, metrics.router):
         app.include_router(router)
+    # Last: every path the API's routes do not take is the portal's.
+    app.mount("/", create_portal(app, CookiePolicy(settings.portal_session_s, settings.portal_secure_cookie)))
     return app

@@ -138,7 +138,9 @@ class AuditMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            if scope["method"] not in _READS:
+            # The portal's own pages (outside /v1) change things only through the API's routes,
+            # whose calls are recorded with the signed-in user.
+            if scope["method"] not in _READS and scope["path"].startswith("/v1/"):
                 await self._record(scope, request_id, seen)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import delete, event, update
+from sqlalchemy import delete, event, func, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, create_engine, select, text
@@ -103,6 +103,12 @@ class Inventory:
         with Session(self._engine) as session:
             query = select(Vm) if tenant is None else select(Vm).where(Vm.tenant == tenant)
             return list(session.exec(query.order_by(Vm.created_at)))
+
+    def count_by_tenant_and_state(self) -> list[tuple[str, VmState, int]]:
+        """(tenant, state, how many VMs) for every pair that has any."""
+        with Session(self._engine) as session:
+            rows = session.exec(select(Vm.tenant, Vm.state, func.count()).group_by(Vm.tenant, Vm.state))
+            return [(tenant, VmState(state), count) for tenant, state, count in rows]
 
     def transition(self, vm_id: str, allowed: Iterable[VmState], new_state: VmState, op_id: str) -> bool:
         """Atomically move the VM to ``new_state`` if it is in one of ``allowed``. This is what

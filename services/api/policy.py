@@ -13,7 +13,7 @@ import asyncio
 from fastapi import WebSocket, WebSocketException
 from starlette.requests import HTTPConnection
 
-from shared.auth import Principal, Role
+from shared.auth import SESSION_COOKIE, Principal, Role
 from shared.console import (
     WS_CLOSE_FORBIDDEN,
     WS_CLOSE_NOT_FOUND,
@@ -72,6 +72,7 @@ POLICY: dict[tuple[str, str], Role] = {
     ("POST", "/v1/images"): A,
     ("DELETE", "/v1/images/{name}"): M,
     # operations and events: a tenant's own
+    ("GET", "/v1/operations"): R,  # a tenant's token lists its own tenant's only
     ("GET", "/v1/operations/{op_id}"): R,
     ("POST", "/v1/operations/{op_id}/cancel"): M,
     ("GET", "/v1/events"): R,
@@ -86,6 +87,7 @@ POLICY: dict[tuple[str, str], Role] = {
     ("POST", "/v1/hosts/{host_id}/confirm-fenced"): A,
     ("GET", "/v1/pools"): A,
     ("GET", "/v1/pools/{name}"): A,
+    ("GET", "/metrics"): A,  # Prometheus: tenants are labels
     # identities
     ("GET", "/v1/tenants"): R,  # a tenant's token sees its own tenant only
     ("POST", "/v1/tenants"): A,
@@ -111,7 +113,12 @@ def route_key(connection: HTTPConnection) -> tuple[str, str]:
 
 
 def _bearer(connection: HTTPConnection) -> str:
+    """The request's API token: its Authorization header, else, for what only reads (GET and the
+    console's websocket), the portal's session cookie. A change never rides on the cookie, so a
+    forged cross-site request carries no credential; the portal's own forms check a CSRF token."""
     header = connection.headers.get("authorization")
+    if not header and (cookie := _session_cookie(connection)):
+        return cookie
     if not header:
         raise Unauthenticated("this needs an API token: send 'Authorization: Bearer <token>' (POST /v1/tokens "
                               "makes one; 'vmflow up' writes the first admin token to run/admin-token)")
@@ -119,6 +126,20 @@ def _bearer(connection: HTTPConnection) -> str:
     if scheme.lower() != "bearer" or not value.strip():
         raise Unauthenticated("the Authorization header must read 'Bearer <token>'")
     return value.strip()
+
+
+def _session_cookie(connection: HTTPConnection) -> str | None:
+    token = connection.cookies.get(SESSION_COOKIE)
+    if not token:
+        return None
+    if connection.scope["type"] == "websocket":
+        # Browsers send cookies on cross-site websocket handshakes: only the portal's own pages
+        # may open a console with the cookie.
+        origin = connection.headers.get("origin")
+        if origin is not None and origin.split("://", 1)[-1] != connection.headers.get("host"):
+            raise Forbidden(f"a console opened from {origin} may not use the portal's session")
+        return token
+    return token if connection.scope["method"] in ("GET", "HEAD") else None
 
 
 async def _check(connection: HTTPConnection) -> Principal | None:

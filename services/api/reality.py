@@ -32,6 +32,7 @@ from shared.failover import CrashPolicy, RestartInput, StaleCopy, restarts_again
 from shared.messaging import EventPublisher, heartbeat_bucket
 from shared.models import GroupRule, HostHeartbeat, VmState
 from shared.names import ORCHESTRATOR_QUEUE, restart_workflow_id, stale_copy_workflow_id
+from shared.operation_tags import operation_summary, tagged, vm_label
 
 log = structlog.get_logger(__name__)
 
@@ -106,7 +107,7 @@ class RealityFollower:
         if verdict is Drift.UNMANAGED:
             await self._report_unmanaged(seen, key)
         elif verdict is Drift.STALE_COPY:
-            await self._evict(seen, key)
+            await self._evict(seen, key, vm)
         elif verdict is Drift.LOST:
             assert vm is not None
             await self._recover(vm, f"its domain is gone from {seen.host_id} ({source})",
@@ -148,11 +149,14 @@ class RealityFollower:
             g = await asyncio.to_thread(self._inventory.get_group, vm.placement_group_id, vm.tenant)
             group = GroupRule(g.id, g.policy, g.hard)
         summary = vm_summary(vm, group)
+        where = f"on {vm.host_id}" if vm.host_id else ""
         try:
             await self._temporal.start_workflow(
                 "RestartVm", RestartInput(summary, reason, vm.host_id, power_on=power_on,
                                           boot_timeout_s=self._boot_timeout_s),
                 id=op_id, task_queue=ORCHESTRATOR_QUEUE, id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                **tagged("RestartVm", operation_summary("restart", vm_label(vm.name, vm.id), where, vm.tenant),
+                         vm_id=vm.id, host_ids=(vm.host_id,), tenant=vm.tenant),
             )
         except WorkflowAlreadyStartedError:
             pass
@@ -162,16 +166,21 @@ class RealityFollower:
             return
         log.info("restarting", vm_id=vm.id, host_id=vm.host_id, reason=reason, operation_id=op_id)
 
-    async def _evict(self, seen: Observed, key: tuple[str, str]) -> None:
+    async def _evict(self, seen: Observed, key: tuple[str, str], vm: Vm | None) -> None:
+        """Remove the copy of the VM ``seen`` on a host it does not live on (``vm``: its row,
+        None once it is deleted)."""
         now_s = self._clock()
         if now_s - self._evicting.get(key, 0.0) < _EVICT_RETRY_S:
             return
         self._evicting[key] = now_s
+        label = vm_label(vm.name if vm else None, seen.vm_id)
         try:
             await self._temporal.start_workflow(
                 "RemoveStaleCopy", StaleCopy(seen.host_id, seen.vm_id),
                 id=stale_copy_workflow_id(seen.vm_id, seen.host_id), task_queue=ORCHESTRATOR_QUEUE,
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                **tagged("RemoveStaleCopy", operation_summary("remove the stale copy of", label, f"on {seen.host_id}"),
+                         vm_id=seen.vm_id, host_ids=(seen.host_id,), tenant=vm.tenant if vm else None),
             )
             log.warning("removing a stale copy", vm_id=seen.vm_id, host_id=seen.host_id, state=seen.state)
         except WorkflowAlreadyStartedError:

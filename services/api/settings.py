@@ -15,3 +15,7 @@ class ApiSettings(CommonSettings):
     max_disk_gib: int = 2_048
     boot_timeout_s: float = 180.0
     request_timeout_s: float = 5.0
+    # The Temporal Web UI's address (http://127.0.0.1:8233): operations link to their page there.
+    temporal_ui_url: str | None = None
+    portal_session_s: int = 43_200  # a portal sign-in lasts this long at most (and never past its token)
+    portal_secure_cookie: bool = False  # True behind HTTPS: the session cookie is then never sent in clear

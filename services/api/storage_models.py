@@ -19,6 +19,7 @@ from shared.auth import Principal
 from shared.errors import Conflict, InvalidRequest, ServiceUnavailable
 from shared.models import VmState
 from shared.names import ORCHESTRATOR_QUEUE, operation_memo
+from shared.operation_tags import kind_action, operation_summary, tagged
 from shared.storage_models import (
     CloneMode,
     ImageFormat,
@@ -224,16 +225,24 @@ async def _started(p: Platform, op_id: str) -> bool:
         return True
 
 
+def _tags(workflow: str, target: str, tenant: str, who: Principal, vm: Vm | None) -> dict:
+    """Tags and memo of an operation on ``target`` (``volume/data-1``), of ``vm`` when it has one."""
+    summary = operation_summary(kind_action(workflow), target.rpartition("/")[2], f"(vm {vm.name})" if vm else "",
+                                tenant)
+    return tagged(workflow, summary, vm_id=vm.id if vm else None, host_ids=(vm.host_id if vm else None,),
+                  tenant=tenant, memo=operation_memo(tenant, who.is_admin))
+
+
 async def start_operation(p: Platform, workflow: str, arg: object, op_id: str, target: str,
                           response: Response, tenant: str, reserved: str | None = None, *,
-                          who: Principal) -> StorageOperationAccepted:
-    """Start the workflow under ``op_id`` as ``tenant``'s, started by ``who``; 202 with its Location. The same
-    operation running already is a Conflict (409). The quota hold ``reserved`` (made for this
-    operation) is released when it cannot start."""
+                          who: Principal, vm: Vm | None = None) -> StorageOperationAccepted:
+    """Start the workflow under ``op_id`` as ``tenant``'s, started by ``who``, on ``vm`` if it acts
+    on one; 202 with its Location. The same operation running already is a Conflict (409). The
+    quota hold ``reserved`` (made for this operation) is released when it cannot start."""
     try:
         await p.temporal.start_workflow(workflow, arg, id=op_id, task_queue=ORCHESTRATOR_QUEUE,
                                         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-                                        memo=operation_memo(tenant, who.is_admin))
+                                        **_tags(workflow, target, tenant, who, vm))
     except WorkflowAlreadyStartedError as exc:
         if reserved is not None:
             await asyncio.to_thread(p.ledger.release, reserved)

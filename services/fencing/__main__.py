@@ -11,6 +11,7 @@ from services.fencing.activities import FenceActivities
 from services.fencing.settings import FencerSettings
 from shared.logging import configure_logging
 from shared.messaging import EventPublisher, connect, ensure_event_stream
+from shared.metrics import serve_metrics
 from shared.names import FENCING_QUEUE
 from shared.temporal import ActivityContext, connect_temporal, serve
 
@@ -18,6 +19,7 @@ log = structlog.get_logger("services.fencing")
 
 
 async def main(settings: FencerSettings) -> None:
+    serve_metrics(settings.metrics_host, settings.metrics_port)
     nc = await connect(settings, "vmflow-fencer")
     js = nc.jetstream()
     await ensure_event_stream(js, settings.event_stream)

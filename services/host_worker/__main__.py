@@ -30,6 +30,7 @@ from shared.messaging import (
     ensure_event_stream,
     heartbeat_bucket,
 )
+from shared.metrics import serve_metrics
 from shared.temporal import ActivityContext, connect_temporal
 
 log = structlog.get_logger("services.host_worker")
@@ -50,6 +51,7 @@ def resolve_domain_type(setting: str) -> str:
 
 
 async def main(settings: HostWorkerSettings) -> None:
+    serve_metrics(settings.metrics_host, settings.metrics_port)
     structlog.contextvars.bind_contextvars(host_id=settings.host_id)
     loop = asyncio.get_running_loop()
     # libvirt calls block (a domain start can take seconds on a loaded host); enough threads

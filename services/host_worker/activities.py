@@ -16,9 +16,13 @@ import structlog
 from temporalio import activity
 
 from services.host_worker.console import count_marker
-from services.host_worker.domain_xml import build_domain_xml, console_path, serial_log_path
+from services.host_worker.domain_xml import (
+    build_domain_xml,
+    console_path,
+    serial_log_path,
+)
 from services.host_worker.hypervisor import Hypervisor
-from services.host_worker.migration import LiveMigration, disk_moves
+from services.host_worker.migration import LiveMigration, disk_moves, observe_migration
 from services.host_worker.settings import HostWorkerSettings
 from shared import subjects
 from shared.errors import Conflict, HypervisorError, InvalidRequest, NotFound, Timeout
@@ -215,6 +219,7 @@ class HostActivities:
         async with heartbeating():
             await asyncio.to_thread(self._hv.migrate_offline, req.vm_id, req.dest_uri,
                                     disk_moves=disk_moves(req))
+        observe_migration("cold", time.monotonic() - started_s)
         return MigrateResult(req.vm_id, req.dest_host_id, int((time.monotonic() - started_s) * 1000),
                              downtime_ms=None, data_transferred_mib=0, final_downtime_limit_ms=0)
 

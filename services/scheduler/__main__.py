@@ -17,18 +17,21 @@ from services.scheduler.settings import SchedulerSettings
 from shared.lifecycle import run_until_signalled
 from shared.logging import configure_logging
 from shared.messaging import EventPublisher, connect, ensure_event_stream
+from shared.metrics import serve_metrics
 from shared.temporal import connect_temporal
 
 log = structlog.get_logger("services.scheduler")
 
 
 async def main(settings: SchedulerSettings) -> None:
+    serve_metrics(settings.metrics_host, settings.metrics_port)
     nc = await connect(settings, "vmflow-scheduler")
     scheduler = Scheduler(settings)
     js = nc.jetstream()
     await ensure_event_stream(js, settings.event_stream)
     monitor = LivenessMonitor(scheduler, settings.liveness_policy(), EventPublisher(js, "scheduler"),
-                              lambda: connect_temporal(settings), settings.failover_boot_timeout_s)
+                              lambda: connect_temporal(settings, starts_workflows=True),
+                              settings.failover_boot_timeout_s)
     watchers = [
         asyncio.create_task(follow_heartbeats(nc, settings, scheduler)),
         asyncio.create_task(follow_host_admin(nc, settings, scheduler)),

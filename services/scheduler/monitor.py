@@ -24,11 +24,12 @@ from services.scheduler.liveness import (
     signals_from_heartbeats,
 )
 from services.scheduler.service import Scheduler
-from shared import events
+from shared import events, metrics
 from shared.failover import FailoverInput
 from shared.messaging import EventPublisher
 from shared.models import HostMode
 from shared.names import ORCHESTRATOR_QUEUE, failover_workflow_id
+from shared.operation_tags import operation_summary, tagged
 
 log = structlog.get_logger(__name__)
 
@@ -82,7 +83,8 @@ class LivenessMonitor:
             return
         # The failure's epoch: when the host was last good. A worker restarting on a dead host
         # (heartbeats that say libvirt is unreachable) does not make it a new failure.
-        epoch = int(self._last_good_s.get(host_id) or self._scheduler.heartbeats[host_id].sent_at_s)
+        last_heard_s = self._last_good_s.get(host_id) or self._scheduler.heartbeats[host_id].sent_at_s
+        epoch = int(last_heard_s)
         workflow_id = failover_workflow_id(host_id, epoch)
         if workflow_id in self._started:
             return
@@ -92,9 +94,13 @@ class LivenessMonitor:
             await self._temporal.start_workflow(
                 "HostFailover", FailoverInput(host_id, epoch, verdict.reason, boot_timeout_s=self._boot_timeout_s),
                 id=workflow_id, task_queue=ORCHESTRATOR_QUEUE, id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                **tagged("HostFailover", operation_summary("failover of", host_id), host_ids=(host_id,)),
             )
             log.warning("host failed: failover started", host_id=host_id, operation_id=workflow_id,
                         reason=verdict.reason)
+            # Only the replica that started it observes; the host's clock stamped its heartbeat,
+            # so clock skew between host and scheduler shows here too.
+            metrics.FAILOVER_DETECTION.observe(max(0.0, self._clock() - last_heard_s))
         except WorkflowAlreadyStartedError:
             pass  # another replica started it, or this one before a restart
         except Exception as exc:  # Temporal away: the next tick tries again

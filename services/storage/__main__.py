@@ -26,12 +26,14 @@ from shared import subjects
 from shared.lifecycle import run_until_signalled
 from shared.logging import configure_logging
 from shared.messaging import EventPublisher, connect, ensure_event_stream
+from shared.metrics import serve_metrics
 from shared.temporal import ActivityContext, connect_temporal
 
 log = structlog.get_logger("services.storage")
 
 
 async def main(settings: StorageSettings) -> None:
+    serve_metrics(settings.metrics_host, settings.metrics_port)
     pools = PoolRegistry.from_settings(settings.pool_name, settings.pool_dir, settings.local_pools)
     pools.ensure_dirs()
     shared = pools.shared

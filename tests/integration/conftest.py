@@ -24,6 +24,7 @@ _failed: list[str] = []
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     report = yield
+    setattr(item, f"report_{report.when}", report)  # for fixtures that look at their test's outcome
     if report.failed:
         _failed.append(item.nodeid)
     return report

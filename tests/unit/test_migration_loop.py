@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import libvirt
 import pytest
+from prometheus_client import REGISTRY
 
 from services.host_worker.domain_xml import disk_sources, with_disk_sources
 from services.host_worker.hypervisor import (
@@ -224,3 +225,19 @@ def test_moved_disks_point_at_their_copies_and_only_they_are_copied():
             "vda": "/h2/pool/volumes/vm-a-root.qcow2", "vdb": "/shared/volumes/data.qcow2"}
     with pytest.raises(InvalidRequest, match="no disk at /elsewhere"):
         with_disk_sources(xml, {"/elsewhere": "/x"})
+
+
+async def test_a_completed_migration_is_observed_with_libvirts_downtime_and_an_aborted_one_is_not():
+    def count(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    durations, downtimes = count("vmflow_migration_duration_seconds_count", mode="live"), count(
+        "vmflow_migration_downtime_seconds_count")
+    downtime_sum = count("vmflow_migration_downtime_seconds_sum")
+    await LiveMigration(FakeHypervisor(stuck_at(10), complete_when=lambda f: f.polls >= 2), request(), "h1").run()
+    assert count("vmflow_migration_duration_seconds_count", mode="live") == durations + 1
+    assert count("vmflow_migration_downtime_seconds_count") == downtimes + 1
+    assert count("vmflow_migration_downtime_seconds_sum") == pytest.approx(downtime_sum + 0.042)  # libvirt's 42 ms
+    with pytest.raises(Timeout):
+        await LiveMigration(FakeHypervisor(stuck_at(60)), request(completion_timeout_s=0.1), "h1").run()
+    assert count("vmflow_migration_duration_seconds_count", mode="live") == durations + 1

@@ -1,4 +1,5 @@
-"""One real Temporal dev server for all workflow tests (each test uses its own workflow ids)."""
+"""One real Temporal dev server for all workflow tests (each test uses its own workflow ids),
+with the operations' search attributes registered the way every starting process registers them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from deploy.stack import temporal_binary
+from shared.temporal import ensure_search_attributes
 
 
 @pytest.fixture(scope="session")
@@ -16,5 +18,6 @@ async def env():
         dev_server_existing_path=temporal_binary(),
         dev_server_startup_timeout=timedelta(seconds=60),
     )
+    await ensure_search_attributes(environment.client, environment.client.namespace)
     yield environment
     await environment.shutdown()

@@ -24,6 +24,9 @@ KEEPALIVE_S = 15.0
 async def stream_events(
     request: Request,
     subject: str = Query(subjects.ALL_EVENTS, description="NATS subject filter under vmflow.evt"),
+    named: bool = Query(True, description=(
+        "false: no `event:` line, so a browser's EventSource gets every message through onmessage "
+        "(the type stays in the data)")),
     p: Platform = Depends(get_platform),
     who: Principal = Depends(principal),
 ):
@@ -52,10 +55,8 @@ async def stream_events(
                     yield b": keepalive\n\n"
                     continue
                 envelope = json.loads(data)
-                yield (
-                    f"id: {envelope.get('id', '')}\nevent: {envelope.get('type', 'event')}\n"
-                    f"data: {json.dumps(envelope)}\n\n"
-                ).encode()
+                name = f"event: {envelope.get('type', 'event')}\n" if named else ""
+                yield f"id: {envelope.get('id', '')}\n{name}data: {json.dumps(envelope)}\n\n".encode()
         finally:
             for sub in subs:
                 await sub.unsubscribe()

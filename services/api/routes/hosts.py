@@ -17,6 +17,7 @@ from shared.errors import Conflict
 from shared.migration import MaintenanceInput
 from shared.models import HostAdmin, HostMode, HostView
 from shared.names import ORCHESTRATOR_QUEUE, maintenance_workflow_id
+from shared.operation_tags import operation_summary, tagged
 
 router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
 
@@ -137,6 +138,7 @@ async def enter_maintenance(host_id: str, response: Response, p: Platform = Depe
         await p.temporal.start_workflow(
             "HostMaintenance", MaintenanceInput(host_id), id=op_id, task_queue=ORCHESTRATOR_QUEUE,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            **tagged("HostMaintenance", operation_summary("maintenance of", host_id), host_ids=(host_id,)),
         )
     except WorkflowAlreadyStartedError:
         raise Conflict(f"host {host_id} is entering maintenance already ({op_id})") from None

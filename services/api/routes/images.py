@@ -92,7 +92,7 @@ async def _template(p: Platform, vm: Vm, body: TemplateCreate, response: Respons
     quota = QuotaSettlement(commit_on_success=(hold,), release_on_failure=(hold,))
     return await start_operation(p, "CreateTemplate", TemplateInput(vm.tenant, req, quota),
                                  image_operation_id(body.name, "create"), f"image/{body.name}", response,
-                                 vm.tenant, reserved=hold, who=who)
+                                 vm.tenant, reserved=hold, who=who, vm=vm)
 
 
 @router.delete("/images/{name}", status_code=202, response_model=StorageOperationAccepted)

@@ -41,7 +41,7 @@ async def attach_nic(vm_id: str, body: NicRequest, response: Response, p: Platfo
     op_id = nic_workflow_id(vm.id, "attach", port.id)
     try:
         return await start_operation(p, "AttachNic", NicOpInput(vm.id, vm.tenant, vm.host_id or "", port.id), op_id,
-                                     f"port/{port.id}", response, vm.tenant, who=who)
+                                     f"port/{port.id}", response, vm.tenant, who=who, vm=vm)
     except Exception:
         await asyncio.to_thread(p.network_store.remove_port, port.id)
         raise
@@ -56,4 +56,4 @@ async def detach_nic(vm_id: str, port_id: str, response: Response, p: Platform =
     require_state(vm, _PLUGGABLE, "pull a NIC out of")
     op_id = nic_workflow_id(vm.id, "detach", port.id)
     return await start_operation(p, "DetachNic", NicOpInput(vm.id, vm.tenant, vm.host_id or "", port.id), op_id,
-                                 f"port/{port.id}", response, vm.tenant, who=who)
+                                 f"port/{port.id}", response, vm.tenant, who=who, vm=vm)

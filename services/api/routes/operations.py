@@ -1,10 +1,13 @@
-"""/v1/operations/{id}: an operation is a workflow; its id is the workflow id.
+"""/v1/operations: an operation is a workflow; its id is the workflow id.
 
 An operation belongs to the tenant in its memo (the API starts every operation with one), else
 to the tenant of the VM its id names (a failover's restart of it: the tenant may follow it);
 anything else (a host's maintenance or failover) is the fleet's, which only admins see. Another
-tenant's operation is not found. A tenant cancels only what it started itself: an operation an
-admin or the platform started on its VM is refused (403)."""
+tenant's operation is not found, nor listed. A tenant cancels only what it started itself: an
+operation an admin or the platform started on its VM is refused (403).
+
+The list searches the operations' search attributes (``shared.operation_tags``): the same
+filters work in the Temporal UI, e.g. ``VmflowHostIds = 'h2'``."""
 
 from __future__ import annotations
 
@@ -13,22 +16,33 @@ import re
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
-from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.client import (
+    WorkflowExecution,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+)
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from services.api.operation_listing import (
+    OPERATION_STATES,
+    OperationFilter,
+    temporal_url,
+    visibility_query,
+)
 from services.api.platform import Platform, get_platform
 from services.api.policy import principal
 from shared.auth import Principal
-from shared.errors import Conflict, Forbidden, NotFound
+from shared.errors import Conflict, Forbidden, NotFound, ServiceUnavailable
 from shared.models import OperationProgress
 from shared.names import (
     OPERATION_BY_ADMIN_MEMO,
     OPERATION_TENANT_MEMO,
     vm_id_of_operation,
 )
+from shared.operation_tags import HOST_IDS, KIND, SUMMARY_MEMO, TENANT, VM_ID
 
 router = APIRouter(prefix="/v1/operations", tags=["operations"])
 
@@ -39,15 +53,6 @@ OPERATION_ID = re.compile(
     r"|network-net-[0-9a-f]{12})"
     r"-[a-z]+(-[A-Za-z0-9-]{1,80})?$"
 )
-_STATES = {
-    WorkflowExecutionStatus.RUNNING: "running",
-    WorkflowExecutionStatus.COMPLETED: "succeeded",
-    WorkflowExecutionStatus.FAILED: "failed",
-    WorkflowExecutionStatus.CANCELED: "cancelled",
-    WorkflowExecutionStatus.TERMINATED: "terminated",
-    WorkflowExecutionStatus.TIMED_OUT: "timed_out",
-    WorkflowExecutionStatus.CONTINUED_AS_NEW: "running",
-}
 
 
 class OperationError(BaseModel):
@@ -70,6 +75,24 @@ class Operation(BaseModel):
     activity_progress: dict[str, Any] | None = None  # e.g. a live migration's job stats
     started_at: datetime | None
     closed_at: datetime | None
+    temporal_url: str | None = None  # its page in the Temporal UI: for admins, when the API knows the UI
+
+
+class OperationListed(BaseModel):
+    """An operation in a list: what it is about, from its search attributes (GET
+    /v1/operations/{id} adds its progress and outcome)."""
+
+    id: str
+    kind: str
+    state: str
+    done: bool
+    vm_id: str | None
+    host_ids: list[str]  # every host it touched: source and destination of a move
+    tenant: str | None  # None: the fleet's
+    summary: str | None
+    started_at: datetime | None
+    closed_at: datetime | None
+    temporal_url: str | None
 
 
 async def _owner(p: Platform, op_id: str, desc) -> str | None:
@@ -108,6 +131,56 @@ async def _activity_progress(p: Platform, desc) -> dict[str, Any] | None:
     return None
 
 
+def _state(status: WorkflowExecutionStatus | None) -> str:
+    return OPERATION_STATES.get(status, "unknown") if status else "unknown"
+
+
+def _temporal_url(p: Platform, op_id: str, who: Principal) -> str | None:
+    """The operators' link: the Temporal UI shows every tenant's operations."""
+    if not who.is_admin:
+        return None
+    return temporal_url(p.settings.temporal_ui_url, p.settings.temporal_namespace, op_id)
+
+
+@router.get("", response_model=list[OperationListed])
+async def list_operations(vm_id: str | None = None, host_id: str | None = None, tenant: str | None = None,
+                          kind: str | None = None, state: str | None = None,
+                          limit: int = Query(50, ge=1, le=200), p: Platform = Depends(get_platform),
+                          who: Principal = Depends(principal)):
+    """Operations, newest first, filtered by ``vm_id``, ``host_id`` (any host it touched),
+    ``tenant`` (admins; anyone else sees its own tenant's only), ``kind`` (the workflow type)
+    and ``state``: the ``limit`` running or most recently finished. 422 for a malformed filter."""
+    query = visibility_query(OperationFilter(vm_id, host_id, tenant, kind, state), who.visible_tenant)
+    if query is None:
+        return []
+    try:
+        found = [ex async for ex in p.temporal.list_workflows(query or None, limit=limit, page_size=limit)]
+    except RPCError as exc:
+        raise ServiceUnavailable(f"could not list the operations: {exc.message}") from exc
+    if not who.is_admin:  # the same rule as for one operation
+        found = [ex for ex in found if await _owner(p, ex.id, ex) == who.tenant]
+    found.sort(key=lambda ex: ex.start_time, reverse=True)
+    return [await _listed(p, ex, who) for ex in found]
+
+
+async def _listed(p: Platform, ex: WorkflowExecution, who: Principal) -> OperationListed:
+    tags = ex.typed_search_attributes
+    state = _state(ex.status)
+    return OperationListed(
+        id=ex.id,
+        kind=tags.get(KIND) or ex.workflow_type,
+        state=state,
+        done=state != "running",
+        vm_id=tags.get(VM_ID) or vm_id_of_operation(ex.id),
+        host_ids=list(tags.get(HOST_IDS) or []),
+        tenant=tags.get(TENANT) or await ex.memo_value(OPERATION_TENANT_MEMO, None),
+        summary=await ex.memo_value(SUMMARY_MEMO, None),
+        started_at=ex.start_time,
+        closed_at=ex.close_time,
+        temporal_url=_temporal_url(p, ex.id, who),
+    )
+
+
 @router.post("/{op_id}/cancel", status_code=202, response_model=Operation)
 async def cancel_operation(op_id: str, p: Platform = Depends(get_platform), who: Principal = Depends(principal)):
     """Ask a running operation to stop. A migration aborts libvirt's job and leaves the VM where
@@ -117,7 +190,7 @@ async def cancel_operation(op_id: str, p: Platform = Depends(get_platform), who:
                              or await desc.memo_value(OPERATION_BY_ADMIN_MEMO, True)):
         raise Forbidden(f"operation {op_id} was started by the fleet's operators; only an admin cancels it")
     if desc.status != WorkflowExecutionStatus.RUNNING:
-        raise Conflict(f"operation {op_id} is {_STATES.get(desc.status, 'finished')}; nothing to cancel")
+        raise Conflict(f"operation {op_id} is {OPERATION_STATES.get(desc.status, 'finished')}; nothing to cancel")
     await handle.cancel()
     return await get_operation(op_id, p, who)
 
@@ -125,7 +198,7 @@ async def cancel_operation(op_id: str, p: Platform = Depends(get_platform), who:
 @router.get("/{op_id}", response_model=Operation)
 async def get_operation(op_id: str, p: Platform = Depends(get_platform), who: Principal = Depends(principal)):
     handle, desc = await _describe(p, op_id, who)
-    state = _STATES.get(desc.status, "unknown") if desc.status else "unknown"
+    state = _state(desc.status)
     progress: OperationProgress | None = None
     try:
         progress = await handle.query("progress", result_type=OperationProgress)
@@ -160,4 +233,5 @@ async def get_operation(op_id: str, p: Platform = Depends(get_platform), who: Pr
         activity_progress=await _activity_progress(p, desc) if state == "running" else None,
         started_at=desc.start_time,
         closed_at=desc.close_time,
+        temporal_url=_temporal_url(p, op_id, who),
     )

@@ -58,7 +58,7 @@ async def _start(p: Platform, workflow: str, vm: Vm, name: str, action: str, res
                  who: Principal) -> StorageOperationAccepted:
     op_id = vm_storage_operation_id(vm.id, action, uuid.uuid4().hex[:8])
     return await start_operation(p, workflow, SnapshotInput(vm.tenant, vm.id, name, quota), op_id,
-                                 f"snapshot/{name}", response, vm.tenant, reserved, who=who)
+                                 f"snapshot/{name}", response, vm.tenant, reserved, who=who, vm=vm)
 
 
 @router.get("", response_model=list[SnapshotPublic])

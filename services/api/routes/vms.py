@@ -45,6 +45,7 @@ from shared.names import (
     power_workflow_id,
     provision_workflow_id,
 )
+from shared.operation_tags import move_route, operation_summary, tagged, vm_label
 from shared.storage_models import PoolKind
 
 router = APIRouter(prefix="/v1/vms", tags=["vms"])
@@ -67,6 +68,17 @@ async def vm_public(p: Platform, vms: list[Vm]) -> list[VmPublic]:
     nics = await asyncio.to_thread(p.network_store.nics_of, [vm.id for vm in vms])
     return [VmPublic.model_validate(vm, from_attributes=True).model_copy(update={"nics": nics.get(vm.id, [])})
             for vm in vms]
+
+
+def _vm_tags(kind: str, action: str, vm: Vm, who: Principal, where: str | None = None,
+             target_host_id: str | None = None) -> dict:
+    """The start's tags and memo for an operation ``who`` starts on ``vm``; its summary says
+    ``where`` (by default: on the VM's host)."""
+    if where is None:
+        where = f"on {vm.host_id}" if vm.host_id else ""
+    return tagged(kind, operation_summary(action, vm_label(vm.name, vm.id), where, vm.tenant), vm_id=vm.id,
+                  host_ids=(vm.host_id, target_host_id), tenant=vm.tenant,
+                  memo=operation_memo(vm.tenant, who.is_admin))
 
 
 async def _accepted(p: Platform, response: Response, op_id: str, vm: Vm) -> OperationAccepted:
@@ -141,7 +153,8 @@ async def create_vm(body: VmCreate, response: Response, p: Platform = Depends(ge
             id=op_id,
             task_queue=ORCHESTRATOR_QUEUE,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,  # a VM is provisioned once
-            memo=operation_memo(tenant, who.is_admin),
+            **tagged("ProvisionVm", operation_summary("provision", vm.name, tenant=tenant), vm_id=vm.id,
+                     tenant=tenant, memo=operation_memo(tenant, who.is_admin)),
         )
     except Exception as exc:
         await _settle_ambiguous_start(p, vm, op_id, exc)
@@ -194,8 +207,8 @@ async def delete_vm(vm_id: str, response: Response, p: Platform = Depends(get_pl
     try:
         await p.temporal.start_workflow(
             "DeleteVm", DeleteInput(vm.id, vm.tenant, vm.host_id), id=op_id,
-            task_queue=ORCHESTRATOR_QUEUE, memo=operation_memo(vm.tenant, who.is_admin),
-            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+            task_queue=ORCHESTRATOR_QUEUE, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+            **_vm_tags("DeleteVm", "delete", vm, who),
         )
     except WorkflowAlreadyStartedError:
         pass  # the same delete is already under way
@@ -215,7 +228,7 @@ async def _power(p: Platform, vm_id: str, action: PowerAction, options: PowerOpt
             "VmPowerAction",
             PowerInput(vm.id, vm.tenant, action, vm.host_id or "", image.boot_marker,
                        options.timeout_s, options.force, p.settings.boot_timeout_s),
-            id=op_id, task_queue=ORCHESTRATOR_QUEUE, memo=operation_memo(vm.tenant, who.is_admin),
+            id=op_id, task_queue=ORCHESTRATOR_QUEUE, **_vm_tags("VmPowerAction", action.value, vm, who),
         )
     except Exception as exc:
         await asyncio.to_thread(p.inventory.update, vm.id, state=vm.state)
@@ -267,7 +280,9 @@ async def migrate_vm(vm_id: str, response: Response,
     try:
         await p.temporal.start_workflow(
             "LiveMigrate", MigrateInput(before, options.target_host_id, policy, claimed=True),
-            id=op_id, task_queue=ORCHESTRATOR_QUEUE, memo=operation_memo(vm.tenant, who.is_admin),
+            id=op_id, task_queue=ORCHESTRATOR_QUEUE,
+            **_vm_tags("LiveMigrate", "live-migrate", vm, who, move_route(vm.host_id, options.target_host_id),
+                       options.target_host_id),
         )
     except Exception as exc:
         await asyncio.to_thread(p.inventory.update, vm.id, state=vm.state)

@@ -194,7 +194,7 @@ async def _attach(p: Platform, who: Principal, vm_id: str, name: str, response: 
     inp = AttachmentInput(vm.tenant, name, vm.id, vm.host_id or "", volume.path,
                           stale_attachment=volume.vm_id)
     return await start_operation(p, "AttachVolume", inp, volume_operation_id(name, "attach", _suffix()),
-                                 f"volume/{name}", response, vm.tenant, who=who)
+                                 f"volume/{name}", response, vm.tenant, who=who, vm=vm)
 
 
 async def _detach(p: Platform, who: Principal, name: str, vm_id: str | None,
@@ -210,4 +210,4 @@ async def _detach(p: Platform, who: Principal, name: str, vm_id: str | None,
     host_id = owner.host_id if owner is not None else None
     inp = AttachmentInput(tenant, name, volume.vm_id, host_id or "", volume.path)
     return await start_operation(p, "DetachVolume", inp, volume_operation_id(name, "detach", _suffix()),
-                                 f"volume/{name}", response, tenant, who=who)
+                                 f"volume/{name}", response, tenant, who=who, vm=owner)

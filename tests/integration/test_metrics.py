@@ -1,0 +1,108 @@
+"""Prometheus metrics of the running stack: one VM provisioned moves the orchestrator's operation
+counters, the scheduler's placement histogram and the API's fleet gauges by exactly one; its
+deletion leaves no stale series; every service answers on the port the stack gave it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from deploy import lab
+from deploy.client import ApiError, VmflowClient
+
+TENANT = "metrics-it"
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse(text: str) -> Samples:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum over every series of ``name`` whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(v for (n, series), v in samples.items() if n == name and wanted <= set(series))
+
+
+def scrape_api(api: VmflowClient) -> Samples:
+    response = api.request("GET", "/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    return parse(response.text)
+
+
+def scrape(stack_cfg, process: str) -> Samples:
+    port = stack_cfg.metrics_ports[process]
+    return parse(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
+
+
+def test_one_vm_moves_each_count_by_exactly_one(stack_cfg, api, tenant_client):
+    member = tenant_client(TENANT, "member")
+    fleet, operations, placements = scrape_api(api), scrape(stack_cfg, "orchestrator"), scrape(stack_cfg, "scheduler")
+
+    accepted = member.create_vm(f"metrics-{uuid.uuid4().hex[:6]}", 1, 128, 1, "lab-guest")
+    vm_id = accepted["vm"]["id"]
+    try:
+        assert member.wait_operation(accepted["operation_id"], timeout_s=240)["state"] == "succeeded"
+        host_id = member.call("GET", f"/v1/vms/{vm_id}")["host_id"]
+
+        fleet_after = scrape_api(api)
+        operations_after = scrape(stack_cfg, "orchestrator")
+        placements_after = scrape(stack_cfg, "scheduler")
+        for name in ("vmflow_operations_started_total", "vmflow_operations_succeeded_total"):
+            assert value(operations_after, name, kind="ProvisionVm") == value(operations, name, kind="ProvisionVm") + 1
+        assert value(operations_after, "vmflow_operations_failed_total", kind="ProvisionVm") == value(
+            operations, "vmflow_operations_failed_total", kind="ProvisionVm")
+        duration = ("vmflow_operation_duration_seconds_count", {"kind": "ProvisionVm", "outcome": "succeeded"})
+        assert value(operations_after, duration[0], **duration[1]) == value(operations, duration[0], **duration[1]) + 1
+        assert total(placements_after, "vmflow_placement_duration_seconds_count", outcome="placed") == total(
+            placements, "vmflow_placement_duration_seconds_count", outcome="placed") + 1
+        assert value(fleet_after, "vmflow_vms", state="running", tenant=TENANT) == value(
+            fleet, "vmflow_vms", state="running", tenant=TENANT) + 1
+        allocated = ("vmflow_host_allocated_memory_bytes", {"host": host_id})
+        assert value(fleet_after, allocated[0], **allocated[1]) >= value(fleet, allocated[0], **allocated[1]) + 128 * 2**20
+        assert value(fleet_after, "vmflow_hosts", state="up") == stack_cfg.host_count
+        assert value(fleet_after, "vmflow_scheduler_reachable") == 1
+        for host in stack_cfg.host_ids():
+            assert value(fleet_after, "vmflow_host_capacity_vcpus", host=host) >= 1
+    finally:
+        member.wait_operation(member.call("DELETE", f"/v1/vms/{vm_id}")["operation_id"], timeout_s=120)
+
+    # The tenant has no VM left: its series are gone, not stuck at their last value.
+    gone = scrape_api(api)
+    assert not [key for key in gone if key[0] == "vmflow_vms" and ("tenant", TENANT) in key[1]]
+
+
+def test_only_an_admin_reads_the_apis_metrics(tenant_client):
+    reader = tenant_client(TENANT, "reader")
+    with pytest.raises(ApiError) as refused:
+        reader.request("GET", "/metrics")
+    assert refused.value.status == 403
+
+
+@pytest.mark.parametrize("process", ["scheduler", "storage", "orchestrator", "fencer"])
+def test_every_service_serves_its_metrics(stack_cfg, process):
+    samples = scrape(stack_cfg, process)
+    assert ("vmflow_nats_reconnects_total", ()) in samples
+    assert ("vmflow_temporal_reconnects_total", ()) in samples
+
+
+def test_a_host_worker_serves_its_metrics_inside_its_namespace(stack_cfg):
+    host = lab.load_lab(stack_cfg.lab_name, stack_cfg.root / "lab").hosts[0]
+    url = f"http://{host.address}:{stack_cfg.metrics_ports[f'host-worker-{host.host_id}']}/metrics"
+    fetch = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=10).read().decode())"
+    text = subprocess.run(["ip", "netns", "exec", host.namespace, sys.executable, "-c", fetch],
+                          capture_output=True, text=True, timeout=30, check=True).stdout
+    samples = parse(text)
+    assert value(samples, "vmflow_temporal_connected") == 1
+    assert ("vmflow_migration_downtime_seconds_count", ()) in samples

@@ -1,0 +1,224 @@
+"""The portal in a real browser (headless Chromium) against the real stack: what a tenant's
+member, a reader and an operator see and do, checked against the API, libvirt and the guest's
+own console. A failing test leaves a screenshot of its page in VMFLOW_SCREENSHOT_DIR."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+
+import pytest
+
+from deploy.client import ApiError, VmflowClient
+from tests.integration.browser import Browser
+
+pytestmark = pytest.mark.integration
+BOOT_TIMEOUT_S = 240
+
+
+@pytest.fixture(scope="module")
+def chromium(stack_cfg):
+    browser = Browser(stack_cfg.api_url)
+    yield browser
+    browser.close()
+
+
+@pytest.fixture
+def browser(chromium, request):
+    yield chromium
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        path = chromium.screenshot(f"failed-{request.node.name}")
+        print(f"screenshot of the failing page: {path}")
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def _running_vm(client: VmflowClient, name: str, cleanup: list[str]) -> dict:
+    accepted = client.call("POST", "/v1/vms", json={"name": name, "vcpus": 1, "memory_mib": 128, "disk_gib": 1,
+                                                      "image": "lab-guest"})
+    cleanup.append(accepted["vm"]["id"])
+    op = client.wait_operation(accepted["operation_id"], timeout_s=BOOT_TIMEOUT_S)
+    assert op["state"] == "succeeded", op
+    return client.call("GET", f"/v1/vms/{accepted['vm']['id']}")
+
+
+def test_member_creates_a_vm_watches_it_run_and_types_into_its_console(browser, tenant_client, api, probe, cleanup):
+    alice = tenant_client("portal-a", "member")
+    browser.sign_in(alice.token)
+    assert browser.text("#whoami") == "test-member @ portal-a"
+    browser.open("/vms")
+    browser.find("#create-vm").click()
+    name = _name("web")
+    browser.find("#name").send_keys(name)
+    browser.find("#memory_mib").clear()
+    browser.find("#memory_mib").send_keys("128")
+    browser.screenshot("vm-create-form")
+    browser.find("#submit-vm").click()
+
+    browser.wait_for(lambda: re.fullmatch(r"/vms/[0-9a-f-]{36}", browser.path), 30, "the new VM's page")
+    vm_id = browser.path.rsplit("/", 1)[1]
+    cleanup.append(vm_id)
+    browser.mark_page()
+    browser.wait_for(lambda: browser.find("#vm-state").get_attribute("data-state") == "running", BOOT_TIMEOUT_S,
+                     "the VM to show as running")
+    assert browser.same_page(), "the page reloaded: the state should arrive over the event stream"
+    assert "100" in browser.find("#vm-operations .progress").get_attribute("aria-valuenow")
+
+    # The world agrees: the API and the VM's host's libvirt.
+    vm = api.call("GET", f"/v1/vms/{vm_id}")
+    assert (vm["name"], vm["tenant"], vm["state"]) == (name, "portal-a", "running")
+    assert probe.state(vm["host_id"], vm_id) == "running"
+
+    browser.find("#console-open").click()
+    browser.wait_for(lambda: browser.find("#console").get_attribute("data-connected") == "true", 30,
+                     "the console to connect")
+    browser.wait_for(lambda: browser.exists(".xterm-helper-textarea"), 10, "the terminal")
+    browser.find(".xterm-helper-textarea").send_keys("\n")
+    browser.find(".xterm-helper-textarea").send_keys("echo portal-$((6*7))\n")
+    browser.wait_for(lambda: "portal-42" in browser.text("#console .xterm-rows"), 60,
+                     "the guest's answer in the console")
+    browser.screenshot("vm-page-console")
+
+
+def test_invalid_form_input_shows_the_api_reason_beside_the_field_and_creates_nothing(browser, tenant_client):
+    bob = tenant_client("portal-a", "member")
+    before = bob.call("GET", "/v1/vms")
+    browser.sign_in(bob.token)
+    browser.open("/vms/new")
+    browser.find("#name").send_keys("Not A Name!")
+    browser.find("#vcpus").clear()
+    browser.find("#vcpus").send_keys("0")
+    browser.find("#submit-vm").click()
+    browser.wait_for(lambda: browser.exists("#error-name"), 15, "the name's error")
+    assert "letters, digits or '-'" in browser.text("#error-name")
+    assert "greater than or equal to 1" in browser.text("#error-vcpus")
+    assert browser.find("#name").get_attribute("value") == "Not A Name!"  # what was typed stays
+    browser.screenshot("vm-create-invalid")
+
+    # What only the API knows (the image's needs) shows beside its field too.
+    browser.find("#name").clear()
+    browser.find("#name").send_keys(_name("tiny"))
+    browser.find("#vcpus").clear()
+    browser.find("#vcpus").send_keys("1")
+    browser.find("#memory_mib").clear()
+    browser.find("#memory_mib").send_keys("16")
+    browser.find("#submit-vm").click()
+    browser.wait_for(lambda: browser.exists("#error-memory_mib"), 15, "the memory's error")
+    assert "image 'lab-guest' needs at least 96" in browser.text("#error-memory_mib")
+    assert not browser.exists("#error-name")
+    assert bob.call("GET", "/v1/vms") == before
+
+
+def test_a_reader_is_offered_no_changes_and_its_forged_requests_are_refused(browser, tenant_client, api, probe,
+                                                                            cleanup):
+    member = tenant_client("portal-a", "member")
+    vm = _running_vm(member, _name("ro"), cleanup)
+    reader = tenant_client("portal-a", "reader")
+    browser.sign_in(reader.token)
+    browser.open("/vms")
+    browser.wait_for(lambda: browser.exists(f'tr[data-vm="{vm["id"]}"]'), 15, "the VM in the list")
+    assert not browser.exists("#create-vm")
+    browser.open(f"/vms/{vm['id']}")
+    assert browser.text("#vm-state") == "running"
+    assert not browser.exists("#vm-actions") and not browser.exists("#console-open")
+    assert not browser.exists("form[action$='/stop']")
+
+    csrf = browser.find('meta[name="csrf-token"]').get_attribute("content")
+    forged = browser.fetch("POST", f"/vms/{vm['id']}/stop", {"csrf_token": csrf})
+    assert forged["status"] == 403 and "reader" in forged["body"], forged
+    without_csrf = browser.fetch("POST", f"/vms/{vm['id']}/stop")
+    assert without_csrf["status"] == 403
+    straight_to_api = browser.fetch("POST", f"/v1/vms/{vm['id']}/stop")  # the cookie never carries a change
+    assert straight_to_api["status"] == 401, straight_to_api
+    assert browser.fetch("GET", "/vms/new")["status"] == 403
+
+    assert api.call("GET", f"/v1/vms/{vm['id']}")["state"] == "running"
+    assert probe.state(vm["host_id"], vm["id"]) == "running"
+
+
+def test_an_admin_puts_a_host_into_maintenance_and_watches_its_vms_leave(browser, admin_token, api, tenant_client,
+                                                                         cleanup):
+    member = tenant_client("portal-a", "member")
+    vm = _running_vm(member, _name("drain"), cleanup)
+    host = vm["host_id"]
+    browser.sign_in(admin_token)
+    browser.open("/hosts")
+    browser.wait_for(lambda: browser.exists(f'tr[data-host="{host}"] a[data-vm="{vm["id"]}"]'), 15,
+                     f"the VM listed on {host}")
+    browser.mark_page()
+    browser.screenshot("hosts")
+    browser.find(f'tr[data-host="{host}"] button[data-action="maintenance"]').click()
+    browser.driver.switch_to.alert.accept()
+    try:
+        browser.wait_for(lambda: browser.find(f'tr[data-host="{host}"]').get_attribute("data-state") == "maintenance",
+                         BOOT_TIMEOUT_S, f"{host} in maintenance")
+        browser.mark_page()
+        browser.wait_for(lambda: not browser.exists(f'tr[data-host="{host}"] a[data-vm="{vm["id"]}"]'), 60,
+                         f"the VM to leave {host} on the page")
+        moved = api.call("GET", f"/v1/vms/{vm['id']}")
+        assert moved["host_id"] != host and moved["state"] == "running", moved
+        browser.wait_for(lambda: browser.exists(f'tr[data-host="{moved["host_id"]}"] a[data-vm="{vm["id"]}"]'),
+                         30, "the VM listed on its new host")
+        assert browser.same_page()
+    finally:
+        try:
+            api.wait_operation(api.call("DELETE", f"/v1/hosts/{host}/maintenance")["operation_id"], timeout_s=120)
+        except (ApiError, KeyError):
+            api.call("DELETE", f"/v1/hosts/{host}/maintenance")
+
+
+def test_a_tenant_never_sees_another_tenants_vm_operation_or_event(browser, tenant_client, cleanup):
+    theirs = tenant_client("portal-b", "member")
+    their_vm = _running_vm(theirs, _name("secret"), cleanup)
+    mine = tenant_client("portal-c", "member")
+    browser.sign_in(mine.token)
+    browser.open("/vms")
+    # Listen on this page's own event stream while the other tenant does things.
+    browser.driver.execute_script("""
+        window.__seen = [];
+        const s = new EventSource('/v1/events?named=false');
+        s.onmessage = (e) => window.__seen.push(e.data);
+        window.__stream = s;""")
+    time.sleep(1)
+    reboot = theirs.call("POST", f"/v1/vms/{their_vm['id']}/reboot")
+    theirs.wait_operation(reboot["operation_id"], timeout_s=BOOT_TIMEOUT_S)
+    time.sleep(2)
+    seen = browser.driver.execute_script("window.__stream.close(); return window.__seen;")
+    assert not [e for e in seen if their_vm["id"] in e or "portal-b" in e], seen
+
+    pages = ["/vms", "/operations", "/audit", "/volumes", "/networks", "/quota",
+             f"/operations?vm_id={their_vm['id']}"]
+    for page in pages:
+        browser.open(page)
+        source = browser.driver.page_source
+        assert their_vm["id"] not in source and their_vm["name"] not in source and "portal-b" not in source, page
+    browser.open(f"/vms/{their_vm['id']}")
+    assert "not found" in browser.text("#error-message").lower() or "no vm" in browser.text("#error-message").lower()
+    assert browser.fetch("GET", f"/v1/operations/{reboot['operation_id']}")["status"] == 404
+    assert browser.fetch("GET", "/hosts")["status"] == 403
+
+
+def test_main_pages_load_without_script_errors(browser, admin_token, tenant_client, cleanup):
+    """Every main page, as a member and as an admin, loads with no error in the browser's console
+    (a missing asset, a script error). The pictures in the README are these pages."""
+    member = tenant_client("portal-a", "member")
+    vm = _running_vm(member, _name("app"), cleanup)
+    browser.driver.get_log("browser")  # what earlier tests left
+    browser.sign_in(member.token)
+    for page, name in (("/vms", "vms"), (f"/vms/{vm['id']}", "vm"), ("/quota", "quota"),
+                       ("/operations", "operations-tenant")):
+        browser.open(page)
+        time.sleep(0.5)
+        browser.screenshot(name)
+    browser.sign_in(admin_token)
+    for page, name in (("/hosts", "hosts"), ("/operations", "operations"), ("/audit", "audit")):
+        browser.open(page)
+        time.sleep(0.5)
+        browser.screenshot(name)
+    errors = [entry for entry in browser.driver.get_log("browser") if entry["level"] == "SEVERE"]
+    assert not errors, json.dumps(errors, indent=2)
