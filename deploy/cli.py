@@ -57,6 +57,7 @@ def up(hosts: int = typer.Option(3, min=1, max=16, help="number of lab KVM hosts
     cfg = stack.StackConfig(run_dir=str(run_dir.resolve()), host_count=hosts)
     cfg = stack.up(cfg, say=console.print)
     console.print(f"API        {cfg.api_url}  (docs: {cfg.api_url}/docs)")
+    console.print(f"Portal     {cfg.api_url}/  (sign in with an API token, e.g. the admin token below)")
     console.print(f"Temporal   {cfg.temporal_address}  (UI: http://127.0.0.1:{cfg.temporal_ui_port})")
     console.print(f"NATS       {cfg.nats_url}")
     console.print(f"Admin token {cfg.admin_token_file}  (readable by {_owner_of(cfg.admin_token_file)} only; "

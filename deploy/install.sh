@@ -67,8 +67,22 @@ install_python() {
     echo "$stamp" >"$venv/.installed"
 }
 
+# The portal's browser libraries (htmx, xterm.js), pinned by package-lock.json and served by the
+# API itself: browsers never fetch them from anywhere else.
+install_portal_assets() {
+    local dir=$repo_dir/services/portal stamp
+    stamp=$(sha256sum "$dir/package-lock.json" | cut -c1-16)
+    if [[ -f $dir/node_modules/.installed && $(cat "$dir/node_modules/.installed") == "$stamp" ]]; then
+        return
+    fi
+    log "installing the portal's front-end libraries from the npm registry"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
+    echo "$stamp" >"$dir/node_modules/.installed"
+}
+
 install_packages
 install_temporal
 install_python
+install_portal_assets
 bash "$repo_dir/deploy/guest/build-image.sh" "$cache_dir/images/lab-guest" >&2
 log "ready"
