@@ -54,8 +54,8 @@ async def host_action(request: Request, host_id: str, action: str):
 
 
 @router.get("/audit", response_class=HTMLResponse)
-async def audit_trail(request: Request, offset: int = 0):
+async def audit_trail(request: Request, offset: int = 0, live: bool = False):
     session = await open_session(request)
     async with session.api as api:
         records = await api.get("/v1/audit", offset=max(0, offset), limit=100)
-    return session.render("audit.html", records=records, offset=max(0, offset))
+    return session.render("audit.html", block="live" if live else None, records=records, offset=max(0, offset))

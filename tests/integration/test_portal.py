@@ -207,7 +207,7 @@ def test_a_tenant_never_sees_another_tenants_vm_operation_or_event(browser, tena
 def test_main_pages_load_without_script_errors(browser, admin_token, tenant_client, cleanup):
     """Every main page, as a member and as an admin, loads with no error in the browser's console
     (a missing asset, a script error). The pictures in the README are these pages."""
-    member = tenant_client("portal-a", "member")
+    member = tenant_client("portal-a", "member", quota={"vms": 8, "vcpus": 8, "memory_mib": 2048, "disk_gib": 40})
     vm = _running_vm(member, _name("app"), cleanup)
     browser.driver.get_log("browser")  # what earlier tests left
     browser.sign_in(member.token)
