@@ -35,11 +35,15 @@ class ProgressTracker:
         self.value = OperationProgress(v.kind, v.vm_id, v.step, v.steps_done, v.host_id, (*v.details, line))
 
 
+TAG_HOSTS_PATCH = "vmflow-tag-hosts"
+
+
 def _tag_host(host_id: str | None) -> None:
     """Add ``host_id`` to the operation's hosts when it is new there. Only an operation started
     with tags adds any: one started untagged replays as it first ran."""
     attributes = workflow.info().typed_search_attributes
-    if not host_id or KIND not in attributes:
+    # patched: a run that an older worker progressed without this replays without it.
+    if not host_id or KIND not in attributes or not workflow.patched(TAG_HOSTS_PATCH):
         return
     hosts = attributes.get(HOST_IDS) or []
     if host_id not in hosts:

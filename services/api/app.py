@@ -43,7 +43,7 @@ from services.api.routes import (
     volumes,
 )
 from services.api.settings import ApiSettings
-from services.portal.app import create_portal
+from services.portal.app import PortalMount, create_portal
 from services.portal.session import CookiePolicy
 from services.scheduler.client import SchedulerClient
 from services.storage.client import StorageClient
@@ -136,5 +136,6 @@ def create_app(settings: ApiSettings) -> FastAPI:
                    health.router, console.router, tenants.router, tokens.router, audit.router, metrics.router):
         app.include_router(router)
     # Last: every path the API's routes do not take is the portal's.
-    app.mount("/", create_portal(app, CookiePolicy(settings.portal_session_s, settings.portal_secure_cookie)))
+    app.router.routes.append(PortalMount(create_portal(app, CookiePolicy(settings.portal_session_s,
+                                                                         settings.portal_secure_cookie))))
     return app

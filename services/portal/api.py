@@ -5,9 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from starlette.types import ASGIApp
+
+
+def api_path(*segments: str) -> str:
+    """``/v1/<segment>/...`` with each segment quoted whole: an id from a URL or a form never
+    reaches another route (``../tokens``)."""
+    return "/v1/" + "/".join(quote(segment, safe="") for segment in segments)
 
 
 @dataclass
@@ -25,9 +32,11 @@ class ApiRefusal(Exception):
 
 class PortalApi:
     def __init__(self, app: ASGIApp, token: str) -> None:
+        # An API failure comes back as its answer (a 500 naming the request's id), never as the
+        # API's exception raised into the page.
         self._client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://portal.internal",
-            headers={"Authorization": f"Bearer {token}"}, timeout=30.0)
+            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://portal.internal",
+            headers={"Authorization": f"Bearer {token}"})
 
     async def __aenter__(self) -> PortalApi:
         return self

@@ -5,16 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
+from starlette.types import Scope
 
-from services.api.errors import error_body
 from services.portal import auth_pages, operator_pages, tenant_pages
 from services.portal.api import ApiRefusal
 from services.portal.session import CookiePolicy
 from services.portal.web import TEMPLATES, Refused, SignInNeeded
-from shared.errors import NotFound
 
 HERE = Path(__file__).parent
 # Installed from the npm registry by deploy/install.sh (services/portal/package.json).
@@ -47,8 +47,6 @@ def create_portal(api_app: FastAPI, cookie_policy: CookiePolicy) -> FastAPI:
 
     @portal.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        if request.url.path.startswith("/v1/"):  # an API path no route takes: the API's own answer
-            return JSONResponse(error_body(NotFound.code, f"no route {request.url.path}"), status_code=exc.status_code)
         return _error_page(request, exc.status_code, "There is no such page." if exc.status_code == 404 else
                            str(exc.detail))
 
@@ -63,3 +61,16 @@ def create_portal(api_app: FastAPI, cookie_policy: CookiePolicy) -> FastAPI:
     portal.mount("/assets/vendor/xterm-fit", StaticFiles(directory=VENDOR["xterm-fit"], check_dir=False))
     portal.mount("/assets", StaticFiles(directory=HERE / "static"))
     return portal
+
+
+class PortalMount(Mount):
+    """The portal at ``/``: every path the API's routes do not take, except under ``/v1/``, which
+    stays the API's (an unknown route there is the API's JSON 404, a wrong method its 405)."""
+
+    def __init__(self, portal: FastAPI) -> None:
+        super().__init__("", app=portal)
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] in ("http", "websocket") and scope["path"].startswith("/v1/"):
+            return Match.NONE, {}
+        return super().matches(scope)

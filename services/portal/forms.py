@@ -10,13 +10,19 @@ VM_FIELDS = ("name", "image", "vcpus", "memory_mib", "disk_gib", "storage", "net
 _INT_FIELDS = ("vcpus", "memory_mib", "disk_gib")
 
 
+def number(raw: str) -> int | str:
+    """A whole number the browser sent as text; anything else stays text for the API to refuse
+    with its own reason."""
+    raw = raw.strip()
+    return int(raw) if raw.isascii() and raw.removeprefix("-").isdecimal() else raw
+
+
 def vm_request(form: dict[str, str], networks: list[str]) -> dict[str, Any]:
     """The POST /v1/vms body. Numbers the browser sent as text stay text when they are not
     numbers, so the API says what is wrong with them."""
     body: dict[str, Any] = {"name": form.get("name", "").strip(), "image": form.get("image", "")}
     for key in _INT_FIELDS:
-        raw = form.get(key, "").strip()
-        body[key] = int(raw) if raw.lstrip("-").isdigit() else raw
+        body[key] = number(form.get(key, ""))
     body["storage"] = form.get("storage") or "shared"
     body["ha"] = form.get("ha") == "on"
     if form.get("placement_group_id"):

@@ -3,13 +3,11 @@ operations are on the operations page, which shows an admin everything."""
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 
-from services.portal.api import ApiRefusal
-from services.portal.web import Refused, back_to, checked_form, open_session
+from services.portal.api import api_path
+from services.portal.web import Refused, checked_form, open_session
 
 router = APIRouter()
 # What each button asks of the API: method and path under /v1/hosts/{id}.
@@ -33,24 +31,19 @@ async def host_list(request: Request, live: bool = False):
     for vm in vms:
         if vm.get("host_id"):
             by_host.setdefault(vm["host_id"], []).append(vm)
-    return session.render("hosts.html", block="live" if live else None, hosts=hosts, vms_by_host=by_host,
-                          notice=request.query_params.get("notice"))
+    return session.render("hosts.html", block="live" if live else None, hosts=hosts, vms_by_host=by_host)
 
 
 @router.post("/hosts/{host_id}/{action}")
-async def host_action(request: Request, host_id: str, action: str):
+async def host_action(request: Request, host_id: str, action: str) -> Response:
     session = await open_session(request)
-    async with session.api as api:
+    async with session.api:
         form = await checked_form(session)
         if action not in HOST_ACTIONS:
             raise Refused(404, f"No action '{action}' for a host.")
         method, tail = HOST_ACTIONS[action]
         body = {"reason": form.get("reason", "")} if action == "disable" else None
-        try:
-            await api.call(method, f"/v1/hosts/{quote(host_id)}/{tail}", json=body)
-        except ApiRefusal as exc:
-            return session.render("error.html", status=exc.status, message=exc.message, back="/hosts")
-    return back_to(f"/hosts?notice={quote(f'{action} requested for {host_id}')}")
+        return await session.act(method, api_path("hosts", host_id, tail), "/hosts", json=body, done=action)
 
 
 @router.get("/audit", response_class=HTMLResponse)

@@ -4,17 +4,17 @@ and operations. Each change is a form that the API carries out as the signed-in 
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import quote
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from services.portal.api import ApiRefusal
-from services.portal.forms import field_errors, vm_request
+from services.portal.api import ApiRefusal, api_path
+from services.portal.forms import field_errors, number, vm_request
 from services.portal.web import Refused, Session, back_to, checked_form, open_session
 
 router = APIRouter()
 POWER_ACTIONS = ("start", "stop", "reboot")
+VM_LIVE_OPERATIONS = 10  # a VM page shows its latest operations
 
 
 @router.get("/")
@@ -55,75 +55,62 @@ async def vm_create(request: Request):
     session = await open_session(request)
     async with session.api as api:
         form = await checked_form(session)
-        networks = (await request.form()).getlist("networks")
+        networks = [n for n in (await request.form()).getlist("networks") if isinstance(n, str) and n]
         try:
-            accepted = await api.call("POST", "/v1/vms", json=vm_request(form, [n for n in networks if n]))
+            accepted = await api.call("POST", "/v1/vms", json=vm_request(form, networks))
         except ApiRefusal as exc:
             if exc.status not in (400, 409, 422):
                 raise
             errors, general = field_errors(exc.problems)
             return await _create_form(session, form, errors, general, status=exc.status)
-    return back_to(f"/vms/{accepted['vm']['id']}")
+    return back_to(f"/vms/{accepted['vm']['id']}?done=create")
 
 
 @router.get("/vms/{vm_id}", response_class=HTMLResponse)
 async def vm_page(request: Request, vm_id: str, live: bool = False):
     session = await open_session(request)
     async with session.api as api:
-        vm = await api.get(f"/v1/vms/{quote(vm_id)}")
+        vm = await api.get(api_path("vms", vm_id))
         ops, volumes, snapshots = await asyncio.gather(
-            api.get_or([], "/v1/operations", vm_id=vm_id, limit=10),
-            api.get_or([], f"/v1/vms/{quote(vm_id)}/volumes"),
-            api.get_or([], f"/v1/vms/{quote(vm_id)}/snapshots"))
-        running = [op for op in ops if op.get("state") == "running"]
-        details = await asyncio.gather(*(api.get_or(op, f"/v1/operations/{op['id']}") for op in running))
-        by_id = {d["id"]: {**op, **d} for op, d in zip(running, details)}
-        ops = [by_id.get(op["id"], op) for op in ops]
+            api.get_or([], "/v1/operations", vm_id=vm_id, limit=VM_LIVE_OPERATIONS),
+            api.get_or([], api_path("vms", vm_id, "volumes")),
+            api.get_or([], api_path("vms", vm_id, "snapshots")))
+        ops = await session.with_progress(ops)
         hosts = await api.get_or([], "/v1/hosts") if session.is_admin else []
     return session.render("vm.html", block="live" if live else None, vm=vm, ops=ops, volumes=volumes,
-                          snapshots=snapshots, hosts=hosts, notice=request.query_params.get("notice"))
-
-
-async def _act(session: Session, method: str, path: str, back: str, json: dict | None = None,
-               notice: str = "") -> RedirectResponse | HTMLResponse:
-    """Carry out one change; the API's refusal is shown with its own status and reason."""
-    try:
-        await session.api.call(method, path, json=json)
-    except ApiRefusal as exc:
-        return session.render("error.html", status=exc.status, message=exc.message, back=back)
-    return back_to(f"{back}?notice={quote(notice)}" if notice else back)
+                          snapshots=snapshots, hosts=hosts)
 
 
 @router.post("/vms/{vm_id}/{action}")
-async def vm_action(request: Request, vm_id: str, action: str):
+async def vm_action(request: Request, vm_id: str, action: str) -> Response:
     session = await open_session(request)
     async with session.api:
         form = await checked_form(session)
-        vm_path = f"/v1/vms/{quote(vm_id)}"
+        page = f"/vms/{vm_id}"
         if action in POWER_ACTIONS:
-            return await _act(session, "POST", f"{vm_path}/{action}", f"/vms/{vm_id}", notice=f"{action} requested")
+            return await session.act("POST", api_path("vms", vm_id, action), page, done=action)
         if action == "delete":
-            return await _act(session, "DELETE", vm_path, "/vms", notice="delete requested")
+            return await session.act("DELETE", api_path("vms", vm_id), "/vms", done="delete")
         if action == "migrate":
-            target = form.get("target_host_id") or None
-            return await _act(session, "POST", f"{vm_path}/migrate", f"/vms/{vm_id}",
-                              json={"target_host_id": target}, notice="migration started")
+            return await session.act("POST", api_path("vms", vm_id, "migrate"), page, done="migrate",
+                                     json={"target_host_id": form.get("target_host_id") or None})
         if action == "snapshot":
-            return await _act(session, "POST", f"{vm_path}/snapshots", f"/vms/{vm_id}",
-                              json={"name": form.get("name", "")}, notice="snapshot requested")
+            return await session.act("POST", api_path("vms", vm_id, "snapshots"), page, done="snapshot",
+                                     json={"name": form.get("name", "")})
         raise Refused(404, f"No action '{action}' for a VM.")
 
 
 @router.post("/vms/{vm_id}/snapshots/{name}/{action}")
-async def snapshot_action(request: Request, vm_id: str, name: str, action: str):
+async def snapshot_action(request: Request, vm_id: str, name: str, action: str) -> Response:
     session = await open_session(request)
     async with session.api:
         await checked_form(session)
-        path = f"/v1/vms/{quote(vm_id)}/snapshots/{quote(name)}"
         if action == "revert":
-            return await _act(session, "POST", f"{path}/revert", f"/vms/{vm_id}", notice=f"reverting to {name}")
+            return await session.act("POST", api_path("vms", vm_id, "snapshots", name, "revert"), f"/vms/{vm_id}",
+                                     done="revert")
         if action == "delete":
-            return await _act(session, "DELETE", path, f"/vms/{vm_id}", notice=f"deleting {name}")
+            return await session.act("DELETE", api_path("vms", vm_id, "snapshots", name), f"/vms/{vm_id}",
+                                     done="delete")
         raise Refused(404, f"No action '{action}' for a snapshot.")
 
 
@@ -132,26 +119,25 @@ async def volume_list(request: Request):
     session = await open_session(request)
     async with session.api as api:
         volumes = await api.get("/v1/volumes")
-    return session.render("volumes.html", volumes=volumes, notice=request.query_params.get("notice"))
+    return session.render("volumes.html", volumes=volumes)
 
 
 @router.post("/volumes")
-async def volume_create(request: Request):
+async def volume_create(request: Request) -> Response:
     session = await open_session(request)
     async with session.api:
         form = await checked_form(session)
-        size = form.get("size_gib", "")
         body = {"name": form.get("name", ""), "pool": form.get("pool") or "shared",
-                "size_gib": int(size) if size.isdigit() else size}
-        return await _act(session, "POST", "/v1/volumes", "/volumes", json=body, notice="volume requested")
+                "size_gib": number(form.get("size_gib", ""))}
+        return await session.act("POST", "/v1/volumes", "/volumes", json=body, done="create")
 
 
 @router.post("/volumes/{name}/delete")
-async def volume_delete(request: Request, name: str):
+async def volume_delete(request: Request, name: str) -> Response:
     session = await open_session(request)
     async with session.api:
         await checked_form(session)
-        return await _act(session, "DELETE", f"/v1/volumes/{quote(name)}", "/volumes", notice=f"deleting {name}")
+        return await session.act("DELETE", api_path("volumes", name), "/volumes", done="delete")
 
 
 @router.get("/networks", response_class=HTMLResponse)
@@ -159,34 +145,33 @@ async def network_list(request: Request):
     session = await open_session(request)
     async with session.api as api:
         networks = await api.get("/v1/networks")
-    return session.render("networks.html", networks=networks, notice=request.query_params.get("notice"))
+    return session.render("networks.html", networks=networks)
 
 
 @router.post("/networks")
-async def network_create(request: Request):
+async def network_create(request: Request) -> Response:
     session = await open_session(request)
     async with session.api:
         form = await checked_form(session)
         body = {"name": form.get("name", ""), "cidr": form.get("cidr", "")}
-        return await _act(session, "POST", "/v1/networks", "/networks", json=body, notice="network requested")
+        return await session.act("POST", "/v1/networks", "/networks", json=body, done="create")
 
 
 @router.post("/networks/{network_id}/delete")
-async def network_delete(request: Request, network_id: str):
+async def network_delete(request: Request, network_id: str) -> Response:
     session = await open_session(request)
     async with session.api:
         await checked_form(session)
-        return await _act(session, "DELETE", f"/v1/networks/{quote(network_id)}", "/networks",
-                          notice="network deletion requested")
+        return await session.act("DELETE", api_path("networks", network_id), "/networks", done="delete")
 
 
 @router.get("/quota", response_class=HTMLResponse)
-async def quota(request: Request):
+async def quota(request: Request, tenant: str = ""):
     session = await open_session(request)
     async with session.api as api:
-        tenant = request.query_params.get("tenant") if session.is_admin else None
         tenants = await api.get("/v1/tenants") if session.is_admin else []
-        usage = await api.get(f"/v1/tenants/{quote(tenant or session.me['tenant'])}/quota")
+        usage = await api.get(api_path("tenants", tenant if session.is_admin and tenant else session.me["tenant"],
+                                       "quota"))
     return session.render("quota.html", usage=usage, tenants=tenants)
 
 
@@ -197,24 +182,19 @@ async def operation_list(request: Request, live: bool = False, vm_id: str = "", 
     filters = {"vm_id": vm_id, "host_id": host_id, "kind": kind, "state": state}
     async with session.api as api:
         try:
-            ops = await api.get("/v1/operations", limit=100, **filters)
-            problem = ""
+            ops, problem = await api.get("/v1/operations", limit=100, **filters), ""
         except ApiRefusal as exc:
             if exc.status not in (400, 422):
                 raise
             ops, problem = [], exc.message
-        running = [op for op in ops if op.get("state") == "running"]
-        details = await asyncio.gather(*(api.get_or(op, f"/v1/operations/{op['id']}") for op in running))
-        by_id = {d["id"]: {**op, **d} for op, d in zip(running, details)}
-        ops = [by_id.get(op["id"], op) for op in ops]
+        ops = await session.with_progress(ops)
     return session.render("operations.html", block="live" if live else None, ops=ops, filters=filters,
-                          problem=problem, notice=request.query_params.get("notice"))
+                          problem=problem)
 
 
 @router.post("/operations/{op_id}/cancel")
-async def operation_cancel(request: Request, op_id: str):
+async def operation_cancel(request: Request, op_id: str) -> Response:
     session = await open_session(request)
     async with session.api:
         await checked_form(session)
-        return await _act(session, "POST", f"/v1/operations/{quote(op_id)}/cancel", "/operations",
-                          notice=f"cancel requested for {op_id}")
+        return await session.act("POST", api_path("operations", op_id, "cancel"), "/operations", done="cancel")

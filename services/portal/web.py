@@ -3,16 +3,17 @@ whole or one live block of it, and the CSRF check of forms."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from services.portal.api import ApiRefusal, PortalApi
+from services.portal.api import ApiRefusal, PortalApi, api_path
 from services.portal.progress import bar_percent, progress_of
 from services.portal.session import (
     CSRF_FIELD,
@@ -45,6 +46,26 @@ TEMPLATES.env.globals.update(progress_of=progress_of, bar_percent=bar_percent)
 # The shared pieces (state badges, bars, buttons, operation rows) as a global, so that a block
 # rendered alone for a live region has them too.
 TEMPLATES.env.globals["ui"] = TEMPLATES.env.get_template("macros.html").module
+
+
+# What a page says after a change it asked for (?done=<key>): fixed words, never the URL's text.
+NOTICES = {
+    "start": "Start requested; its progress is below.",
+    "stop": "Stop requested; its progress is below.",
+    "reboot": "Reboot requested; its progress is below.",
+    "delete": "Deletion requested.",
+    "migrate": "Migration started; its progress is below.",
+    "snapshot": "Snapshot requested.",
+    "revert": "Revert requested.",
+    "create": "Creation requested.",
+    "cancel": "Cancellation requested.",
+    "maintenance": "Maintenance started: the host's VMs are leaving.",
+    "activate": "The host is back in service.",
+    "enable": "The host takes new VMs again.",
+    "disable": "The host takes no new VMs.",
+    "confirm-fenced": "Confirmed off: its HA VMs restart elsewhere.",
+}
+RUNNING_DETAILS_MAX = 10  # running operations whose live progress a page asks for, per refresh
 
 
 class SignInNeeded(Exception):
@@ -82,11 +103,28 @@ class Session:
     def render(self, template: str, status: int = 200, block: str | None = None, **context: Any) -> HTMLResponse:
         """The whole page, or with ``block`` only that block (what a live region re-fetches)."""
         context = {"request": self.request, "me": self.me, "session": self, "csrf": self.csrf,
-                   "csrf_field": CSRF_FIELD, "path": self.request.url.path, **context}
+                   "csrf_field": CSRF_FIELD, "path": self.request.url.path,
+                   "notice": NOTICES.get(self.request.query_params.get("done", "")), **context}
         page = TEMPLATES.get_template(template)
         if block is None:
             return HTMLResponse(page.render(context), status_code=status)
         return HTMLResponse("".join(page.blocks[block](page.new_context(context))), status_code=status)
+
+    async def act(self, method: str, path: str, back: str, *, done: str, json: dict | None = None) -> Response:
+        """Carry out one change and go back to ``back``; the API's refusal is shown with its own
+        status and reason."""
+        try:
+            await self.api.call(method, path, json=json)
+        except ApiRefusal as exc:
+            return self.render("error.html", status=exc.status, message=exc.message, back=back)
+        return back_to(f"{back}?done={done}")
+
+    async def with_progress(self, operations: list[dict]) -> list[dict]:
+        """The operations, the running ones (the first few) with their step and progress."""
+        running = [op for op in operations if op.get("state") == "running"][:RUNNING_DETAILS_MAX]
+        details = await asyncio.gather(*(self.api.get_or(op, api_path("operations", op["id"])) for op in running))
+        by_id = {detail["id"]: {**op, **detail} for op, detail in zip(running, details)}
+        return [by_id.get(op["id"], op) for op in operations]
 
     def require_admin(self) -> None:
         if not self.is_admin:
@@ -96,14 +134,14 @@ class Session:
 async def open_session(request: Request) -> Session:
     """The request's session; raises SignInNeeded. Pages use it as ``async with``."""
     token = request.cookies.get(SESSION_COOKIE)
-    if not token:
+    if not token or not token.isascii():
         raise SignInNeeded()
     api = PortalApi(request.app.state.api_app, token)
     try:
         me = await api.get("/v1/whoami")
-    except ApiRefusal as exc:
+    except BaseException as exc:
         await api.__aexit__()
-        if exc.status == 401:
+        if isinstance(exc, ApiRefusal) and exc.status == 401:
             raise SignInNeeded() from None
         raise
     return Session(request, token, api, me)

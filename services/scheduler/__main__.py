@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import structlog
+from temporalio.client import Client
 
 from services.scheduler.monitor import LivenessMonitor, run_monitor
 from services.scheduler.service import (
@@ -14,6 +16,7 @@ from services.scheduler.service import (
     start_service,
 )
 from services.scheduler.settings import SchedulerSettings
+from shared.errors import VmflowError
 from shared.lifecycle import run_until_signalled
 from shared.logging import configure_logging
 from shared.messaging import EventPublisher, connect, ensure_event_stream
@@ -23,6 +26,16 @@ from shared.temporal import connect_temporal
 log = structlog.get_logger("services.scheduler")
 
 
+async def _connect_for_failover(settings: SchedulerSettings) -> Client:
+    """Failovers must start whatever state the search attributes are in: a namespace where they
+    cannot be registered (or clash) is logged, and the monitor starts failovers untagged."""
+    try:
+        return await connect_temporal(settings, starts_workflows=True)
+    except VmflowError as exc:
+        log.error("search attributes not registered; failovers start untagged", error=exc.message)
+        return await connect_temporal(settings)
+
+
 async def main(settings: SchedulerSettings) -> None:
     serve_metrics(settings.metrics_host, settings.metrics_port)
     nc = await connect(settings, "vmflow-scheduler")
@@ -30,12 +43,12 @@ async def main(settings: SchedulerSettings) -> None:
     js = nc.jetstream()
     await ensure_event_stream(js, settings.event_stream)
     monitor = LivenessMonitor(scheduler, settings.liveness_policy(), EventPublisher(js, "scheduler"),
-                              lambda: connect_temporal(settings, starts_workflows=True),
-                              settings.failover_boot_timeout_s)
+                              functools.partial(_connect_for_failover, settings), settings.failover_boot_timeout_s)
     watchers = [
         asyncio.create_task(follow_heartbeats(nc, settings, scheduler)),
         asyncio.create_task(follow_host_admin(nc, settings, scheduler)),
         asyncio.create_task(run_monitor(monitor, settings.liveness_interval_s)),
+        asyncio.create_task(monitor.connect()),  # in the background: the scheduler never waits on Temporal
     ]
     service = await start_service(nc, scheduler)
     log.info("scheduler ready", nats=settings.nats_url)

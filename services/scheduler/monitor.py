@@ -7,6 +7,7 @@ exactly one failover start per failure.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 
@@ -14,6 +15,7 @@ import structlog
 from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from services.scheduler.liveness import (
     Liveness,
@@ -89,13 +91,8 @@ class LivenessMonitor:
         if workflow_id in self._started:
             return
         try:
-            if self._temporal is None:
-                self._temporal = await self._connect_temporal()
-            await self._temporal.start_workflow(
-                "HostFailover", FailoverInput(host_id, epoch, verdict.reason, boot_timeout_s=self._boot_timeout_s),
-                id=workflow_id, task_queue=ORCHESTRATOR_QUEUE, id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                **tagged("HostFailover", operation_summary("failover of", host_id), host_ids=(host_id,)),
-            )
+            await self._start_failover(workflow_id, FailoverInput(
+                host_id, epoch, verdict.reason, boot_timeout_s=self._boot_timeout_s))
             log.warning("host failed: failover started", host_id=host_id, operation_id=workflow_id,
                         reason=verdict.reason)
             # Only the replica that started it observes; the host's clock stamped its heartbeat,
@@ -108,6 +105,31 @@ class LivenessMonitor:
             return
         self._started.add(workflow_id)
         self._failing.add(host_id)
+
+    async def connect(self) -> None:
+        """Connect to Temporal now rather than at the first failure (its gauge then tells the
+        truth); a Temporal that is away is tried again by the next failover."""
+        try:
+            self._temporal = self._temporal or await self._connect_temporal()
+        except Exception as exc:
+            log.warning("Temporal not reached yet", error=str(exc) or type(exc).__name__)
+
+    async def _start_failover(self, workflow_id: str, failover: FailoverInput) -> None:
+        """Start the failover, tagged for the Temporal UI; a server that refuses the tags (its
+        search attributes not registered) still gets the failover, untagged: HA comes first."""
+        if self._temporal is None:
+            self._temporal = await self._connect_temporal()
+        start = functools.partial(
+            self._temporal.start_workflow, "HostFailover", failover, id=workflow_id, task_queue=ORCHESTRATOR_QUEUE,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE)
+        try:
+            await start(**tagged("HostFailover", operation_summary("failover of", failover.host_id),
+                                 host_ids=(failover.host_id,)))
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.INVALID_ARGUMENT:
+                raise
+            log.error("failover started without search attributes", error=exc.message, operation_id=workflow_id)
+            await start()
 
     async def _publish(self, event: events.HostLiveness) -> None:
         try:

@@ -32,6 +32,7 @@ from tests.integration.failover_lab import (
     set_link,
 )
 from tests.integration.libvirt_probe import wait_until
+from tests.integration.metrics_scrape import scrape, value
 from tests.integration.test_networks import (
     create_network,
     delete_network,
@@ -111,12 +112,15 @@ def test_host_power_loss_fails_ha_vms_over_and_the_host_comes_back_clean(stack_c
     plain = provision_on(api, "h3")
     cleanup.extend([ha["id"], plain["id"]])
     before = console_boots(stack_cfg, ha["id"])
+    detected, recovered = _failover_timings(stack_cfg)
     try:
         power_off(stack_cfg, "h3")
         op_id = failover_of(api, "h3")
         op = api.wait_operation(op_id, timeout_s=120)
         assert op["state"] == "succeeded", op
         assert op["kind"] == "HostFailover" and op_id.startswith("host-h3-failover-")
+        # The metrics saw it once: detected by the scheduler, recovered by the orchestrator.
+        assert _failover_timings(stack_cfg) == (detected + 1, recovered + 1)
         assert op["details"][1] == "fenced: h3 is off"
         moved = vm_view(api, ha["id"])
         assert moved["state"] == "running" and moved["host_id"] in ("h1", "h2")
@@ -140,6 +144,12 @@ def test_host_power_loss_fails_ha_vms_over_and_the_host_comes_back_clean(stack_c
     op = api.wait_operation(api.call("POST", f"/v1/vms/{plain['id']}/start")["operation_id"], timeout_s=120)
     assert op["state"] == "succeeded", op
     assert probe.where(plain["id"]) == ["h3"]
+
+
+def _failover_timings(stack_cfg) -> tuple[float, float]:
+    """How many failovers the scheduler timed the detection of, and the orchestrator the recovery."""
+    return (value(scrape(stack_cfg, "scheduler"), "vmflow_failover_detection_seconds_count"),
+            value(scrape(stack_cfg, "orchestrator"), "vmflow_failover_recovery_seconds_count"))
 
 
 @pytest.fixture

@@ -4,47 +4,20 @@ deletion leaves no stale series; every service answers on the port the stack gav
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from deploy import lab
-from deploy.client import ApiError, VmflowClient
+from deploy.client import ApiError
+from tests.integration.metrics_scrape import (
+    scrape,
+    scrape_api,
+    scrape_host_worker,
+    total,
+    value,
+)
 
 TENANT = "metrics-it"
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def parse(text: str) -> Samples:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def total(samples: Samples, name: str, **labels: str) -> float:
-    """The sum over every series of ``name`` whose labels include ``labels``."""
-    wanted = set(labels.items())
-    return sum(v for (n, series), v in samples.items() if n == name and wanted <= set(series))
-
-
-def scrape_api(api: VmflowClient) -> Samples:
-    response = api.request("GET", "/metrics")
-    assert response.headers["content-type"].startswith("text/plain")
-    return parse(response.text)
-
-
-def scrape(stack_cfg, process: str) -> Samples:
-    port = stack_cfg.metrics_ports[process]
-    return parse(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
-
 
 def test_one_vm_moves_each_count_by_exactly_one(stack_cfg, api, tenant_client):
     member = tenant_client(TENANT, "member")
@@ -98,11 +71,28 @@ def test_every_service_serves_its_metrics(stack_cfg, process):
 
 
 def test_a_host_worker_serves_its_metrics_inside_its_namespace(stack_cfg):
-    host = lab.load_lab(stack_cfg.lab_name, stack_cfg.root / "lab").hosts[0]
-    url = f"http://{host.address}:{stack_cfg.metrics_ports[f'host-worker-{host.host_id}']}/metrics"
-    fetch = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=10).read().decode())"
-    text = subprocess.run(["ip", "netns", "exec", host.namespace, sys.executable, "-c", fetch],
-                          capture_output=True, text=True, timeout=30, check=True).stdout
-    samples = parse(text)
+    samples = scrape_host_worker(stack_cfg, stack_cfg.host_ids()[0])
     assert value(samples, "vmflow_temporal_connected") == 1
     assert ("vmflow_migration_downtime_seconds_count", ()) in samples
+
+
+def test_a_live_migration_is_timed_by_its_source_host(stack_cfg, api, tenant_client):
+    member = tenant_client(TENANT, "member")
+    accepted = member.create_vm(f"metrics-mig-{uuid.uuid4().hex[:6]}", 1, 128, 1, "lab-guest")
+    vm_id = accepted["vm"]["id"]
+    try:
+        assert member.wait_operation(accepted["operation_id"], timeout_s=240)["state"] == "succeeded"
+        source = member.call("GET", f"/v1/vms/{vm_id}")["host_id"]
+        before = scrape_host_worker(stack_cfg, source)
+        op = api.wait_operation(api.call("POST", f"/v1/vms/{vm_id}/migrate", json={})["operation_id"], timeout_s=240)
+        assert op["state"] == "succeeded", op
+        after = scrape_host_worker(stack_cfg, source)
+        count = "vmflow_migration_duration_seconds_count"
+        assert value(after, count, mode="live") == value(before, count, mode="live") + 1
+        took_s = value(after, "vmflow_migration_duration_seconds_sum", mode="live") - value(
+            before, "vmflow_migration_duration_seconds_sum", mode="live")
+        assert 0 < took_s < 240
+        assert value(after, "vmflow_migration_downtime_seconds_count") == value(
+            before, "vmflow_migration_downtime_seconds_count") + 1
+    finally:
+        member.wait_operation(member.call("DELETE", f"/v1/vms/{vm_id}")["operation_id"], timeout_s=120)

@@ -9,9 +9,13 @@ import re
 import time
 import uuid
 
+import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from deploy.client import ApiError, VmflowClient
+from shared.console import WS_CLOSE_FORBIDDEN
 from tests.integration.browser import Browser
 
 pytestmark = pytest.mark.integration
@@ -67,7 +71,8 @@ def test_member_creates_a_vm_watches_it_run_and_types_into_its_console(browser, 
     browser.wait_for(lambda: browser.find("#vm-state").get_attribute("data-state") == "running", BOOT_TIMEOUT_S,
                      "the VM to show as running")
     assert browser.same_page(), "the page reloaded: the state should arrive over the event stream"
-    assert "100" in browser.find("#vm-operations .progress").get_attribute("aria-valuenow")
+    browser.wait_for(lambda: browser.find("#vm-operations .progress").get_attribute("aria-valuenow") == "100", 30,
+                     "the provisioning's bar to fill")
 
     # The world agrees: the API and the VM's host's libvirt.
     vm = api.call("GET", f"/v1/vms/{vm_id}")
@@ -128,17 +133,57 @@ def test_a_reader_is_offered_no_changes_and_its_forged_requests_are_refused(brow
     assert not browser.exists("#vm-actions") and not browser.exists("#console-open")
     assert not browser.exists("form[action$='/stop']")
 
+    # The page's own script, with the session's CSRF token: the portal sends it on, the API refuses.
     csrf = browser.find('meta[name="csrf-token"]').get_attribute("content")
     forged = browser.fetch("POST", f"/vms/{vm['id']}/stop", {"csrf_token": csrf})
-    assert forged["status"] == 403 and "reader" in forged["body"], forged
-    without_csrf = browser.fetch("POST", f"/vms/{vm['id']}/stop")
-    assert without_csrf["status"] == 403
+    assert forged["status"] == 403 and "a reader token may not POST" in forged["body"], forged
     straight_to_api = browser.fetch("POST", f"/v1/vms/{vm['id']}/stop")  # the cookie never carries a change
     assert straight_to_api["status"] == 401, straight_to_api
     assert browser.fetch("GET", "/vms/new")["status"] == 403
 
     assert api.call("GET", f"/v1/vms/{vm['id']}")["state"] == "running"
     assert probe.state(vm["host_id"], vm["id"]) == "running"
+
+
+def test_a_members_session_refuses_forms_without_its_csrf_token_or_from_another_site(browser, tenant_client, api,
+                                                                                    stack_cfg, cleanup):
+    member = tenant_client("portal-a", "member")
+    vm = _running_vm(member, _name("csrf"), cleanup)
+    browser.sign_in(member.token)
+    browser.open(f"/vms/{vm['id']}")
+    assert browser.exists("#vm-actions")
+    no_token = browser.fetch("POST", f"/vms/{vm['id']}/stop")
+    assert no_token["status"] == 403 and "security token" in no_token["body"], no_token
+    stale = browser.fetch("POST", f"/vms/{vm['id']}/stop", {"csrf_token": "0" * 64})
+    assert stale["status"] == 403
+
+    # Another site's page: its browser names it in Origin. The cookie alone gets nothing done.
+    cookie = {"vmflow_session": browser.driver.get_cookie("vmflow_session")["value"]}
+    csrf = browser.find('meta[name="csrf-token"]').get_attribute("content")
+    cross_site = httpx.post(f"{stack_cfg.api_url}/vms/{vm['id']}/stop", cookies=cookie,
+                            data={"csrf_token": csrf}, headers={"Origin": "http://elsewhere.invalid"})
+    assert cross_site.status_code == 403 and "another site" in cross_site.text
+    console = stack_cfg.api_url.replace("http", "ws") + f"/v1/vms/{vm['id']}/console"
+    with connect(console, additional_headers={"Cookie": f"vmflow_session={cookie['vmflow_session']}",
+                                              "Origin": "http://elsewhere.invalid"}, open_timeout=10) as ws:
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)
+    assert ws.close_code == WS_CLOSE_FORBIDDEN
+    assert api.call("GET", f"/v1/vms/{vm['id']}")["state"] == "running"
+
+
+def test_signing_out_revokes_the_sessions_token(browser, tenant_client, stack_cfg):
+    member = tenant_client("portal-a", "member")
+    browser.sign_in(member.token)
+    session_token = browser.driver.get_cookie("vmflow_session")["value"]
+    assert session_token != member.token  # the pasted token is not what the cookie carries
+    assert VmflowClient(stack_cfg.api_url, session_token).call("GET", "/v1/whoami")["user"] == "test-member"
+    browser.find("form[action='/logout'] button").click()
+    browser.wait_for(lambda: browser.path == "/login", 15, "the sign-in page")
+    with pytest.raises(ApiError) as refused:
+        VmflowClient(stack_cfg.api_url, session_token).call("GET", "/v1/whoami")
+    assert refused.value.status == 401
+    assert member.call("GET", "/v1/whoami")["user"] == "test-member"  # the pasted one still works
 
 
 def test_an_admin_puts_a_host_into_maintenance_and_watches_its_vms_leave(browser, admin_token, api, tenant_client,
@@ -184,10 +229,14 @@ def test_a_tenant_never_sees_another_tenants_vm_operation_or_event(browser, tena
         const s = new EventSource('/v1/events?named=false');
         s.onmessage = (e) => window.__seen.push(e.data);
         window.__stream = s;""")
-    time.sleep(1)
+    browser.wait_for(lambda: browser.driver.execute_script("return window.__stream.readyState") == 1, 15,
+                     "the page's event stream to open")
     reboot = theirs.call("POST", f"/v1/vms/{their_vm['id']}/reboot")
     theirs.wait_operation(reboot["operation_id"], timeout_s=BOOT_TIMEOUT_S)
-    time.sleep(2)
+    # Something of its own arrives (the audit record of a token it makes), so the stream works.
+    mine.call("POST", "/v1/tokens", json={"role": "reader", "expires_in_s": 60})
+    browser.wait_for(lambda: any("portal-c" in e for e in browser.driver.execute_script("return window.__seen")),
+                     15, "the tenant's own event")
     seen = browser.driver.execute_script("window.__stream.close(); return window.__seen;")
     assert not [e for e in seen if their_vm["id"] in e or "portal-b" in e], seen
 
