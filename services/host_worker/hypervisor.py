@@ -41,6 +41,7 @@ from shared.errors import (
 from shared.migration import MigrationProgress
 from shared.models import DomainSummary
 from shared.networks import NicSpec
+from shared.units import MIB as _MIB
 
 log = structlog.get_logger(__name__)
 
@@ -627,7 +628,6 @@ class Hypervisor:
 
 # -- migration (pure) ---------------------------------------------------------------------------
 
-_MIB = 1024 * 1024
 # The source's job-completed event carries the final stats (downtime); after UNDEFINE_SOURCE the
 # source domain is gone, so it is the only place the source side can read them. It normally
 # arrives within milliseconds of migrateToURI3 returning.

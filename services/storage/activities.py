@@ -13,8 +13,8 @@ from services.storage.volumes import RootVolumes, root_volume_name
 from shared import codec, subjects
 from shared.messaging import EventPublisher
 from shared.models import RootCopy, RootDisk, RootDiskRef, Volume, VolumeRef, VolumeRequest
+from shared.units import MIB
 
-MIB = 1024 * 1024
 
 
 class StorageActivities:

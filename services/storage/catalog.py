@@ -8,7 +8,6 @@ from pathlib import Path
 from shared.errors import NotFound
 from shared.models import BootSpec, Image
 
-GIB = 1024**3
 
 
 def load_image(image_dir: Path) -> Image:

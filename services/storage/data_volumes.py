@@ -34,9 +34,9 @@ from shared.storage_models import (
     check_volume_name,
     root_vm_id,
 )
+from shared.units import GIB
 
 log = structlog.get_logger(__name__)
-GIB = 1024**3
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -15,8 +15,8 @@ from typing import Any
 
 from shared.errors import InvalidRequest
 from shared.storage_models import ImageFormat, ImportCheck
+from shared.units import GIB
 
-GIB = 1024**3
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,9 @@ from services.storage.pools import Pool, allocated_bytes
 from services.storage.qcow2 import read_header
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.storage_models import ImageView, ImportCheck, ImportRequest, TemplateRequest, check_name
+from shared.units import GIB
 
 log = structlog.get_logger(__name__)
-GIB = 1024**3
 DISK_FILE = "disk.qcow2"
 
 

@@ -17,10 +17,10 @@ from services.storage.pools import Pool, PoolRegistry
 from services.storage.qcow2 import read_header
 from shared.errors import Conflict, InvalidRequest, NotFound, StorageError
 from shared.models import RootDisk, Volume, VolumeRequest
+from shared.units import GIB
 
 log = structlog.get_logger(__name__)
 
-GIB = 1024**3
 _WAKE_UP_S = 2.0  # how often a long copy reports that it is still going
 
 

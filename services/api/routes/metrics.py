@@ -16,12 +16,11 @@ from services.api.platform import Platform, get_platform
 from shared import metrics
 from shared.errors import VmflowError
 from shared.models import HostMode, HostView, VmState
+from shared.units import GIB, MIB
 
 router = APIRouter(tags=["metrics"])
 log = structlog.get_logger(__name__)
 
-MIB = 1024 * 1024
-GIB = 1024 * MIB
 HOST_PAGE = 500
 # Every state a host can be in, each exported (0 when no host is in it) so that a state's line
 # does not vanish from a graph when its last host leaves it.
