@@ -15,6 +15,17 @@ TOKEN_PREFIX = "vmf_"
 # The portal keeps the signed-in user's API token in this cookie (HttpOnly, SameSite=Strict); the
 # API accepts it for reads and the console only.
 SESSION_COOKIE = "vmflow_session"
+
+
+def same_origin(origin: str | None, host: str | None) -> bool:
+    """Whether a browser's request comes from a page of this server: its Origin names the Host it
+    was sent to. No Origin (a client that is not a browser, an older browser): the caller's
+    other checks decide. "null" (a sandboxed or privacy-redirected page) is never this server."""
+    if origin is None:
+        return True
+    return origin.split("://", 1)[-1] == host
+
+
 _TOKEN = re.compile(r"^vmf_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 
 

@@ -13,7 +13,7 @@ import asyncio
 from fastapi import WebSocket, WebSocketException
 from starlette.requests import HTTPConnection
 
-from shared.auth import SESSION_COOKIE, Principal, Role
+from shared.auth import SESSION_COOKIE, Principal, Role, same_origin
 from shared.console import (
     WS_CLOSE_FORBIDDEN,
     WS_CLOSE_NOT_FOUND,
@@ -136,7 +136,7 @@ def _session_cookie(connection: HTTPConnection) -> str | None:
         # Browsers send cookies on cross-site websocket handshakes: only the portal's own pages
         # may open a console with the cookie.
         origin = connection.headers.get("origin")
-        if origin is not None and origin.split("://", 1)[-1] != connection.headers.get("host"):
+        if not same_origin(origin, connection.headers.get("host")):
             raise Forbidden(f"a console opened from {origin} may not use the portal's session")
         return token
     return token if connection.scope["method"] in ("GET", "HEAD") else None

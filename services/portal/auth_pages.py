@@ -13,9 +13,8 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
 
 from services.portal.api import ApiRefusal, PortalApi, api_path
-from services.portal.session import same_origin
 from services.portal.web import TEMPLATES, back_to
-from shared.auth import SESSION_COOKIE
+from shared.auth import SESSION_COOKIE, same_origin
 
 router = APIRouter()
 

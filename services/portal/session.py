@@ -26,13 +26,6 @@ def csrf_ok(api_token: str, presented: str | None) -> bool:
     return bool(presented) and hmac.compare_digest(csrf_token(api_token), presented)
 
 
-def same_origin(origin: str | None, host: str | None) -> bool:
-    """A browser names the page a POST comes from; absent (older clients), the CSRF token decides."""
-    if origin is None:
-        return True
-    return origin.split("://", 1)[-1] == host  # "null" (a sandboxed or privacy-redirected page) is not
-
-
 @dataclass(frozen=True)
 class CookiePolicy:
     max_age_s: int

@@ -15,14 +15,8 @@ from fastapi.templating import Jinja2Templates
 
 from services.portal.api import ApiRefusal, PortalApi, api_path
 from services.portal.progress import bar_percent, progress_of
-from services.portal.session import (
-    CSRF_FIELD,
-    CSRF_HEADER,
-    csrf_ok,
-    csrf_token,
-    same_origin,
-)
-from shared.auth import SESSION_COOKIE
+from services.portal.session import CSRF_FIELD, CSRF_HEADER, csrf_ok, csrf_token
+from shared.auth import SESSION_COOKIE, same_origin
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from services.portal.forms import field_errors, vm_request
 from services.portal.progress import bar_percent, progress_of
-from services.portal.session import CookiePolicy, csrf_ok, csrf_token, same_origin
+from services.portal.session import CookiePolicy, csrf_ok, csrf_token
+from shared.auth import same_origin
 
 
 def test_the_form_becomes_the_apis_request_and_keeps_what_is_not_a_number_for_the_api_to_refuse():
