@@ -265,7 +265,7 @@ cli_tenants.register(app, client=_client, api=_api, console=console)
 cli_operations.register(app, client=_client, api=_api, console=console)
 
 
-BENCHES = ("provision", "placement", "migration", "failover", "network", "auth")
+BENCHES = ("provision", "placement", "migration", "failover", "network", "auth", "portal")
 
 
 @app.command("bench")
@@ -273,7 +273,7 @@ def bench(what: str = typer.Argument("provision"), count: int = typer.Option(5, 
           memory_mib: int = 128,
           storage: str = typer.Option("shared", help="migration: where the root disk lives, shared or local"),
           cut: str = typer.Option("power", help="failover: pull a host's 'power' or cut its 'network'"),
-          requests: int = typer.Option(500, min=10, max=100_000, help="auth: measured requests of each kind"),
+          requests: int = typer.Option(500, min=10, max=100_000, help="auth, portal: measured requests of each kind"),
           run_dir: Path = typer.Option(DEFAULT_RUN_DIR, help="stack to measure (must be up)")) -> None:
     """provision: provisioning latency through the platform vs the bare libvirt baseline, same
     run. placement: the scheduler at 100 to 10,000 mock hosts vs a bare NATS echo (no stack).
@@ -283,7 +283,8 @@ def bench(what: str = typer.Argument("provision"), count: int = typer.Option(5, 
     TCP throughput between two guests on different hosts through the overlay vs the two hosts
     directly over their link, same run. auth: what authentication and policy add to a request:
     an authenticated GET /v1/vms next to GET /healthz, interleaved, and a fresh token's first
-    request. Every bench but placement uses the CLI's credentials, for the stack of --run-dir."""
+    request. portal: each portal page next to the raw API call it is built on, interleaved.
+    Every bench but placement uses the CLI's credentials, for the stack of --run-dir."""
     if what not in BENCHES:
         raise typer.BadParameter(f"one of {', '.join(BENCHES)}", param_hint="WHAT")
     if what == "migration" and storage not in ("shared", "local"):
@@ -302,6 +303,10 @@ def bench(what: str = typer.Argument("provision"), count: int = typer.Option(5, 
             from deploy import bench_auth
 
             bench_auth.run_auth_bench(run_dir, requests, console.print, token)
+        elif what == "portal":
+            from deploy import bench_portal
+
+            bench_portal.run_portal_bench(run_dir, requests, console.print, token)
         elif what == "migration":
             from deploy import bench_migration
 

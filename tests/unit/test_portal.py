@@ -59,3 +59,11 @@ def test_the_session_cookie_is_httponly_strict_and_never_outlives_its_token():
     args = CookiePolicy(max_age_s=3600, secure=True).set_args("vmf_x", expires_in_s=120.5)
     assert (args["httponly"], args["samesite"], args["secure"], args["max_age"]) == (True, "strict", True, 120)
     assert CookiePolicy(3600, False).set_args("vmf_x", None)["max_age"] == 3600
+
+
+def test_the_portal_bench_prints_each_page_next_to_the_raw_call():
+    from deploy.bench_portal import format_portal_table
+
+    lines = format_portal_table({"GET /v1/vms (raw API)": [2.0] * 10, "GET /vms (page)": [5.0] * 10})
+    assert lines[1].split()[-1] == "1.00" and lines[2].split()[-1] == "2.50"
+    assert "5.000" in lines[2]
