@@ -18,6 +18,12 @@ from deploy.client import ApiError, VmflowClient
 from shared.console import WS_CLOSE_FORBIDDEN
 from tests.integration.browser import Browser
 from tests.integration.libvirt_probe import wait_until
+from tests.integration.test_networks import (
+    create_network,
+    create_vm,
+    delete_network,
+    wait_created,
+)
 
 pytestmark = pytest.mark.integration
 BOOT_TIMEOUT_S = 240
@@ -254,18 +260,35 @@ def test_a_tenant_never_sees_another_tenants_vm_operation_or_event(browser, tena
     assert browser.fetch("GET", "/hosts")["status"] == 403
 
 
-def test_main_pages_load_without_script_errors(browser, admin_token, tenant_client, cleanup):
+@pytest.fixture
+def portal_a_network(tenant_client):
+    """A network of portal-a's, deleted after the VMs on it (``cleanup`` comes after it)."""
+    member = tenant_client("portal-a", "member")
+    network = create_network(member, "10.61.0.0/24", name="front")
+    yield network
+    delete_network(member, network["id"])
+
+
+def test_main_pages_load_without_script_errors(browser, admin_token, tenant_client, portal_a_network, cleanup):
     """Every main page, as a member and as an admin, loads with no error in the browser's console
     (a missing asset, a script error). The pictures in the README are these pages."""
     member = tenant_client("portal-a", "member", quota={"vms": 8, "vcpus": 8, "memory_mib": 2048, "disk_gib": 40})
-    vm = _running_vm(member, _name("app"), cleanup)
+    nic = [{"network_id": portal_a_network["id"]}]
+    accepted = [create_vm(member, name, nic if on_net else []) for name, on_net in
+                (("web-1", True), ("web-2", True), ("batch-1", False))]
+    cleanup.extend(a["vm"]["id"] for a in accepted)
+    web, _, batch = [wait_created(member, a) for a in accepted]
+    member.wait_operation(member.call("POST", f"/v1/vms/{batch['id']}/stop")["operation_id"], timeout_s=120)
     browser.driver.get_log("browser")  # what earlier tests left
     browser.sign_in(member.token)
-    for page, name in (("/vms", "vms"), (f"/vms/{vm['id']}", "vm"), ("/quota", "quota"),
-                       ("/operations", "operations-tenant")):
+    for page, name in (("/vms", "vms"), (f"/vms/{web['id']}", "vm"), ("/quota", "quota"),
+                       ("/operations", "operations-tenant"), ("/networks", "networks")):
         browser.open(page)
         time.sleep(0.5)
         browser.screenshot(name)
+    browser.open("/vms")
+    assert web["nics"][0]["ip"] in browser.text(f'tr[data-vm="{web["id"]}"]')  # addresses, as the API has them
+    assert browser.text(f'tr[data-vm="{batch["id"]}"] .vm-state') == "stopped"
     browser.sign_in(admin_token)
     for page, name in (("/hosts", "hosts"), ("/operations", "operations"), ("/audit", "audit")):
         browser.open(page)
