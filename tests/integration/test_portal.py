@@ -8,6 +8,7 @@ import json
 import re
 import time
 import uuid
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -269,7 +270,8 @@ def portal_a_network(tenant_client):
     delete_network(member, network["id"])
 
 
-def test_main_pages_load_without_script_errors(browser, admin_token, tenant_client, portal_a_network, cleanup):
+def test_main_pages_load_without_script_errors(browser, admin_token, tenant_client, portal_a_network, stack_cfg,
+                                               cleanup):
     """Every main page, as a member and as an admin, loads with no error in the browser's console
     (a missing asset, a script error). The pictures in the README are these pages."""
     member = tenant_client("portal-a", "member", quota={"vms": 8, "vcpus": 8, "memory_mib": 2048, "disk_gib": 40})
@@ -296,3 +298,12 @@ def test_main_pages_load_without_script_errors(browser, admin_token, tenant_clie
         browser.screenshot(name)
     errors = [entry for entry in browser.driver.get_log("browser") if entry["level"] == "SEVERE"]
     assert not errors, json.dumps(errors, indent=2)
+
+    # The Temporal UI, filtered by a search attribute: everything that touched web-1's host.
+    query = quote(f"VmflowHostIds = '{web['host_id']}'")
+    browser.driver.get(f"http://127.0.0.1:{stack_cfg.temporal_ui_port}/namespaces/default/workflows?query={query}")
+    browser.wait_for(lambda: f"vm-{web['id']}-provision" in browser.driver.page_source, 60,
+                     f"web-1's provisioning among the workflows that touched {web['host_id']}")
+    if batch["host_id"] != web["host_id"]:
+        assert f"vm-{batch['id']}-provision" not in browser.driver.page_source
+    browser.screenshot("temporal-ui")
