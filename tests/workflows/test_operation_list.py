@@ -77,6 +77,7 @@ async def test_operations_are_listed_by_what_they_touched(env, tmp_path):
         "host_ids": [host, "h9"], "tenant": tenant, "summary": f"live-migrate web-1 {host} -> h9",
         "started_at": move["started_at"], "closed_at": None,
         "temporal_url": f"http://ui.example:8233/namespaces/default/workflows/{migrate_id}",
+        "cancellable": True,  # an admin cancels anything running
     }
     assert (everything[0]["tenant"], everything[0]["vm_id"]) == (None, None)  # the fleet's
 
@@ -91,4 +92,12 @@ async def test_operations_are_listed_by_what_they_touched(env, tmp_path):
     assert [op["kind"] for op in own] == ["LiveMigrate", "ProvisionVm"]
     assert [op["temporal_url"] for op in own] == [None, None]  # the UI is the operators'
     assert await listed(p, reader, 0, tenant="other-tenant") == []
+    assert [op["cancellable"] for op in own] == [False, False]  # a reader cancels nothing
+
+    # A member may cancel what its tenant started itself, not the fleet's move of its VM.
+    stop_id = f"vm-{web.id}-stop-{uuid.uuid4().hex[:8]}"
+    await start(stop_id, "VmPowerAction", "stop web-1", vm_id=web.id, tenant=tenant, memo=operation_memo(tenant, False))
+    member = Principal("m", "member", tenant, Role.MEMBER)
+    running = {op["id"]: op["cancellable"] for op in await listed(p, member, 2, vm_id=web.id, state="running")}
+    assert running == {stop_id: True, migrate_id: False}
     engine.dispose()

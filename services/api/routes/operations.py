@@ -34,7 +34,7 @@ from services.api.operation_listing import (
 )
 from services.api.platform import Platform, get_platform
 from services.api.policy import principal
-from shared.auth import Principal
+from shared.auth import Principal, Role
 from shared.errors import Conflict, Forbidden, NotFound, ServiceUnavailable
 from shared.models import OperationProgress
 from shared.names import (
@@ -93,6 +93,7 @@ class OperationListed(BaseModel):
     started_at: datetime | None
     closed_at: datetime | None
     temporal_url: str | None
+    cancellable: bool = False  # running, and the caller may cancel it (what a portal offers)
 
 
 async def _owner(p: Platform, op_id: str, desc) -> str | None:
@@ -163,6 +164,16 @@ async def list_operations(vm_id: str | None = None, host_id: str | None = None, 
     return [await _listed(p, ex, who) for ex in found]
 
 
+async def _may_cancel(who: Principal, execution) -> bool:
+    """An admin cancels any operation; a member only one its tenant started itself (not one an
+    admin or the platform started on its VM)."""
+    if who.is_admin:
+        return True
+    return (who.role.allows(Role.MEMBER)
+            and await execution.memo_value(OPERATION_TENANT_MEMO, None) == who.tenant
+            and not await execution.memo_value(OPERATION_BY_ADMIN_MEMO, True))
+
+
 async def _listed(p: Platform, ex: WorkflowExecution, who: Principal) -> OperationListed:
     tags = ex.typed_search_attributes
     state = _state(ex.status)
@@ -178,6 +189,7 @@ async def _listed(p: Platform, ex: WorkflowExecution, who: Principal) -> Operati
         started_at=ex.start_time,
         closed_at=ex.close_time,
         temporal_url=_temporal_url(p, ex.id, who),
+        cancellable=state == "running" and await _may_cancel(who, ex),
     )
 
 
@@ -186,8 +198,7 @@ async def cancel_operation(op_id: str, p: Platform = Depends(get_platform), who:
     """Ask a running operation to stop. A migration aborts libvirt's job and leaves the VM where
     it was. 409 when the operation has finished already."""
     handle, desc = await _describe(p, op_id, who)
-    if not who.is_admin and (await desc.memo_value(OPERATION_TENANT_MEMO, None) != who.tenant
-                             or await desc.memo_value(OPERATION_BY_ADMIN_MEMO, True)):
+    if not await _may_cancel(who, desc):
         raise Forbidden(f"operation {op_id} was started by the fleet's operators; only an admin cancels it")
     if desc.status != WorkflowExecutionStatus.RUNNING:
         raise Conflict(f"operation {op_id} is {OPERATION_STATES.get(desc.status, 'finished')}; nothing to cancel")
