@@ -7,12 +7,15 @@ reports, as the host worker builds it.
 
 For each fleet size:
 - engine: ``choose_host`` over ``build_host_states`` of every heartbeat, one decision at a time;
-- service: the real scheduler (``Scheduler``, ``follow_heartbeats``, ``start_service``) in this
-  process, on its own nats-server; heartbeats go through the KV bucket; ``place`` requests one
-  at a time through ``SchedulerClient``, each claim released afterwards (untimed), so every
-  decision sees the same fleet;
+- service: the real scheduler (``Scheduler``, ``follow_heartbeats``, ``follow_claims``,
+  ``start_service``) in this process, on its own nats-server; heartbeats go through the KV bucket;
+  ``place`` requests one at a time through ``SchedulerClient`` (each one's claim committed to the
+  claims bucket), each claim released afterwards (untimed), so every decision sees the same fleet;
 - baseline: a bare NATS echo responder on the same server, same payload size as a placement
   request, interleaved with the placements so both see the same machine noise.
+
+The target, per size: the service's p99 at most TARGET_P99_MS and its p50 at most TARGET_RATIO
+times the echo's p50, both in the same run; the table says pass or FAIL for each size.
 
 Run: ``vmflow bench placement`` or ``python -m deploy.bench_placement --hosts 100,1000``.
 """
@@ -37,8 +40,14 @@ from services.host_worker.domain_xml import build_domain_xml
 from services.host_worker.hypervisor import Hypervisor
 from services.scheduler.client import SchedulerClient
 from services.scheduler.host_state import build_host_states
-from services.scheduler.placement import PlacementPolicy, choose_host
-from services.scheduler.service import Scheduler, follow_heartbeats, start_service
+from services.scheduler.placement import choose_host
+from services.scheduler.service import (
+    Scheduler,
+    claim_placer,
+    follow_claims,
+    follow_heartbeats,
+    start_service,
+)
 from services.scheduler.settings import SchedulerSettings
 from shared import codec
 from shared.errors import VmflowError
@@ -59,6 +68,8 @@ REQUEST_TIMEOUT_S = 60.0
 WARMUP_REQUESTS = 3
 STATES_SAMPLES = 20
 DOMAIN_NAMESPACE = uuid.UUID("5b0c1e2a-8d4f-4a57-9a61-3f0d2c7e9b11")
+TARGET_P99_MS = 20.0  # the service's p99 over NATS, at every size
+TARGET_RATIO = 10.0  # the service's p50 over the bare echo's p50, same run
 
 
 # --- the simulated fleet: pure ------------------------------------------------------------------
@@ -162,7 +173,7 @@ class PhaseStats:
 class SizeResult:
     hosts: int
     engine: PhaseStats
-    states_p50_ms: float  # build_host_states over every heartbeat: the service pays it per decision
+    states_p50_ms: float  # build_host_states over every heartbeat (the service keeps its states)
     service: PhaseStats
     echo: PhaseStats
     ingest_s: float  # first heartbeat put -> the scheduler knows every host
@@ -171,6 +182,19 @@ class SizeResult:
     @property
     def ratio(self) -> float:
         return self.service.p50_ms / self.echo.p50_ms
+
+    @property
+    def meets_target(self) -> bool:
+        return self.service.p99_ms <= TARGET_P99_MS and self.ratio <= TARGET_RATIO
+
+    def misses(self) -> str:
+        """What misses the target, e.g. 'svc p99 23.4 ms > 20 ms'; '' when it is met."""
+        missed = []
+        if self.service.p99_ms > TARGET_P99_MS:
+            missed.append(f"svc p99 {self.service.p99_ms:.1f} ms > {TARGET_P99_MS:g} ms")
+        if self.ratio > TARGET_RATIO:
+            missed.append(f"svc p50 {self.ratio:.1f}x echo > {TARGET_RATIO:g}x")
+        return ", ".join(missed)
 
 
 def phase_stats(samples_s: Sequence[float]) -> PhaseStats:
@@ -183,25 +207,31 @@ def phase_stats(samples_s: Sequence[float]) -> PhaseStats:
 
 def format_table(results: Sequence[SizeResult]) -> list[str]:
     """The lines the benchmark prints, under 80 columns (rich wraps longer ones)."""
-    lines = [f"{'hosts':>6} {'eng/s':>8} {'eng_p99':>8} {'svc/s':>7} {'svc_p50':>8} {'svc_p99':>8}"
-             f" {'echo_p50/p99':>13} {'ratio':>7}"]
+    lines = [f"{'hosts':>6} {'eng_p50':>8} {'eng_p99':>8} {'svc_p50':>8} {'svc_p99':>8}"
+             f" {'echo_p50/p99':>13} {'ratio':>7} {'target':>6}"]
     for r in results:
         echo = f"{r.echo.p50_ms:.2f}/{r.echo.p99_ms:.2f}"
-        lines.append(f"{r.hosts:>6} {r.engine.per_s:>8.1f} {r.engine.p99_ms:>8.2f} {r.service.per_s:>7.1f}"
-                     f" {r.service.p50_ms:>8.2f} {r.service.p99_ms:>8.2f} {echo:>13} {r.ratio:>6.1f}x")
+        lines.append(f"{r.hosts:>6} {r.engine.p50_ms:>8.2f} {r.engine.p99_ms:>8.2f} {r.service.p50_ms:>8.2f}"
+                     f" {r.service.p99_ms:>8.2f} {echo:>13} {r.ratio:>6.1f}x"
+                     f" {'pass' if r.meets_target else 'FAIL':>6}")
     lines += [
         "latencies in ms; eng = choose_host alone, svc = place over NATS, echo = bare",
-        "  NATS request/reply, same payload size; x/s = 1 / mean latency, one at a time;",
-        "  ratio = svc p50 / echo p50",
+        "  NATS request/reply, same payload size; ratio = svc p50 / echo p50;",
+        f"  target: svc p99 <= {TARGET_P99_MS:g} ms and ratio <= {TARGET_RATIO:g}x",
+        *([f"  missed at {r.hosts} hosts: {r.misses()}" for r in results if not r.meets_target]
+          or ["  met at every size"]),
         "",
-        f"{'hosts':>6} {'n_eng':>6} {'n_svc':>6} {'states_p50':>10} {'ingest_s':>9} {'beats/s':>8}",
+        f"{'hosts':>6} {'n_eng':>6} {'eng/s':>8} {'n_svc':>6} {'svc/s':>7} {'states_p50':>10}"
+        f" {'ingest_s':>9} {'beats/s':>8}",
     ]
     for r in results:
-        lines.append(f"{r.hosts:>6} {r.engine.n:>6} {r.service.n:>6} {r.states_p50_ms:>10.2f}"
-                     f" {r.ingest_s:>9.2f} {r.hosts / r.ingest_s:>8.0f}")
+        lines.append(f"{r.hosts:>6} {r.engine.n:>6} {r.engine.per_s:>8.1f} {r.service.n:>6}"
+                     f" {r.service.per_s:>7.1f} {r.states_p50_ms:>10.2f} {r.ingest_s:>9.2f}"
+                     f" {r.hosts / r.ingest_s:>8.0f}")
     lines += [
-        "states_p50 = all host states rebuilt anew (ms), kept between places;",
-        "  ingest = first KV put until the scheduler knows every host",
+        "x/s = 1 / mean latency, one at a time; states_p50 = all host states built",
+        "  anew (ms), which the service keeps between places; ingest = first KV put",
+        "  until the scheduler knows every host",
     ]
     for r in results:
         lines += [f"hosts endpoint at {r.hosts}:", *(f"  {part}" for part in r.hosts_endpoint.split("; "))]
@@ -273,7 +303,7 @@ class MockFleet:
 def measure_engine(heartbeats: Mapping[str, HostHeartbeat], requests: Sequence[PlacementRequest],
                    budget_s: float) -> tuple[PhaseStats, float]:
     """(choose_host figures, p50 ms of build_host_states). BenchError if a request finds no host."""
-    policy = PlacementPolicy()
+    policy = SchedulerSettings().placement_policy()  # what the service decides by
     states_s = []
     deadline_s = time.perf_counter() + budget_s / 4
     for _ in range(STATES_SAMPLES):
@@ -327,11 +357,13 @@ async def measure_service(nats_url: str, heartbeats: Mapping[str, HostHeartbeat]
     client_nc = await connect(settings, "bench-client")
     echo_nc = await connect(settings, "bench-echo")
     scheduler = Scheduler(settings)
-    watcher = service = None
+    watcher = claims_watcher = service = None
     try:
         kv = await heartbeat_bucket(client_nc.jetstream(), settings.heartbeat_bucket)
-        watcher = asyncio.create_task(follow_heartbeats(service_nc, settings, scheduler))
-        service = await start_service(service_nc, scheduler)
+        placer = await claim_placer(service_nc, scheduler)
+        watcher = asyncio.create_task(follow_heartbeats(service_nc, settings, scheduler, placer))
+        claims_watcher = asyncio.create_task(follow_claims(service_nc, settings, scheduler))
+        service = await start_service(service_nc, scheduler, placer)
 
         async def echo(msg) -> None:
             await msg.respond(msg.data)
@@ -344,8 +376,9 @@ async def measure_service(nats_url: str, heartbeats: Mapping[str, HostHeartbeat]
         place_s, echo_s = await _interleave(client, client_nc, requests, budget_s)
         return ServiceFigures(phase_stats(place_s), phase_stats(echo_s), ingest_s, hosts_endpoint)
     finally:
-        if watcher is not None:
-            watcher.cancel()
+        for task in (watcher, claims_watcher):
+            if task is not None:
+                task.cancel()
         if service is not None:
             await service.stop()
         for nc in (client_nc, echo_nc, service_nc):

@@ -52,9 +52,13 @@ def _owner_of(path: Path) -> str:
 
 @app.command()
 def up(hosts: int = typer.Option(3, min=1, max=16, help="number of lab KVM hosts"),
-       run_dir: Path = typer.Option(DEFAULT_RUN_DIR, help="state, logs and pids go here")) -> None:
+       run_dir: Path = typer.Option(DEFAULT_RUN_DIR, help="state, logs and pids go here"),
+       schedulers: int = typer.Option(3, min=1, max=9, help="scheduler replicas (they share their claims)"),
+       nats_cluster: int = typer.Option(1, min=1, max=5, help="nats-servers; more than one are clustered, "
+                                        "JetStream keeping 3 copies of every stream and bucket")) -> None:
     """Start NATS, Temporal, the lab hosts and every service on this machine."""
-    cfg = stack.StackConfig(run_dir=str(run_dir.resolve()), host_count=hosts)
+    cfg = stack.StackConfig(run_dir=str(run_dir.resolve()), host_count=hosts, scheduler_replicas=schedulers,
+                            nats_cluster=nats_cluster)
     cfg = stack.up(cfg, say=console.print)
     console.print(f"API        {cfg.api_url}  (docs: {cfg.api_url}/docs)")
     console.print(f"Portal     {cfg.api_url}/  (sign in with an API token, e.g. the admin token below)")

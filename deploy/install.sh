@@ -10,7 +10,8 @@ cache_dir=${VMFLOW_CACHE_DIR:-$HOME/.cache/vmflow}
 temporal_version=v1.5.1   # later tags carry a go.mod replace line that breaks `go install pkg@version`
 packages=(libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils libvirt-dev pkg-config
           busybox-static cpio xz-utils tini iproute2 nats-server socat dnsmasq-base nftables genisoimage
-          chromium chromium-driver)  # chromium: the portal's tests run in a real browser
+          chromium chromium-driver  # chromium: the portal's tests run in a real browser
+          docker-compose)  # `docker-compose config -q` checks docker-compose.yml; it needs no daemon
 # The portal's front-end assets come from the npm registry: Debian's npm only when none is there
 # (a Node.js from elsewhere brings its own and conflicts with Debian's).
 command -v npm >/dev/null || packages+=(nodejs npm)

@@ -3,6 +3,7 @@ KVM hosts, and every vmflow service as its own process. State, logs and pids und
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import httpx
+import nats
 
 from deploy import lab
 from deploy.client import bearer_headers
@@ -56,20 +58,40 @@ class StackConfig:
     temporal_ui_port: int = 8233
     host_labels: dict[str, list[str]] = field(default_factory=dict)  # host id -> labels
     metrics_ports: dict[str, int] = field(default_factory=dict)  # process -> its /metrics port
+    scheduler_replicas: int = 3  # in one queue group, sharing their claims
+    nats_cluster: int = 1  # nats-servers; more than one: a cluster, JetStream keeping 3 copies (at most)
+    nats_ports: list[int] = field(default_factory=list)  # client ports of every node (the first: nats_port)
+    nats_route_ports: list[int] = field(default_factory=list)  # where the nodes reach each other
 
     @classmethod
     def isolated(cls, run_dir: Path, lab_name: str, host_count: int = 1,
-                 host_labels: dict[str, list[str]] | None = None) -> StackConfig:
+                 host_labels: dict[str, list[str]] | None = None, **options) -> StackConfig:
         """A stack that shares no port or name with any other: what tests use."""
-        return cls(str(run_dir), lab_name, host_count, free_port(), free_port(), free_port(), free_port(),
-                   host_labels or {}).with_metrics_ports()
+        return replace(cls(str(run_dir), lab_name, host_count, free_port(), free_port(), free_port(), free_port(),
+                           host_labels or {}), **options).with_metrics_ports().with_nats_ports()
+
+    def with_nats_ports(self) -> StackConfig:
+        """This config with a client and a route port for each NATS node; as it is when it has them."""
+        if len(self.nats_ports) == self.nats_cluster:
+            return self
+        clients = [self.nats_port, *(free_port() for _ in range(self.nats_cluster - 1))]
+        routes = [free_port() for _ in range(self.nats_cluster)] if self.nats_cluster > 1 else []
+        return replace(self, nats_ports=clients, nats_route_ports=routes)
+
+    def nats_names(self) -> list[str]:
+        """The NATS nodes' process names: ``nats``, ``nats-2``, ..."""
+        return ["nats", *(f"nats-{i}" for i in range(2, self.nats_cluster + 1))]
+
+    @property
+    def jetstream_replicas(self) -> int:
+        return min(3, self.nats_cluster)
 
     def with_metrics_ports(self) -> StackConfig:
         """This config with a free port for each process's /metrics (the API serves its own on
         its port); as it is when it has them already."""
         if self.metrics_ports:
             return self
-        names = [*METERED_SERVICES, *(f"host-worker-{h}" for h in self.host_ids())]
+        names = [*METERED_SERVICES, *self.scheduler_names()[1:], *(f"host-worker-{h}" for h in self.host_ids())]
         return replace(self, metrics_ports={name: free_port() for name in names})
 
     def labels_of(self, host_id: str) -> list[str]:
@@ -103,7 +125,8 @@ class StackConfig:
 
     @property
     def nats_url(self) -> str:
-        return f"nats://127.0.0.1:{self.nats_port}"
+        """Every node, comma-separated: clients move to another when theirs goes."""
+        return ",".join(f"nats://127.0.0.1:{port}" for port in self.nats_ports or [self.nats_port])
 
     @property
     def temporal_address(self) -> str:
@@ -111,6 +134,10 @@ class StackConfig:
 
     def host_ids(self) -> list[str]:
         return [f"h{i}" for i in range(1, self.host_count + 1)]
+
+    def scheduler_names(self) -> list[str]:
+        """The scheduler replicas' process names: ``scheduler``, ``scheduler-2``, ..."""
+        return ["scheduler", *(f"scheduler-{i}" for i in range(2, self.scheduler_replicas + 1))]
 
 
 def temporal_binary() -> str:
@@ -131,6 +158,7 @@ def load_config(run_dir: Path) -> StackConfig | None:
 def common_env(cfg: StackConfig) -> dict[str, str]:
     return {
         "VMFLOW_NATS_URL": cfg.nats_url,
+        "VMFLOW_JETSTREAM_REPLICAS": str(cfg.jetstream_replicas),
         "VMFLOW_TEMPORAL_ADDRESS": cfg.temporal_address,
         "VMFLOW_LOG_JSON": "true",
         "PYTHONUNBUFFERED": "1",
@@ -147,7 +175,7 @@ def metrics_endpoints(cfg: StackConfig) -> dict[str, str]:
     inside their host's network namespace (the root namespace's 127/8 is its own loopback)."""
     where = {"api": f"{cfg.api_url}/metrics (with the admin token, {cfg.admin_token_file})"}
     where.update({name: f"http://127.0.0.1:{cfg.metrics_ports[name]}/metrics"
-                  for name in METERED_SERVICES if name in cfg.metrics_ports})
+                  for name in (*METERED_SERVICES, *cfg.scheduler_names()) if name in cfg.metrics_ports})
     the_lab = lab.load_lab(cfg.lab_name, cfg.root / "lab")
     for host in the_lab.hosts if the_lab else ():
         port = cfg.metrics_ports.get(f"host-worker-{host.host_id}")
@@ -181,10 +209,36 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 def start_nats(cfg: StackConfig) -> None:
-    store = cfg.root / "nats"
+    for index in range(cfg.nats_cluster):
+        start_nats_node(cfg, index)
+
+
+def start_nats_node(cfg: StackConfig, index: int) -> None:
+    """Node ``index`` (0-based); with more than one, clustered with the others by routes."""
+    name = cfg.nats_names()[index]
+    store = cfg.root / name
     store.mkdir(parents=True, exist_ok=True)
-    start_process("nats", ["nats-server", "-a", "127.0.0.1", "-p", str(cfg.nats_port), "-js",
-                           "-sd", str(store)], cfg.root)
+    argv = ["nats-server", "-a", "127.0.0.1", "-p", str(cfg.nats_ports[index]), "-js", "-sd", str(store)]
+    if cfg.nats_cluster > 1:
+        peers = [f"nats://127.0.0.1:{port}" for i, port in enumerate(cfg.nats_route_ports) if i != index]
+        argv += ["--server_name", name, "--cluster_name", "vmflow",
+                 "--cluster", f"nats://127.0.0.1:{cfg.nats_route_ports[index]}", "--routes", ",".join(peers)]
+    start_process(name, argv, cfg.root)
+
+
+def jetstream_ready(cfg: StackConfig) -> bool:
+    """Whether JetStream answers (on a cluster: once its nodes have elected a leader)."""
+    async def ask() -> bool:
+        nc = await nats.connect(cfg.nats_url.split(","), connect_timeout=2, allow_reconnect=False)
+        try:
+            await nc.jetstream().account_info()
+            return True
+        finally:
+            await nc.close()
+    try:
+        return asyncio.run(ask())
+    except Exception:
+        return False
 
 
 def start_temporal(cfg: StackConfig) -> None:
@@ -226,7 +280,7 @@ def start_relays(cfg: StackConfig) -> None:
     relay_dir = cfg.root / "relay"
     relay_dir.mkdir(parents=True, exist_ok=True)
     switch = f"{cfg.lab_name}-sw"
-    for name, port in (("nats", cfg.nats_port), ("temporal", cfg.temporal_port)):
+    for name, port in (*zip(cfg.nats_names(), cfg.nats_ports), ("temporal", cfg.temporal_port)):
         sock = relay_dir / f"{name}.sock"
         launch(cfg, f"relay-{name}-in", ["socat", f"UNIX-LISTEN:{sock},fork,unlink-early",
                                          f"TCP:127.0.0.1:{port}"], cwd=None)
@@ -239,7 +293,8 @@ def start_relays(cfg: StackConfig) -> None:
 def start_services(cfg: StackConfig, hosts: tuple[lab.LabHost, ...]) -> None:
     env = common_env(cfg)
     py = sys.executable
-    launch(cfg, "scheduler", [py, "-m", "services.scheduler"], {**env, **metrics_env(cfg, "scheduler")})
+    for name in cfg.scheduler_names():
+        launch(cfg, name, [py, "-m", "services.scheduler"], {**env, **metrics_env(cfg, name)})
     local_pools = {h: str(cfg.local_pool_dir(h)) for h in cfg.host_ids()}
     for path in local_pools.values():  # there before any host measures its disk
         Path(path).mkdir(parents=True, exist_ok=True)
@@ -278,7 +333,7 @@ def start_host_worker(cfg: StackConfig, host: lab.LabHost) -> None:
         "nsenter", f"--net=/run/netns/{host.namespace}", sys.executable, "-m", "services.host_worker"], {
         **common_env(cfg),
         **metrics_env(cfg, f"host-worker-{host.host_id}", host.address),  # its address inside its namespace
-        "VMFLOW_NATS_URL": f"nats://{LAB_GATEWAY}:{cfg.nats_port}",
+        "VMFLOW_NATS_URL": ",".join(f"nats://{LAB_GATEWAY}:{port}" for port in cfg.nats_ports),
         "VMFLOW_TEMPORAL_ADDRESS": f"{LAB_GATEWAY}:{cfg.temporal_port}",
         "VMFLOW_HOST_ID": host.host_id,
         "VMFLOW_LIBVIRT_URI": host.unix_uri,
@@ -298,7 +353,7 @@ def start_host_worker(cfg: StackConfig, host: lab.LabHost) -> None:
 def up(cfg: StackConfig, say=print) -> StackConfig:
     """Bring everything up and wait until the API is ready and every lab host reports in.
     On any failure, stop what was started. Returns the config it ran with (metrics ports given)."""
-    cfg = cfg.with_metrics_ports()
+    cfg = cfg.with_metrics_ports().with_nats_ports()
     cfg.root.mkdir(parents=True, exist_ok=True)
     if load_config(cfg.root) is not None:
         down(cfg.root, say=lambda _msg: None)
@@ -310,7 +365,8 @@ def up(cfg: StackConfig, say=print) -> StackConfig:
         start_temporal(cfg)
         say(f"starting {cfg.host_count} lab host(s)")
         the_lab = lab.start_lab(cfg.lab_name, cfg.root / "lab", cfg.host_count, shared_dirs=[cfg.pool_dir])
-        wait_for(lambda: port_open(cfg.nats_port), 20, "nats-server")
+        wait_for(lambda: all(port_open(port) for port in cfg.nats_ports), 20, "nats-server")
+        wait_for(lambda: jetstream_ready(cfg), 30, "JetStream", interval_s=0.5)
         wait_for(lambda: port_open(cfg.temporal_port), 60, "Temporal server")
         start_relays(cfg)
         start_services(cfg, the_lab.hosts)
@@ -367,16 +423,17 @@ def down(run_dir: Path, say=print) -> None:
         return
     stop_process(run_dir, "supervisor")  # first: nothing is brought back from here on
     workers = [f"host-worker-{h}" for h in cfg.host_ids()]
-    for name in ("api", "orchestrator", "fencer", *workers, "storage", "scheduler"):
+    for name in ("api", "orchestrator", "fencer", *workers, "storage", *cfg.scheduler_names()):
         stop_process(run_dir, name)
-    for name in ("nats", "temporal"):
+    for name in (*cfg.nats_names(), "temporal"):
         for side in ("out", "in"):
             stop_process(run_dir, f"relay-{name}-{side}")
     (run_dir / SUPERVISED_FILE).unlink(missing_ok=True)
     lab.stop_lab(cfg.lab_name, run_dir / "lab")  # its DHCP servers with it
     shutil.rmtree(NETWORK_RUN_DIR / cfg.lab_name, ignore_errors=True)
     stop_process(run_dir, "temporal")
-    stop_process(run_dir, "nats")
+    for name in cfg.nats_names():
+        stop_process(run_dir, name)
     (run_dir / STACK_FILE).unlink(missing_ok=True)
     say("vmflow is down")
 
@@ -388,12 +445,13 @@ def status(run_dir: Path) -> dict[str, tuple[bool, str]]:
         return {}
     report: dict[str, tuple[bool, str]] = {}
     alive = lambda name: is_alive(read_pid(run_dir, name))  # noqa: E731
-    report["nats"] = (alive("nats") and port_open(cfg.nats_port), cfg.nats_url)
+    for name, port in zip(cfg.nats_names(), cfg.nats_ports or [cfg.nats_port]):
+        report[name] = (alive(name) and port_open(port), f"nats://127.0.0.1:{port}")
     report["temporal"] = (alive("temporal") and port_open(cfg.temporal_port),
                           f"{cfg.temporal_address}, UI http://127.0.0.1:{cfg.temporal_ui_port}")
     metrics_at = metrics_endpoints(cfg)
     metered = lambda name: f", metrics {metrics_at[name]}" if name in metrics_at else ""  # noqa: E731
-    for name in ("scheduler", "storage", "orchestrator", "fencer", "supervisor"):
+    for name in (*cfg.scheduler_names(), "storage", "orchestrator", "fencer", "supervisor"):
         report[name] = (alive(name), f"pid {read_pid(run_dir, name)}{metered(name)}")
     report["api"] = (alive("api") and _api_ready(cfg), f"{cfg.api_url}/docs{metered('api')}")
     lab_file = run_dir / "lab"

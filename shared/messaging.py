@@ -7,6 +7,7 @@ endpoints; errors travel as (code, description) and are rebuilt into ``shared.er
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -20,8 +21,13 @@ from nats.aio.client import Client as NatsClient
 from nats.errors import MaxPayloadError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import StreamConfig
-from nats.js.errors import BadRequestError, BucketNotFoundError
+from nats.js.api import KeyValueConfig, StreamConfig
+from nats.js.errors import (
+    BadRequestError,
+    BucketNotFoundError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KeyValue
 from nats.micro.request import Request
 
@@ -35,6 +41,10 @@ log = structlog.get_logger(__name__)
 ERROR_HEADER = "Nats-Service-Error"
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 EVENT_RETENTION = timedelta(days=7)
+# A JetStream stream whose leader was lost answers nothing until its peers elect another (4 to 9 s
+# on a NATS cluster): publishes keep trying this long, deduplicated by their message id.
+JETSTREAM_ELECTION_S = 12.0
+JETSTREAM_PENDING = (NoStreamResponseError, NatsTimeoutError, NoRespondersError, ServiceUnavailableError)
 
 
 async def connect(settings: CommonSettings, name: str) -> NatsClient:
@@ -54,7 +64,7 @@ async def connect(settings: CommonSettings, name: str) -> NatsClient:
         log.info("nats reconnected")
 
     return await nats.connect(
-        settings.nats_url,
+        servers(settings.nats_url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
@@ -66,13 +76,19 @@ async def connect(settings: CommonSettings, name: str) -> NatsClient:
     )
 
 
-async def ensure_event_stream(js: JetStreamContext, stream: str) -> None:
+def servers(nats_url: str) -> list[str]:
+    """``nats://a:4222,nats://b:4222``: every server of a cluster, to try in turn."""
+    return [url.strip() for url in nats_url.split(",") if url.strip()]
+
+
+async def ensure_event_stream(js: JetStreamContext, stream: str, replicas: int = 1) -> None:
     """Create the event stream if it does not exist yet; idempotent across replicas."""
     config = StreamConfig(
         name=stream,
         subjects=[subjects.ALL_EVENTS],
         max_age=EVENT_RETENTION.total_seconds(),
         duplicate_window=120.0,
+        num_replicas=replicas,
     )
     try:
         await js.add_stream(config)
@@ -99,9 +115,16 @@ class EventPublisher:
             "time_s": time.time(),
             "data": data,
         }
-        await self._js.publish(
-            subject, json.dumps(envelope).encode(), headers={"Nats-Msg-Id": event_id}
-        )
+        payload = json.dumps(envelope).encode()
+        give_up_s = time.monotonic() + JETSTREAM_ELECTION_S
+        while True:
+            try:
+                await self._js.publish(subject, payload, headers={"Nats-Msg-Id": event_id})
+                return
+            except JETSTREAM_PENDING:
+                if time.monotonic() >= give_up_s:
+                    raise
+                await asyncio.sleep(0.25)
 
 
 async def request(
@@ -144,14 +167,15 @@ def endpoint(
     return handle
 
 
-async def key_value_bucket(js: JetStreamContext, bucket: str, ttl_s: float | None = None) -> KeyValue:
+async def key_value_bucket(js: JetStreamContext, bucket: str, ttl_s: float | None = None,
+                           replicas: int = 1) -> KeyValue:
     """A KV bucket that keeps the latest value per key; created on first use."""
     try:
         return await js.key_value(bucket)
     except BucketNotFoundError:
-        return await js.create_key_value(bucket=bucket, history=1, ttl=ttl_s)
+        return await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, ttl=ttl_s, replicas=replicas))
 
 
-async def heartbeat_bucket(js: JetStreamContext, bucket: str) -> KeyValue:
+async def heartbeat_bucket(js: JetStreamContext, bucket: str, replicas: int = 1) -> KeyValue:
     """Each host's latest heartbeat. Hosts gone for a day drop out on their own."""
-    return await key_value_bucket(js, bucket, ttl_s=24 * 3600)
+    return await key_value_bucket(js, bucket, ttl_s=24 * 3600, replicas=replicas)

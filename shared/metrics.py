@@ -77,6 +77,10 @@ def operation_finished(kind: str, outcome: Outcome, duration_s: float) -> None:
 
 # -- the scheduler ----------------------------------------------------------------------------------
 
+CLAIM_RACES_LOST = Counter(
+    "vmflow_placement_claim_races_lost_total",
+    "Placements that lost a compare-and-set on a host's claims to another scheduler replica and decided again.",
+)
 PLACEMENT_DURATION = Histogram(
     "vmflow_placement_duration_seconds",
     "Time the scheduler takes to decide a placement request, by outcome (placed, or the error code).",

@@ -84,6 +84,7 @@ class Placement:
 @dataclass(frozen=True)
 class ClaimRelease:
     vm_id: str
+    host_id: str = ""  # where it was placed, when the caller knows: found even before this replica saw it
 
 
 @dataclass(frozen=True)

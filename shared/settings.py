@@ -16,6 +16,8 @@ class CommonSettings(BaseSettings):
     log_json: bool | None = None  # None: JSON unless writing to a terminal
     event_stream: str = "VMFLOW_EVENTS"
     heartbeat_bucket: str = "vmflow_hosts"
+    # Copies JetStream keeps of the event stream and every KV bucket: 3 on a NATS cluster of 3.
+    jetstream_replicas: int = 1
     # Prometheus metrics on http://metrics_host:metrics_port/metrics; 0: none. The API serves
     # its own on its port (GET /metrics) and ignores these.
     metrics_host: str = "127.0.0.1"

@@ -22,6 +22,13 @@ def vm_event(tenant: str, vm_id: str, event_type: str) -> str:
     return f"{EVENTS_ROOT}.vm.{_token(tenant)}.{_token(vm_id)}.{_token(event_type)}"
 
 
+HEARTBEATS = "vmflow.hb"  # every heartbeat, as a plain message too: the liveness fast path
+
+
+def heartbeat(host_id: str) -> str:
+    return f"{HEARTBEATS}.{host_id}"
+
+
 def host_event(host_id: str, event_type: str) -> str:
     return f"{EVENTS_ROOT}.host.{_token(host_id)}.{_token(event_type)}"
 

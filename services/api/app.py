@@ -64,7 +64,7 @@ async def _open_platform(settings: ApiSettings) -> tuple[Platform, Engine]:
                                                              Path(settings.admin_token_file)):
         log.info("admin token written", path=settings.admin_token_file)
     nc = await connect(settings, "vmflow-api")
-    await ensure_event_stream(nc.jetstream(), settings.event_stream)
+    await ensure_event_stream(nc.jetstream(), settings.event_stream, settings.jetstream_replicas)
     platform = Platform(
         settings=settings,
         inventory=Inventory(engine),
@@ -105,7 +105,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         js = p.nats.jetstream()
         followers = [
             asyncio.create_task(follow_lifecycle(js, settings.event_stream, follower)),
-            asyncio.create_task(follow_host_reports(js, settings.heartbeat_bucket, follower)),
+            asyncio.create_task(follow_host_reports(js, settings.heartbeat_bucket, follower, settings.jetstream_replicas)),
         ]
         log.info("api ready", database=settings.database_url.split("://")[0])
         try:

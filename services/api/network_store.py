@@ -43,11 +43,13 @@ class NetworkStore:
         self._engine = engine
 
     def _retrying(self, attempt: Callable[[Session], T], conflict: str) -> T:
-        """Run ``attempt`` in a fresh transaction until it commits without breaking a unique rule."""
+        """Run ``attempt`` in a fresh transaction until it commits without breaking a unique rule
+        (broken at the commit or at a flush inside ``attempt``: PostgreSQL checks each row as it
+        is written, and a broken rule ends the whole transaction there)."""
         for _ in range(_RACE_ATTEMPTS):
             with Session(self._engine) as session:
-                result = attempt(session)
                 try:
+                    result = attempt(session)
                     session.commit()
                 except IntegrityError:
                     session.rollback()

@@ -232,12 +232,13 @@ async def follow_lifecycle(js: JetStreamContext, stream: str, follower: RealityF
             await asyncio.sleep(1)
 
 
-async def follow_host_reports(js: JetStreamContext, bucket: str, follower: RealityFollower) -> None:
+async def follow_host_reports(js: JetStreamContext, bucket: str, follower: RealityFollower,
+                              replicas: int = 1) -> None:
     """Every heartbeat, compared with the inventory (at most every few seconds per host unless
     its domains changed)."""
     while True:
         try:
-            kv = await heartbeat_bucket(js, bucket)
+            kv = await heartbeat_bucket(js, bucket, replicas)
             watcher = await kv.watchall()
             async for entry in watcher:
                 if entry is None or entry.value is None:

@@ -22,7 +22,7 @@ async def main(settings: FencerSettings) -> None:
     serve_metrics(settings.metrics_host, settings.metrics_port)
     nc = await connect(settings, "vmflow-fencer")
     js = nc.jetstream()
-    await ensure_event_stream(js, settings.event_stream)
+    await ensure_event_stream(js, settings.event_stream, settings.jetstream_replicas)
     fencer = FenceActivities(settings, EventPublisher(js, "fencer"))
     client = await connect_temporal(settings)
     worker = Worker(client, task_queue=FENCING_QUEUE, activities=[fencer.run], interceptors=[ActivityContext()])

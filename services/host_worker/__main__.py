@@ -67,8 +67,8 @@ async def main(settings: HostWorkerSettings) -> None:
 
     nc = await connect(settings, f"vmflow-host-worker-{settings.host_id}")
     js = nc.jetstream()
-    await ensure_event_stream(js, settings.event_stream)
-    kv = await heartbeat_bucket(js, settings.heartbeat_bucket)
+    await ensure_event_stream(js, settings.event_stream, settings.jetstream_replicas)
+    kv = await heartbeat_bucket(js, settings.heartbeat_bucket, settings.jetstream_replicas)
     events = EventPublisher(js, f"host-worker/{settings.host_id}")
     host = HostActivities(settings, hv, domain_type, events)
     peers = PeerProbe(settings.host_id, settings.peer_probe_timeout_s)
@@ -106,7 +106,7 @@ async def main(settings: HostWorkerSettings) -> None:
     await consoles.start()
     tasks = [
         asyncio.create_task(follow_peers(kv, peers, settings.heartbeat_interval_s)),
-        asyncio.create_task(heartbeat_loop(settings, hv, kv, events, domain_type, peers)),
+        asyncio.create_task(heartbeat_loop(settings, hv, nc, kv, events, domain_type, peers)),
         asyncio.create_task(forward_lifecycle(settings, hv, host, lifecycle, events)),
         asyncio.create_task(worker.run()),
         asyncio.create_task(keep_reconciled(guest_setup, settings.peer_sync_interval_s)),

@@ -29,12 +29,16 @@ def disk_capacity_gib(path: str) -> int:
 
 
 async def heartbeat_loop(
-    settings: HostWorkerSettings, hv: Hypervisor, kv, publisher: EventPublisher, domain_type: str,
+    settings: HostWorkerSettings, hv: Hypervisor, nc, kv, publisher: EventPublisher, domain_type: str,
     peers: PeerProbe,
 ) -> None:
     """Publish the host's capacity, domains and the peers it reaches every few seconds. libvirt
     being unreachable is itself reported (libvirt_ok=False), and each change of reachability
-    becomes an event. NATS being away skips beats; it never ends the loop."""
+    becomes an event. NATS being away skips beats; it never ends the loop.
+
+    Each beat goes out twice: as a plain message (``vmflow.hb.<host>``), which any NATS node
+    carries at once, and into the heartbeat bucket, which a JetStream leader election can hold
+    up for seconds. The scheduler's liveness follows whichever arrives first."""
     last_ok: bool | None = None
     vcpus, memory_mib = 0, 0
     started_at_s = time.time()
@@ -62,7 +66,9 @@ async def heartbeat_loop(
             worker_started_at_s=started_at_s,
         )
         try:
-            await kv.put(settings.host_id, codec.encode(beat))
+            data = codec.encode(beat)
+            await nc.publish(subjects.heartbeat(settings.host_id), data)
+            await asyncio.wait_for(kv.put(settings.host_id, data), settings.heartbeat_interval_s)
             if ok != last_ok:
                 kind = "up" if ok else "libvirt_unreachable"
                 await publisher.publish(subjects.host_event(settings.host_id, kind), codec.to_jsonable(beat))

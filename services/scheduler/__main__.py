@@ -10,7 +10,10 @@ from temporalio.client import Client
 
 from services.scheduler.monitor import LivenessMonitor, run_monitor
 from services.scheduler.service import (
+    Buckets,
     Scheduler,
+    claim_placer,
+    follow_claims,
     follow_heartbeats,
     follow_host_admin,
     start_service,
@@ -41,17 +44,21 @@ async def main(settings: SchedulerSettings) -> None:
     nc = await connect(settings, "vmflow-scheduler")
     scheduler = Scheduler(settings)
     js = nc.jetstream()
-    await ensure_event_stream(js, settings.event_stream)
+    await ensure_event_stream(js, settings.event_stream, settings.jetstream_replicas)
     monitor = LivenessMonitor(scheduler, settings.liveness_policy(), EventPublisher(js, "scheduler"),
                               functools.partial(_connect_for_failover, settings), settings.failover_boot_timeout_s)
+    placer = await claim_placer(nc, scheduler)
+    mirrored = Buckets()
     watchers = [
-        asyncio.create_task(follow_heartbeats(nc, settings, scheduler)),
-        asyncio.create_task(follow_host_admin(nc, settings, scheduler)),
-        asyncio.create_task(run_monitor(monitor, settings.liveness_interval_s)),
+        asyncio.create_task(follow_heartbeats(nc, settings, scheduler, placer, mirrored.heartbeats)),
+        asyncio.create_task(follow_host_admin(nc, settings, scheduler, mirrored.admin)),
+        asyncio.create_task(follow_claims(nc, settings, scheduler, mirrored.claims)),
         asyncio.create_task(monitor.connect()),  # in the background: the scheduler never waits on Temporal
     ]
-    service = await start_service(nc, scheduler)
-    log.info("scheduler ready", nats=settings.nats_url)
+    await mirrored.wait()  # answer nothing before the hosts, their modes and every replica's claims are in
+    watchers.append(asyncio.create_task(run_monitor(monitor, settings.liveness_interval_s)))
+    service = await start_service(nc, scheduler, placer)
+    log.info("scheduler ready", nats=settings.nats_url, hosts=len(scheduler.heartbeats))
     try:
         await run_until_signalled()
     finally:

@@ -28,8 +28,11 @@ class SchedulerClient:
         """Raises NoValidHost (with the rejection trail) or ServiceUnavailable."""
         return await request(self._nc, f"{subjects.SCHEDULER_PREFIX}.place", req, Placement, self._timeout_s)
 
-    async def release(self, vm_id: str) -> None:
-        await request(self._nc, f"{subjects.SCHEDULER_PREFIX}.release", ClaimRelease(vm_id), dict, self._timeout_s)
+    async def release(self, vm_id: str, host_id: str = "") -> bool:
+        """Whether this call released the VM's claim (False: there was none, or no longer)."""
+        answer = await request(self._nc, f"{subjects.SCHEDULER_PREFIX}.release", ClaimRelease(vm_id, host_id),
+                               dict, self._timeout_s)
+        return bool(answer.get("released"))
 
     async def hosts(self, offset: int = 0, limit: int = 500) -> HostList:
         """One page of hosts in id order; ``total`` says how many there are."""
@@ -58,7 +61,7 @@ class SchedulerActivities:
 
     @activity.defn(name="scheduler.release")
     async def release(self, req: ClaimRelease) -> None:
-        await self._client.release(req.vm_id)
+        await self._client.release(req.vm_id, req.host_id)
 
     @activity.defn(name="scheduler.set_host_admin")
     async def set_host_admin(self, admin: HostAdmin) -> HostView:

@@ -2,11 +2,13 @@
 not), and what placement has claimed but the host does not report yet.
 
 Liveness is decided here, before placement runs, so no filter ever does I/O or reads a clock.
+A decision reads the fleet through ``JudgedHosts``, which judges a host when placement reads
+it: a decision that examines 300 of 10,000 hosts judges 300.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from shared.models import Allocation, HostAdmin, HostHeartbeat
@@ -121,3 +123,54 @@ def host_state(beat: HostHeartbeat, claims: Iterable[Claim], admin: HostAdmin | 
         group_members=groups,
         allocations=allocations,
     )
+
+
+class JudgedHosts:
+    """The scheduler's host states as placement reads them (``placement.Fleet``): in host id
+    order, each judged alive or not at ``now_s`` when it is read, and the hosts of a group
+    looked up in an index instead of found by reading every host. A view: it copies nothing,
+    so it is valid for one decision, while the states it reads do not change."""
+
+    def __init__(self, order: Sequence[str], states: Mapping[str, HostState],
+                 heartbeats: Mapping[str, HostHeartbeat], groups: Mapping[str, set[str]],
+                 now_s: float, heartbeat_timeout_s: float) -> None:
+        self._order = order
+        self._states = states
+        self._heartbeats = heartbeats
+        self._groups = groups
+        self._now_s = now_s
+        self._timeout_s = heartbeat_timeout_s
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __getitem__(self, index: int) -> HostState:
+        host_id = self._order[index]
+        state = self._states[host_id]
+        if state.alive and self._now_s - self._heartbeats[host_id].sent_at_s <= self._timeout_s:
+            return state  # still alive: what with_liveness would return, for less (the common case)
+        return self._judged(host_id)
+
+    def get(self, host_id: str) -> HostState | None:
+        return self._judged(host_id) if host_id in self._states else None
+
+    def group_hosts(self, group_id: str) -> frozenset[str]:
+        return frozenset(self._groups.get(group_id, ()))
+
+    def _judged(self, host_id: str) -> HostState:
+        return with_liveness(self._states[host_id], self._heartbeats[host_id], self._now_s, self._timeout_s)
+
+
+def index_groups(groups: MutableMapping[str, set[str]], old: HostState | None, new: HostState) -> None:
+    """Keep ``groups`` (group id -> hosts running members) right after a host's state changed
+    from ``old`` (None: a new host) to ``new``."""
+    for group_id in old.group_members if old is not None else ():
+        if group_id not in new.group_members:
+            hosts = groups.get(group_id)
+            if hosts is not None:
+                hosts.discard(new.host_id)
+                if not hosts:
+                    del groups[group_id]
+    for group_id, members in new.group_members.items():
+        if members:
+            groups.setdefault(group_id, set()).add(new.host_id)

@@ -72,7 +72,8 @@ class LivenessMonitor:
             if previous is None or previous.liveness != verdict.liveness:
                 log.info("host liveness", host_id=verdict.host_id, liveness=verdict.liveness.value,
                          reason=verdict.reason)
-                await self._publish(events.HostLiveness(verdict.host_id, verdict.liveness.value, verdict.reason))
+                await self._publish(events.HostLiveness(verdict.host_id, verdict.liveness.value, verdict.reason),
+                                    self._verdict_id(verdict))
             if verdict.liveness is Liveness.UP:
                 self._failing.discard(verdict.host_id)
             elif verdict.liveness is Liveness.FAILED:
@@ -131,9 +132,16 @@ class LivenessMonitor:
             log.error("failover started without search attributes", error=exc.message, operation_id=workflow_id)
             await start()
 
-    async def _publish(self, event: events.HostLiveness) -> None:
+    def _verdict_id(self, verdict: Verdict) -> str:
+        """The same for every replica that reaches this verdict from the same heartbeats, so the
+        stream keeps one event however many replicas publish it."""
+        beat = self._scheduler.heartbeats.get(verdict.host_id)
+        seen_ms = int(beat.sent_at_s * 1000) if beat is not None else 0
+        return f"liveness-{verdict.host_id}-{verdict.liveness.value}-{seen_ms}"
+
+    async def _publish(self, event: events.HostLiveness, event_id: str) -> None:
         try:
-            await events.publish(self._events, event)
+            await events.publish(self._events, event, event_id)
         except Exception as exc:
             log.warning("liveness event not published", error=str(exc) or type(exc).__name__)
 

@@ -1,24 +1,35 @@
-"""The scheduler as a NATS service: learns hosts from the heartbeat bucket and operators'
-decisions from the host-admin bucket, answers ``place``, ``release``, ``hosts`` and ``host``.
+"""The scheduler as a NATS service: learns hosts from the heartbeat bucket, operators'
+decisions from the host-admin bucket and every replica's claims from the claims bucket, and
+answers ``place``, ``release``, ``hosts`` and ``host``.
 
-Placement runs synchronously inside one event-loop turn, so two concurrent requests can never
-both take the last free slot of a host: the first one's claim is in the book before the second
-one is weighed.
+Any number of replicas answer in one queue group. A decision is made from the replica's mirror
+and committed by compare-and-set on the chosen host's claims (``claim_store``), so two replicas,
+or two requests in one, never both take the last free slot of a host.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.micro import add_service
 from nats.micro.service import EndpointConfig, Service, ServiceConfig
 
-from services.scheduler.claims import ClaimBook
-from services.scheduler.host_state import HostState, host_state, with_liveness
+from services.scheduler.claim_store import KvClaimStore, Placer, decoded_claims
+from services.scheduler.claims import ClaimBook, ClaimWrite, HostClaims, kept
+from services.scheduler.host_state import (
+    Claim,
+    HostState,
+    JudgedHosts,
+    host_state,
+    index_groups,
+    with_liveness,
+)
 from services.scheduler.liveness import Liveness, Verdict
 from services.scheduler.placement import choose_host
 from services.scheduler.settings import SchedulerSettings
@@ -41,6 +52,15 @@ from shared.models import (
 log = structlog.get_logger(__name__)
 
 
+@dataclass(frozen=True)
+class Proposal:
+    """A placement decided from this replica's mirror, valid once ``write`` commits (None: the
+    VM's claim there stands already)."""
+
+    placement: Placement
+    write: ClaimWrite | None
+
+
 class Scheduler:
     """Placement state of one scheduler replica. Pure apart from the injected clock.
 
@@ -52,40 +72,48 @@ class Scheduler:
         self.settings = settings
         self._clock = clock
         self._policy = settings.placement_policy()
-        self._claims = ClaimBook(settings.claim_ttl_s)
+        self._claims = ClaimBook()
         self.heartbeats: dict[str, HostHeartbeat] = {}
         self.admin: dict[str, HostAdmin] = {}
         self.liveness: dict[str, Verdict] = {}  # the monitor's latest verdicts
         self._states: dict[str, HostState] = {}
         self._order: list[str] = []  # host ids, sorted
+        self._groups: dict[str, set[str]] = {}  # group id -> hosts running its members
 
     def _refresh(self, host_id: str) -> None:
         beat = self.heartbeats.get(host_id)
         if beat is None:
             return
-        if host_id not in self._states:
+        old = self._states.get(host_id)
+        if old is None:
             bisect.insort(self._order, host_id)
         self._states[host_id] = host_state(
             beat, self._claims.on_host(host_id), self.admin.get(host_id), self._clock(),
             self.settings.heartbeat_timeout_s,
         )
+        index_groups(self._groups, old, self._states[host_id])
 
     def _judged(self, host_id: str, now_s: float) -> HostState:
         return with_liveness(self._states[host_id], self.heartbeats[host_id], now_s,
                              self.settings.heartbeat_timeout_s)
 
-    def host_states(self) -> list[HostState]:
+    def host_states(self) -> JudgedHosts:
+        """The fleet as the next decision reads it: each host judged alive or not when read, so a
+        decision that examines a sample of the hosts judges only those."""
         now_s = self._clock()
         for host_id in self._claims.expire(now_s):
             self._refresh(host_id)
-        return [self._judged(host_id, now_s) for host_id in self._order]
+        return JudgedHosts(self._order, self._states, self.heartbeats, self._groups, now_s,
+                           self.settings.heartbeat_timeout_s)
 
-    def place(self, req: PlacementRequest) -> Placement:
-        """Idempotent per VM: a VM that already holds a claim gets the same host back.
-        Raises NoValidHost with the rejection trail."""
+    def propose(self, req: PlacementRequest) -> Proposal:
+        """The host for this request and the claim write that takes it. Idempotent per VM: a VM
+        that already holds a claim gets the same host back. Raises NoValidHost with the
+        rejection trail."""
+        now_s = self._clock()
         existing = self._claims.get(req.vm_id)
-        if existing is not None and existing.expires_at_s > self._clock() and _allowed(existing.host_id, req):
-            return self._placement(req.vm_id, existing.host_id)
+        if existing is not None and existing.expires_at_s > now_s and _allowed(existing.host_id, req):
+            return Proposal(self._placement(req.vm_id, existing.host_id), None)
         decision = choose_host(self.host_states(), req, self._policy)
         if decision.host is None:
             log.info("no valid host", vm_id=req.vm_id, trail=decision.explain())
@@ -97,14 +125,40 @@ class Scheduler:
                 f"{decision.explain()}"
             )
         host = decision.host
-        self._claims.claim(req.vm_id, host.host_id, req.vcpus, req.memory_mib, req.disk_gib,
-                           self._clock(), req.group.group_id if req.group else None)
-        self._refresh(host.host_id)
-        if existing is not None and existing.host_id != host.host_id:
-            self._refresh(existing.host_id)  # the VM's earlier claim there is gone
+        claim = Claim(req.vm_id, host.host_id, req.vcpus, req.memory_mib, req.disk_gib,
+                      now_s + self.settings.claim_ttl_s, req.group.group_id if req.group else None)
         log.info("placed", vm_id=req.vm_id, host_id=host.host_id, candidates=decision.candidates,
                  rejected=len(decision.rejections))
-        return self._placement(req.vm_id, host.host_id)
+        return Proposal(self._placement(req.vm_id, host.host_id), self._write(host.host_id, claim.vm_id, claim))
+
+    def _write(self, host_id: str, drop_vm_id: str = "", add: Claim | None = None) -> ClaimWrite:
+        """The host's claims after dropping ``drop_vm_id`` (and what no longer counts) and
+        adding ``add``, against the revision this replica holds."""
+        entry = self._claims.entry(host_id)
+        beat = self.heartbeats.get(host_id)
+        running = {d.vm_id for d in beat.domains} if beat else set()
+        claims = kept(entry.claims, self._clock(), running, drop_vm_id)
+        return ClaimWrite(host_id, (*claims, add) if add else claims, entry.revision)
+
+    def release_write(self, vm_id: str, host_id: str) -> ClaimWrite | None:
+        """The write that releases the VM's claim on the host; None when there is none."""
+        if not any(c.vm_id == vm_id for c in self._claims.on_host(host_id)):
+            return None
+        return self._write(host_id, vm_id)
+
+    def settle_write(self, host_id: str) -> ClaimWrite | None:
+        """The write that drops the host's claims of VMs it reports, and expired ones; None
+        when every claim there still counts."""
+        write = self._write(host_id)
+        return write if len(write.claims) < len(self._claims.on_host(host_id)) else None
+
+    def claim_hosts(self, vm_id: str) -> set[str]:
+        return self._claims.hosts_of(vm_id)
+
+    def apply_claims(self, entry: HostClaims) -> None:
+        """A host's claims as the store holds them (a write of this replica or another's)."""
+        if self._claims.apply(entry):
+            self._refresh(entry.host_id)
 
     def _may_return(self, host_id: str) -> bool:
         """Whether a host that is down now may be back in a moment (a blip, not a failure)."""
@@ -120,19 +174,21 @@ class Scheduler:
         beat = self.heartbeats[host_id]
         return Placement(vm_id, host_id, beat.domain_type, beat.migration_uri)
 
-    def observe(self, beat: HostHeartbeat) -> None:
+    def observe(self, beat: HostHeartbeat) -> bool:
+        """Take a heartbeat (one older than the host's latest is ignored: beats come by two
+        paths). Returns whether the host now reports VMs it has claims for (the store should
+        forget those: ``settle_write``)."""
+        known = self.heartbeats.get(beat.host_id)
+        if known is not None and known.sent_at_s >= beat.sent_at_s:
+            return False
         self.heartbeats[beat.host_id] = beat
-        self._claims.settle(beat.host_id, {d.vm_id for d in beat.domains})
         self._refresh(beat.host_id)
+        running = {d.vm_id for d in beat.domains}
+        return any(c.vm_id in running for c in self._claims.on_host(beat.host_id))
 
     def set_admin(self, admin: HostAdmin) -> None:
         self.admin[admin.host_id] = admin
         self._refresh(admin.host_id)
-
-    def release(self, req: ClaimRelease) -> None:
-        claim = self._claims.release(req.vm_id)
-        if claim is not None:
-            self._refresh(claim.host_id)
 
     def host_views(self, query: HostQuery = HostQuery()) -> HostList:
         """One page of hosts, in host id order, without allocations."""
@@ -190,13 +246,13 @@ def _allowed(host_id: str, req: PlacementRequest) -> bool:
     return host_id not in req.exclude_hosts and req.only_host in (None, host_id)
 
 
-def timed_place(scheduler: Scheduler, req: PlacementRequest) -> Placement:
-    """``scheduler.place``, its decision time observed in ``vmflow_placement_duration_seconds``
-    under the outcome: placed, or the error's code (no_valid_host, hosts_silent, ...)."""
+async def timed_place(placer: Placer, req: PlacementRequest) -> Placement:
+    """``placer.place``, its time observed in ``vmflow_placement_duration_seconds`` under the
+    outcome: placed, or the error's code (no_valid_host, hosts_silent, ...)."""
     started_s = time.perf_counter()
     outcome = "placed"
     try:
-        return scheduler.place(req)
+        return await placer.place(req)
     except VmflowError as exc:
         outcome = exc.code
         raise
@@ -207,37 +263,99 @@ def timed_place(scheduler: Scheduler, req: PlacementRequest) -> Placement:
         metrics.PLACEMENT_DURATION.labels(outcome).observe(time.perf_counter() - started_s)
 
 
-async def follow_bucket(nc: NatsClient, bucket: str, cls: type, apply: Callable) -> None:
-    """Apply the latest value of every key of ``bucket`` (decoded as ``cls``), forever."""
-    kv = await key_value_bucket(nc.jetstream(), bucket)
+async def follow_bucket(nc: NatsClient, bucket: str, apply: Callable, decode: Callable,
+                        ready: asyncio.Event | None = None, replicas: int = 1) -> None:
+    """Apply the latest value of every key of ``bucket`` (``decode(entry)``), forever; set
+    ``ready`` once the values there at the start are applied."""
+    kv = await key_value_bucket(nc.jetstream(), bucket, replicas=replicas)
     watcher = await kv.watchall()
     async for entry in watcher:
-        if entry is None or entry.value is None:
-            continue  # end-of-initial-values marker, or a deleted key
+        if entry is None:  # the end of the values there at the start
+            if ready is not None:
+                ready.set()
+            continue
+        if entry.value is None:
+            continue  # a deleted key
         try:
-            apply(codec.decode(cls, entry.value))
+            apply(decode(entry))
         except ValueError:
             log.warning("ignoring malformed entry", bucket=bucket, key=entry.key)
 
 
-async def follow_heartbeats(nc: NatsClient, settings: SchedulerSettings, scheduler: Scheduler) -> None:
-    await heartbeat_bucket(nc.jetstream(), settings.heartbeat_bucket)
-    await follow_bucket(nc, settings.heartbeat_bucket, HostHeartbeat, scheduler.observe)
+def decoder(cls: type) -> Callable:
+    return lambda entry: codec.decode(cls, entry.value)
 
 
-async def follow_host_admin(nc: NatsClient, settings: SchedulerSettings, scheduler: Scheduler) -> None:
-    await follow_bucket(nc, settings.host_admin_bucket, HostAdmin, scheduler.set_admin)
+class Buckets:
+    """What a replica mirrors before it answers: until all three are read, it would place
+    blind (no hosts known) or double-book (claims unknown)."""
+
+    def __init__(self) -> None:
+        self.heartbeats, self.admin, self.claims = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def wait(self) -> None:
+        await asyncio.gather(self.heartbeats.wait(), self.admin.wait(), self.claims.wait())
 
 
-async def start_service(nc: NatsClient, scheduler: Scheduler) -> Service:
-    admin_kv = await key_value_bucket(nc.jetstream(), scheduler.settings.host_admin_bucket)
+async def follow_heartbeats(nc: NatsClient, settings: SchedulerSettings, scheduler: Scheduler,
+                            placer: Placer, ready: asyncio.Event | None = None) -> None:
+    """Each heartbeat into the scheduler; the claims of VMs a host now reports leave the store."""
+    await heartbeat_bucket(nc.jetstream(), settings.heartbeat_bucket, settings.jetstream_replicas)
+    settling: set[str] = set()
+
+    async def settle(host_id: str) -> None:
+        try:
+            await placer.settle(host_id)
+        except Exception as exc:  # the next heartbeat tries again
+            log.warning("claims not settled", host_id=host_id, error=str(exc) or type(exc).__name__)
+        finally:
+            settling.discard(host_id)
+
+    def observe(beat: HostHeartbeat) -> None:
+        if scheduler.observe(beat) and beat.host_id not in settling:
+            settling.add(beat.host_id)
+            asyncio.get_running_loop().create_task(settle(beat.host_id))
+
+    async def on_message(msg) -> None:
+        try:
+            observe(codec.decode(HostHeartbeat, msg.data))
+        except ValueError:
+            log.warning("ignoring malformed heartbeat", subject=msg.subject)
+
+    subscription = await nc.subscribe(f"{subjects.HEARTBEATS}.*", cb=on_message)
+    try:
+        await follow_bucket(nc, settings.heartbeat_bucket, observe, decoder(HostHeartbeat), ready)  # made above
+    finally:
+        await subscription.unsubscribe()
+
+
+async def follow_host_admin(nc: NatsClient, settings: SchedulerSettings, scheduler: Scheduler,
+                            ready: asyncio.Event | None = None) -> None:
+    await follow_bucket(nc, settings.host_admin_bucket, scheduler.set_admin, decoder(HostAdmin), ready,
+                        settings.jetstream_replicas)
+
+
+async def follow_claims(nc: NatsClient, settings: SchedulerSettings, scheduler: Scheduler,
+                        ready: asyncio.Event | None = None) -> None:
+    await follow_bucket(nc, settings.claims_bucket, scheduler.apply_claims,
+                        lambda e: decoded_claims(e.key, e.value, e.revision), ready, settings.jetstream_replicas)
+
+
+async def claim_placer(nc: NatsClient, scheduler: Scheduler) -> Placer:
+    kv = await key_value_bucket(nc.jetstream(), scheduler.settings.claims_bucket,
+                                replicas=scheduler.settings.jetstream_replicas)
+    return Placer(scheduler, KvClaimStore(kv))
+
+
+async def start_service(nc: NatsClient, scheduler: Scheduler, placer: Placer) -> Service:
+    admin_kv = await key_value_bucket(nc.jetstream(), scheduler.settings.host_admin_bucket,
+                                      replicas=scheduler.settings.jetstream_replicas)
 
     async def place(req: PlacementRequest) -> Placement:
-        return timed_place(scheduler, req)
+        return await timed_place(placer, req)
 
     async def release(req: ClaimRelease) -> dict[str, bool]:
-        scheduler.release(req)
-        return {"released": True}
+        return {"released": await placer.release(req.vm_id, req.host_id)}
 
     async def hosts(query: HostQuery) -> HostList:
         return scheduler.host_views(query)

@@ -20,7 +20,9 @@ class SchedulerSettings(CommonSettings):
     weigh_policy: WeighPolicy = WeighPolicy.SPREAD
     cluster_policies: dict[str, WeighPolicy] = {}  # e.g. {"batch": "pack"}
     soft_affinity_weight: float = 2.0
+    placement_sample_size: int = 128  # feasible hosts weighed per decision; 0: every one
     host_admin_bucket: str = "vmflow_host_admin"
+    claims_bucket: str = "vmflow_claims"  # every replica's capacity claims, one entry per host
 
     def placement_policy(self) -> PlacementPolicy:
         return PlacementPolicy(
@@ -30,6 +32,7 @@ class SchedulerSettings(CommonSettings):
             weigh=self.weigh_policy,
             cluster_weigh=dict(self.cluster_policies),
             soft_affinity_weight=self.soft_affinity_weight,
+            sample_size=self.placement_sample_size or None,
         )
 
     def liveness_policy(self) -> LivenessPolicy:

@@ -51,7 +51,7 @@ async def main(settings: StorageSettings) -> None:
 
     nc = await connect(settings, "vmflow-storage")
     js = nc.jetstream()
-    await ensure_event_stream(js, settings.event_stream)
+    await ensure_event_stream(js, settings.event_stream, settings.jetstream_replicas)
     events = EventPublisher(js, "storage")
     root_activities = StorageActivities(roots, volumes, events)
     image_activities = ImageActivities(shared.name, images, volumes, root_disk_of, events)

@@ -41,6 +41,16 @@ def scrape(stack_cfg, process: str) -> Samples:
     return parse(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
 
 
+def scrape_schedulers(stack_cfg) -> Samples:
+    """Every scheduler replica's samples, summed: a placement or a failover is counted by the
+    replica that handled it."""
+    summed: Samples = {}
+    for name in stack_cfg.scheduler_names():
+        for key, sample in scrape(stack_cfg, name).items():
+            summed[key] = summed.get(key, 0.0) + sample
+    return summed
+
+
 def scrape_host_worker(stack_cfg, host_id: str) -> Samples:
     """A host worker listens on its lab address, reachable only inside its host's namespace."""
     host = next(h for h in lab.load_lab(stack_cfg.lab_name, stack_cfg.root / "lab").hosts if h.host_id == host_id)

@@ -32,7 +32,7 @@ from tests.integration.failover_lab import (
     set_link,
 )
 from tests.integration.libvirt_probe import wait_until
-from tests.integration.metrics_scrape import scrape, value
+from tests.integration.metrics_scrape import scrape, scrape_schedulers, value
 from tests.integration.test_networks import (
     create_network,
     delete_network,
@@ -148,7 +148,7 @@ def test_host_power_loss_fails_ha_vms_over_and_the_host_comes_back_clean(stack_c
 
 def _failover_timings(stack_cfg) -> tuple[float, float]:
     """How many failovers the scheduler timed the detection of, and the orchestrator the recovery."""
-    return (value(scrape(stack_cfg, "scheduler"), "vmflow_failover_detection_seconds_count"),
+    return (value(scrape_schedulers(stack_cfg), "vmflow_failover_detection_seconds_count"),
             value(scrape(stack_cfg, "orchestrator"), "vmflow_failover_recovery_seconds_count"))
 
 

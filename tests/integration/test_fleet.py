@@ -1,13 +1,19 @@
 """Placement on the real lab of three hosts: groups, labels, disabled hosts, and claims that
-never double-book a host, even under 100 concurrent requests."""
+never double-book a host, even under 100 concurrent requests to three scheduler replicas, one of
+which is killed in the middle."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import json
+import threading
 import uuid
 
+import nats
 import pytest
 
+from deploy import processes
 from deploy.client import ApiError, VmflowClient
 from tests.integration.libvirt_probe import wait_until
 
@@ -104,9 +110,30 @@ def test_disabled_host_gets_no_new_vms(api, probe, cleanup):
         api.call("POST", "/v1/hosts/h99/disable")
 
 
+def stored_claims(stack_cfg) -> dict[str, list[str]]:
+    """host -> the VM ids the shared claims bucket holds for it."""
+    async def read() -> dict[str, list[str]]:
+        nc = await nats.connect(stack_cfg.nats_url.split(","))
+        try:
+            kv = await nc.jetstream().key_value("vmflow_claims")
+            claims = {}
+            for key in await kv.keys():
+                entry = await kv.get(key)
+                claims[key] = [c["vm_id"] for c in json.loads(entry.value)["claims"]]
+            return claims
+        except nats.js.errors.NoKeysError:
+            return {}
+        finally:
+            await nc.close()
+    return asyncio.run(read())
+
+
 def test_concurrent_requests_never_overbook_a_host(stack_cfg, admin_token, api, probe, cleanup):
-    """100 requests at once, for more memory than the fleet has: the scheduler's claims let
-    exactly what fits through; the rest fail with 'no valid host' and its reason."""
+    """100 requests at once, for more memory than the fleet has, to three scheduler replicas
+    sharing their claims; one replica is killed in the middle of the burst. The claims let
+    exactly what fits through; the rest fail with 'no valid host' and its reason; afterwards the
+    store holds no claim (each settled or released once)."""
+    assert len(stack_cfg.scheduler_names()) == 3
     memory_mib = 4096  # few enough real guests that all of them boot on two cores
     # Earlier tests' deletes are done; the hosts' next heartbeats show it within seconds.
     hosts = wait_until(lambda: (hs := api.call("GET", "/v1/hosts"))
@@ -122,8 +149,22 @@ def test_concurrent_requests_never_overbook_a_host(stack_cfg, admin_token, api, 
             return client.call("POST", "/v1/vms", json={
                 "name": f"burst-{i}", "vcpus": 1, "memory_mib": memory_mib, "disk_gib": 1, "image": "lab-guest"})
 
+    def kill_a_replica_midway(started: threading.Event) -> None:
+        started.wait(60)
+        assert processes.crash_process(stack_cfg.root, "scheduler-2")  # the supervisor brings it back
+
+    thirty_in = threading.Event()
+
+    def create_counted(i: int) -> dict:
+        if i == 30:
+            thirty_in.set()
+        return create(i)
+
+    killer = threading.Thread(target=kill_a_replica_midway, args=(thirty_in,))
+    killer.start()
     with concurrent.futures.ThreadPoolExecutor(max_workers=25) as pool:
-        accepted = list(pool.map(create, range(100)))
+        accepted = list(pool.map(create_counted, range(100)))
+    killer.join()
     cleanup.extend(a["vm"]["id"] for a in accepted)
     ops = [api.wait_operation(a["operation_id"], timeout_s=600, interval_s=1.0) for a in accepted]
     after = {h["id"]: h["capacity"]["memory_mib"] for h in api.call("GET", "/v1/hosts")}
@@ -138,6 +179,8 @@ def test_concurrent_requests_never_overbook_a_host(stack_cfg, admin_token, api, 
     for host_id, count in per_host.items():
         largest, smallest = max(before[host_id], after[host_id]), min(before[host_id], after[host_id])
         assert smallest // memory_mib <= count <= largest // memory_mib, (host_id, count, before, after)
+    # Every claim settled (its VM runs) or was never made: nothing is held for nothing.
+    wait_until(lambda: not any(stored_claims(stack_cfg).values()), timeout_s=30, what="no claim left in the store")
 
 
 def test_only_a_disk_on_the_hosts_own_pool_takes_its_space(api, probe, cleanup):

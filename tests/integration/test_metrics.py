@@ -12,6 +12,7 @@ from deploy.client import ApiError
 from tests.integration.metrics_scrape import (
     scrape,
     scrape_api,
+    scrape_schedulers,
     scrape_host_worker,
     total,
     value,
@@ -21,7 +22,7 @@ TENANT = "metrics-it"
 
 def test_one_vm_moves_each_count_by_exactly_one(stack_cfg, api, tenant_client):
     member = tenant_client(TENANT, "member")
-    fleet, operations, placements = scrape_api(api), scrape(stack_cfg, "orchestrator"), scrape(stack_cfg, "scheduler")
+    fleet, operations, placements = scrape_api(api), scrape(stack_cfg, "orchestrator"), scrape_schedulers(stack_cfg)
 
     accepted = member.create_vm(f"metrics-{uuid.uuid4().hex[:6]}", 1, 128, 1, "lab-guest")
     vm_id = accepted["vm"]["id"]
@@ -31,7 +32,7 @@ def test_one_vm_moves_each_count_by_exactly_one(stack_cfg, api, tenant_client):
 
         fleet_after = scrape_api(api)
         operations_after = scrape(stack_cfg, "orchestrator")
-        placements_after = scrape(stack_cfg, "scheduler")
+        placements_after = scrape_schedulers(stack_cfg)
         for name in ("vmflow_operations_started_total", "vmflow_operations_succeeded_total"):
             assert value(operations_after, name, kind="ProvisionVm") == value(operations, name, kind="ProvisionVm") + 1
         assert value(operations_after, "vmflow_operations_failed_total", kind="ProvisionVm") == value(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 
 import pytest
 
@@ -109,17 +110,29 @@ def _result(hosts: int) -> SizeResult:
     )
 
 
-def test_table_rows_and_ratio():
+def test_table_rows_ratio_and_target():
     result = _result(10_000)
     assert result.ratio == pytest.approx(625.0)
+    assert not result.meets_target
     lines = format_table([result])
-    assert lines[0].split() == ["hosts", "eng/s", "eng_p99", "svc/s", "svc_p50", "svc_p99",
-                                "echo_p50/p99", "ratio"]
-    assert lines[1].split() == ["10000", "20.5", "61.25", "3.9", "250.00", "330.50", "0.40/0.90", "625.0x"]
+    assert lines[0].split() == ["hosts", "eng_p50", "eng_p99", "svc_p50", "svc_p99", "echo_p50/p99", "ratio",
+                                "target"]
+    assert lines[1].split() == ["10000", "48.00", "61.25", "250.00", "330.50", "0.40/0.90", "625.0x", "FAIL"]
+    assert "  missed at 10000 hosts: svc p99 330.5 ms > 20 ms, svc p50 625.0x echo > 10x" in lines
     diagnostics = lines.index(next(line for line in lines if "n_eng" in line))
-    assert lines[diagnostics + 1].split() == ["10000", "500", "120", "180.00", "2.00", "5000"]
+    assert lines[diagnostics + 1].split() == ["10000", "500", "20.5", "120", "3.9", "180.00", "2.00", "5000"]
     assert lines[-3:] == ["hosts endpoint at 10000:", "  FAILS with internal: MaxPayloadError() in 0.37 s",
                           "  reply 3.51 MB, max_payload 1.05 MB"]
+
+
+def test_the_target_is_a_p99_and_a_ratio_to_the_echo_in_the_same_run():
+    fast = replace(_result(100), service=PhaseStats(120, 300.0, 3.0, 19.5))
+    assert fast.meets_target and fast.misses() == ""
+    assert format_table([fast])[1].split()[-1] == "pass" and "  met at every size" in format_table([fast])
+    slow_tail = replace(fast, service=PhaseStats(120, 300.0, 3.0, 20.5))
+    assert slow_tail.misses() == "svc p99 20.5 ms > 20 ms"
+    far_from_echo = replace(fast, service=PhaseStats(120, 300.0, 4.5, 10.0))
+    assert far_from_echo.misses() == "svc p50 11.2x echo > 10x"
 
 
 def test_table_fits_80_columns():

@@ -25,6 +25,7 @@ from services.api.models import Vm
 from services.api.policy import authorize
 from services.api.routes import metrics as metrics_route
 from services.api.tenancy_models import TokenCreate
+from services.scheduler.claim_store import Placer
 from services.scheduler.monitor import LivenessMonitor
 from services.scheduler.service import Scheduler, timed_place
 from services.scheduler.settings import SchedulerSettings
@@ -40,6 +41,7 @@ from shared.models import (
     VmState,
 )
 from shared.temporal import watch_temporal
+from tests.unit.claim_memory import MemoryClaimStore
 
 QUICK_ARGON2 = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=8 * 1024),))
 MIB = 1024 * 1024
@@ -241,14 +243,15 @@ async def test_a_failing_health_check_means_disconnected():
 # -- the scheduler ---------------------------------------------------------------------------------
 
 
-def test_each_placement_decision_is_timed_under_its_outcome():
+async def test_each_placement_decision_is_timed_under_its_outcome():
     scheduler = Scheduler(SchedulerSettings(), clock=lambda: 1000.0)
     scheduler.observe(HostHeartbeat("h1", 1000.0, True, "qemu", 2, 1024, disk_gib=100))
+    placer = Placer(scheduler, MemoryClaimStore())
     placed = sample("vmflow_placement_duration_seconds_count", outcome="placed")
     refused = sample("vmflow_placement_duration_seconds_count", outcome="no_valid_host")
-    assert timed_place(scheduler, PlacementRequest("vm-1", 1, 512, 0)).host_id == "h1"
+    assert (await timed_place(placer, PlacementRequest("vm-1", 1, 512, 0))).host_id == "h1"
     with pytest.raises(NoValidHost):
-        timed_place(scheduler, PlacementRequest("vm-2", 64, 512, 0))
+        await timed_place(placer, PlacementRequest("vm-2", 64, 512, 0))
     assert sample("vmflow_placement_duration_seconds_count", outcome="placed") == placed + 1
     assert sample("vmflow_placement_duration_seconds_count", outcome="no_valid_host") == refused + 1
 
@@ -295,7 +298,8 @@ async def test_failure_detection_is_timed_from_the_last_good_heartbeat():
 
 def test_the_stack_gives_each_process_its_metrics_port_and_says_where(tmp_path):
     cfg = stack.StackConfig.isolated(tmp_path, "vmtmetrics", host_count=2)
-    processes = {"scheduler", "storage", "orchestrator", "fencer", "host-worker-h1", "host-worker-h2"}
+    schedulers = {"scheduler", "scheduler-2", "scheduler-3"}  # three replicas by default
+    processes = {*schedulers, "storage", "orchestrator", "fencer", "host-worker-h1", "host-worker-h2"}
     assert set(cfg.metrics_ports) == processes and len(set(cfg.metrics_ports.values())) == len(processes)
     assert cfg.with_metrics_ports() is cfg
     assert stack.metrics_env(cfg, "api") == {"VMFLOW_METRICS_HOST": "127.0.0.1", "VMFLOW_METRICS_PORT": "0"}
@@ -305,4 +309,4 @@ def test_the_stack_gives_each_process_its_metrics_port_and_says_where(tmp_path):
     where = stack.metrics_endpoints(cfg)  # no lab has run here: no host worker to point at
     assert where["api"].startswith(f"{cfg.api_url}/metrics")
     assert where["orchestrator"] == f"http://127.0.0.1:{cfg.metrics_ports['orchestrator']}/metrics"
-    assert set(where) == {"api", "scheduler", "storage", "orchestrator", "fencer"}
+    assert set(where) == {"api", *schedulers, "storage", "orchestrator", "fencer"}

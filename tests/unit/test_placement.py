@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.scheduler.claims import ClaimBook
+from services.scheduler.claims import ClaimBook, HostClaims
 from services.scheduler.host_state import Claim, HostState, build_host_states
 from services.scheduler.placement import PlacementPolicy, WeighPolicy, choose_host
 from shared.models import DomainSummary, HostHeartbeat, PlacementRequest
@@ -75,13 +75,15 @@ def test_expired_claims_and_stale_heartbeats():
     assert not state.alive and state.last_heartbeat_age_s == 30.0
 
 
-def test_claim_book_settles_when_the_host_reports_the_vm():
-    book = ClaimBook(ttl_s=60)
-    book.claim("a", "h1", 1, 512, 1, now_s=0)
-    book.claim("b", "h1", 1, 512, 1, now_s=0)
-    book.settle("h1", {"a"})
-    assert [c.vm_id for c in book.live(now_s=1)] == ["b"]
-    assert book.live(now_s=61) == []
+def test_claim_book_mirrors_the_newest_entry_and_forgets_expired_claims():
+    book = ClaimBook()
+    a, b = Claim("a", "h1", 1, 512, 1, 60.0), Claim("b", "h1", 1, 512, 1, 60.0)
+    assert book.apply(HostClaims("h1", (a, b), revision=3))
+    assert not book.apply(HostClaims("h1", (a,), revision=2))  # older than what it holds
+    assert book.hosts_of("b") == {"h1"} and book.get("b") == b
+    assert book.forget("h1", {"a"}) and [c.vm_id for c in book.live(now_s=1)] == ["b"]
+    assert book.entry("h1").revision == 3  # the store still holds 'a' until the host's next write
+    assert book.live(now_s=61) == [] and book.hosts_of("b") == set()
 
 
 def grouped(host_id: str, group: str, members: int = 1, **kw) -> HostState:

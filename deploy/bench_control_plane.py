@@ -1,0 +1,466 @@
+"""The control plane at fleet scale: simulated hosts and VMs against the real scheduler and API.
+
+1,000 simulated hosts and 10,000 VMs (by default) against the real scheduler and API processes,
+each figure next to a raw baseline from the same run.
+
+What runs (all on this machine, in a run dir of its own under /tmp, removed at the end): a
+nats-server with JetStream; the Temporal dev server, because the API does not start without one
+(its startup connects to Temporal and exits when nothing answers); one scheduler and one API
+process as ``vmflow up`` starts them (SQLite inventory; the scheduler gets an unused Temporal
+address: it needs Temporal only to start failovers); and 1-4 processes of simulated hosts
+(``deploy.sim_hosts``): libvirt mock-driver hosts, each with its domains, its own NATS
+connection and the host worker's own heartbeat loop. The inventory gets its VMs (every one
+running on the host whose mock driver runs its domain, so the API's reconciliation has nothing
+to do) before the API starts.
+
+Measured, by phase (idle: heartbeats only; listing; SSE):
+- heartbeat intake: the age of every host's last heartbeat as the scheduler holds it (its
+  ``hosts`` endpoint, paged), next to the same age as a bare NATS subscriber on the heartbeat
+  subjects sees it; hosts the scheduler does not call up; beats published (the simulated
+  hosts' count) and carried (the bare subscriber's);
+- GET /v1/vms?limit=100&offset=<random> and GET /v1/hosts?limit=100&offset=<random>, with the
+  admin token, interleaved with GET /healthz (the floor), in rotating order;
+- SSE: ``--sse-clients`` clients on GET /v1/events, then VM events published at a fixed rate
+  through ``EventPublisher``: per client delivered events/s, events lost, lag from publish to
+  receipt; next to a bare NATS subscriber to the same events, in the same process;
+- memory (RSS) and CPU seconds of every process: scheduler, API, nats-server, Temporal, the
+  simulated hosts, this process.
+
+Run: ``vmflow bench control-plane --hosts 1000 --vms 10000 --sse-clients 100`` or
+``python -m deploy.bench_control_plane --hosts 100 --vms 1000 --sse-clients 10``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from deploy.bench import PERCENTILE_METHOD, percentile
+from deploy.bench_placement import HostFlavour
+
+HOST_FLAVOUR = HostFlavour("sim", 32, 128 * 1024, 1000)
+VM_VCPUS, VM_MEMORY_MIB, VM_DISK_GIB = 1, 512, 10
+HOSTS_PER_PROCESS = 250
+MAX_SIM_PROCESSES = 4
+VM_NAMESPACE = uuid.UUID("0c9d1f7e-2b7a-4e0b-9f64-7d3c6a1f5e21")
+EVENT_ID_PREFIX = "cpbench-"
+PAGE_LIMIT = 100
+
+
+# --- arguments: pure ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchArgs:
+    hosts: int = 1000
+    vms: int = 10_000
+    sse_clients: int = 100
+    tenants: int = 10
+    list_requests: int = 200  # of each kind, at most
+    list_budget_s: float = 60.0  # the listing phase stops here even if fewer requests were made
+    events: int = 2000
+    event_rate: float = 100.0  # events published per second
+    heartbeat_interval_s: float = 1.0  # the host worker's default
+    idle_s: float = 10.0
+    settle_s: float = 5.0  # after every host is known, before measuring
+    sim_processes: int = 0  # 0: one per HOSTS_PER_PROCESS hosts, at most MAX_SIM_PROCESSES
+    sample_interval_s: float = 2.0  # how often the heartbeat ages are sampled
+
+    def __post_init__(self) -> None:
+        for name in ("hosts", "sse_clients", "tenants", "list_requests", "events"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.vms < 0:
+            raise ValueError("vms must not be negative")
+        for name in ("list_budget_s", "event_rate", "heartbeat_interval_s", "sample_interval_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.idle_s < 0 or self.settle_s < 0 or self.sim_processes < 0:
+            raise ValueError("idle_s, settle_s and sim_processes must not be negative")
+
+    @property
+    def processes(self) -> int:
+        """Processes of simulated hosts."""
+        wanted = self.sim_processes or math.ceil(self.hosts / HOSTS_PER_PROCESS)
+        return max(1, min(wanted, MAX_SIM_PROCESSES, self.hosts))
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    defaults = BenchArgs()
+    parser = argparse.ArgumentParser(prog="python -m deploy.bench_control_plane",
+                                     description=__doc__.splitlines()[0])
+    for name, help_text in (
+        ("hosts", "simulated hosts"), ("vms", "VMs in the inventory, spread evenly over the hosts"),
+        ("sse_clients", "clients on GET /v1/events"), ("tenants", "tenants the VMs belong to"),
+        ("list_requests", "requests of each kind in the listing phase, at most"),
+        ("list_budget_s", "the listing phase's time limit"), ("events", "events published in the SSE phase"),
+        ("event_rate", "events published per second"), ("heartbeat_interval_s", "each host's"),
+        ("idle_s", "the idle phase (heartbeats only)"), ("settle_s", "wait after every host is known"),
+        ("sim_processes", "processes of simulated hosts (0: one per 250 hosts, at most 4)"),
+        ("sample_interval_s", "how often heartbeat ages are sampled"),
+    ):
+        default = getattr(defaults, name)
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type(default), default=default,
+                            help=f"{help_text} (default {default:g})")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> BenchArgs:
+    """Exits with argparse's usage message (status 2) on bad values."""
+    parser = argument_parser()
+    namespace = parser.parse_args(argv)
+    try:
+        return BenchArgs(**vars(namespace))
+    except ValueError as exc:
+        parser.error(str(exc))
+        raise  # not reached: parser.error exits
+
+
+# --- the fleet: pure ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlannedVm:
+    vm_id: str
+    name: str
+    tenant: str
+    host_id: str
+    vcpus: int = VM_VCPUS
+    memory_mib: int = VM_MEMORY_MIB
+    disk_gib: int = VM_DISK_GIB
+
+
+def host_id_for(index: int) -> str:
+    """Ids sort like the indexes (the hosts endpoint pages in id order)."""
+    return f"sim-{index:05d}"
+
+
+def tenant_for(index: int) -> str:
+    return f"bench-t{index:02d}"
+
+
+def planned_vm(index: int, hosts: int, tenants: int) -> PlannedVm:
+    """VM ``index``: on host ``index % hosts`` (round robin: every host gets its share, give or
+    take one), of tenant ``(index // hosts) % tenants`` (so each host runs several tenants' VMs)."""
+    return PlannedVm(
+        vm_id=str(uuid.uuid5(VM_NAMESPACE, f"vm-{index}")),
+        name=f"vm-{index:06d}",
+        tenant=tenant_for((index // hosts) % tenants),
+        host_id=host_id_for(index % hosts),
+    )
+
+
+def fleet_plan(hosts: int, vms: int, tenants: int) -> list[PlannedVm]:
+    return [planned_vm(i, hosts, tenants) for i in range(vms)]
+
+
+def vms_of_host(host_index: int, hosts: int, vms: int, tenants: int) -> list[PlannedVm]:
+    """What ``fleet_plan`` puts on host ``host_index``, without building the whole plan."""
+    return [planned_vm(i, hosts, tenants) for i in range(host_index, vms, hosts)]
+
+
+def process_slices(hosts: int, processes: int) -> list[tuple[int, int]]:
+    """(first host index, host count) of each process: contiguous, sizes differing by one at most."""
+    base, extra = divmod(hosts, processes)
+    slices, first = [], 0
+    for p in range(processes):
+        count = base + (1 if p < extra else 0)
+        slices.append((first, count))
+        first += count
+    return [s for s in slices if s[1] > 0]
+
+
+# --- figures: pure ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Quantiles:
+    n: int
+    p50: float
+    p99: float
+    max: float
+
+
+NO_SAMPLES = Quantiles(0, math.nan, math.nan, math.nan)
+
+
+def quantiles(samples: Sequence[float]) -> Quantiles:
+    """NO_SAMPLES (NaNs) for no samples: a phase that saw nothing prints 'nan', it does not fail."""
+    if not samples:
+        return NO_SAMPLES
+    return Quantiles(len(samples), percentile(samples, 50), percentile(samples, 99), max(samples))
+
+
+def heartbeat_ages(last_sent_s: Mapping[str, float], now_s: float) -> list[float]:
+    return [max(0.0, now_s - sent_s) for sent_s in last_sent_s.values()]
+
+
+def rss_kib(proc_status: str) -> int:
+    """VmRSS of a /proc/<pid>/status text, in KiB; 0 when absent (a zombie)."""
+    return _status_kib(proc_status, "VmRSS:")
+
+
+def hwm_kib(proc_status: str) -> int:
+    """VmHWM (peak RSS) of a /proc/<pid>/status text, in KiB."""
+    return _status_kib(proc_status, "VmHWM:")
+
+
+def _status_kib(proc_status: str, key: str) -> int:
+    for line in proc_status.splitlines():
+        if line.startswith(key):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(proc_stat: str, clock_ticks: int) -> float:
+    """utime + stime of a /proc/<pid>/stat text (the command may hold spaces and parentheses)."""
+    fields = proc_stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / clock_ticks  # fields 14 and 15 of stat(5)
+
+
+class SseStream:
+    """Reads the raw bytes of an HTTP/1.1 response to GET /v1/events, chunked or not, and
+    yields the SSE ``id:`` of each event as it completes. Pure and incremental: bytes may be
+    split anywhere."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.ended = False
+        self._raw = b""
+        self._headers_done = False
+        self._chunked = False
+        self._chunk_left = 0
+        self._need_crlf = False
+        self._body = b""
+
+    def feed(self, data: bytes) -> list[str]:
+        self._raw += data
+        if not self._headers_done and not self._read_headers():
+            return []
+        self._dechunk() if self._chunked else self._take(len(self._raw))
+        return self._ids()
+
+    def _read_headers(self) -> bool:
+        end = self._raw.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        head = self._raw[:end].decode("latin-1").split("\r\n")
+        self.status = int(head[0].split()[1])
+        self._chunked = any(line.lower().replace(" ", "") == "transfer-encoding:chunked" for line in head[1:])
+        self._raw = self._raw[end + 4:]
+        self._headers_done = True
+        return True
+
+    def _take(self, n: int) -> None:
+        self._body += self._raw[:n]
+        self._raw = self._raw[n:]
+
+    def _dechunk(self) -> None:
+        while self._raw and not self.ended:
+            if self._need_crlf:
+                if len(self._raw) < 2:
+                    return
+                self._raw = self._raw[2:]
+                self._need_crlf = False
+            elif self._chunk_left:
+                n = min(self._chunk_left, len(self._raw))
+                self._take(n)
+                self._chunk_left -= n
+                self._need_crlf = self._chunk_left == 0
+            else:
+                line_end = self._raw.find(b"\r\n")
+                if line_end < 0:
+                    return
+                size = int(self._raw[:line_end].split(b";")[0], 16)
+                self._raw = self._raw[line_end + 2:]
+                self._chunk_left = size
+                self.ended = size == 0
+
+    def _ids(self) -> list[str]:
+        *lines, self._body = self._body.split(b"\n")
+        return [line[4:].strip().decode() for line in lines if line.startswith(b"id: ")]
+
+
+def event_seq(event_id: str) -> int | None:
+    """The benchmark's sequence number of an event id; None for every other event."""
+    if not event_id.startswith(EVENT_ID_PREFIX):
+        return None
+    try:
+        return int(event_id[len(EVENT_ID_PREFIX):])
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What one subscriber (an SSE client, or the bare NATS subscriber) got of the events."""
+
+    delivered: int
+    lost: int
+    per_s: float  # delivered / (its last receipt - the first publish)
+    lags_ms: tuple[float, ...]
+
+
+def delivery(published_s: Mapping[int, float], received_s: Mapping[int, float]) -> Delivery:
+    """``published_s``: seq -> when it was published; ``received_s``: seq -> when it arrived."""
+    lags = tuple((received_s[seq] - sent) * 1000 for seq, sent in published_s.items() if seq in received_s)
+    if not lags:
+        return Delivery(0, len(published_s), 0.0, ())
+    span_s = max(received_s.values()) - min(published_s.values())
+    return Delivery(len(lags), len(published_s) - len(lags), len(lags) / span_s if span_s > 0 else math.inf, lags)
+
+
+@dataclass(frozen=True)
+class SseFigures:
+    clients: int
+    published: int
+    publish_rate: float  # achieved, events/s
+    sse: tuple[Delivery, ...]  # one per client
+    bare: Delivery
+
+    @property
+    def lag_ms(self) -> Quantiles:
+        return quantiles([lag for d in self.sse for lag in d.lags_ms])
+
+
+@dataclass(frozen=True)
+class ListingFigures:
+    healthz_ms: tuple[float, ...]
+    vms_ms: tuple[float, ...]
+    hosts_ms: tuple[float, ...]
+    vms_items: int  # what one GET /v1/vms?limit=100 returned
+    vms_bytes: int
+    hosts_items: int
+    hosts_total: int  # X-Total-Count
+
+
+@dataclass(frozen=True)
+class PhaseFigures:
+    name: str
+    wall_s: float
+    cpu_s: Mapping[str, float]  # process -> CPU seconds in the phase
+    sched_age_s: Quantiles  # every host's heartbeat age, every sample, as the scheduler holds it
+    raw_age_s: Quantiles  # the same, as the bare NATS subscriber saw the heartbeats
+    sched_not_up_max: int  # most hosts not 'up' (or not known) in one sample
+    raw_stale_max: int  # most hosts the bare subscriber had not heard for > the scheduler's timeout
+    hosts_call_ms: Quantiles  # paging through the scheduler's hosts endpoint, once per sample
+    published_per_s: float  # heartbeats the simulated hosts published
+    carried_per_s: float  # heartbeats the bare subscriber received
+
+    def cpu_percent(self, process: str) -> float:
+        """The process's CPU time over the phase's wall time, in % of one core (NaN: unknown)."""
+        return 100 * self.cpu_s.get(process, math.nan) / self.wall_s if self.wall_s > 0 else math.nan
+
+
+@dataclass(frozen=True)
+class Report:
+    args: BenchArgs
+    setup: Mapping[str, float] = field(default_factory=dict)  # step -> seconds
+    memory_mib: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # process -> (rss, peak)
+    sched_rss_no_hosts_mib: float = math.nan
+    sched_rss_all_hosts_mib: float = math.nan
+    hosts_known: int = 0
+    phases: tuple[PhaseFigures, ...] = ()
+    listing: ListingFigures | None = None
+    sse: SseFigures | None = None
+    notes: tuple[str, ...] = ()
+
+
+def _q(q: Quantiles, fmt: str = ".1f") -> str:
+    return f"{q.p50:{fmt}}/{q.p99:{fmt}}/{q.max:{fmt}}"
+
+
+def format_report(r: Report) -> list[str]:
+    """The lines the benchmark prints, under 80 columns (rich wraps longer ones)."""
+    a = r.args
+    lines = [f"control plane: {a.hosts} hosts, {a.vms} VMs ({a.tenants} tenants), {a.sse_clients} SSE clients,",
+             f"  heartbeat every {a.heartbeat_interval_s:g} s, {a.processes} simulated-host process(es)"]
+    lines += [f"  {step}: {seconds:.1f} s" for step, seconds in r.setup.items()]
+    lines += ["", "heartbeat intake, by phase (ages in s, p50/p99/max; 'raw' = a bare",
+              "NATS subscriber on the heartbeat subjects, same moments):",
+              f"{'phase':8} {'sched age':>15} {'raw age':>15} {'!up':>4} {'stale':>5}"
+              f" {'pub/s':>6} {'raw/s':>6} {'hosts ms':>8}"]
+    for p in r.phases:
+        lines.append(f"{p.name:8} {_q(p.sched_age_s, '.2f'):>15} {_q(p.raw_age_s, '.2f'):>15}"
+                     f" {p.sched_not_up_max:>4} {p.raw_stale_max:>5} {p.published_per_s:>6.0f}"
+                     f" {p.carried_per_s:>6.0f} {p.hosts_call_ms.p50:>8.0f}")
+    lines += [f"  expected {a.hosts / a.heartbeat_interval_s:.0f} beats/s; !up = most hosts the scheduler did not",
+              "  call up in one sample; stale = most the raw subscriber had not heard for",
+              "  > 5 s; hosts ms = p50 of paging its hosts endpoint (500 a page)"]
+    if r.listing is not None:
+        lines += [""] + _listing_lines(r.listing)
+    if r.sse is not None:
+        lines += [""] + _sse_lines(r.sse)
+    lines += ["", "memory (RSS MiB at the end/peak) and CPU by phase (% of one core):"]
+    lines.append(f"{'process':14} {'rss/peak':>11} " + " ".join(f"{p.name:>8}" for p in r.phases))
+    for name, (rss, peak) in r.memory_mib.items():
+        cpu = " ".join(f"{p.cpu_percent(name):>8.0f}" for p in r.phases)
+        lines.append(f"{name:14} {f'{rss:.0f}/{peak:.0f}':>11} {cpu}")
+    lines.append(f"{'(phase wall s)':14} {'':>11} " + " ".join(f"{p.wall_s:>8.1f}" for p in r.phases))
+    lines += [f"scheduler RSS: {r.sched_rss_no_hosts_mib:.0f} MiB with no host, {r.sched_rss_all_hosts_mib:.0f} MiB"
+              f" with {r.hosts_known} known"]
+    if r.hosts_known and not math.isnan(r.sched_rss_all_hosts_mib):
+        per_host = (r.sched_rss_all_hosts_mib - r.sched_rss_no_hosts_mib) * 1024 / r.hosts_known
+        lines.append(f"  ({per_host:.0f} KiB per host)")
+    lines += [f"percentiles: {PERCENTILE_METHOD}", *r.notes]
+    return lines
+
+
+def _listing_lines(li: ListingFigures) -> list[str]:
+    rows = (("GET /healthz", li.healthz_ms), (f"GET /v1/vms?limit={PAGE_LIMIT}", li.vms_ms),
+            (f"GET /v1/hosts?limit={PAGE_LIMIT}", li.hosts_ms))
+    lines = ["listing, admin token, interleaved (ms):",
+             f"{'':24} {'n':>5} {'p50':>9} {'p99':>9} {'max':>9}"]
+    for label, samples in rows:
+        q = quantiles(samples)
+        lines.append(f"{label:24} {q.n:>5} {q.p50:>9.2f} {q.p99:>9.2f} {q.max:>9.2f}")
+    lines.append(f"  /v1/vms answered {li.vms_items} VMs ({li.vms_bytes / 1e6:.2f} MB) per request")
+    if li.vms_items > PAGE_LIMIT:
+        lines.append("  (limit/offset are ignored: the route has no paging, it lists all)")
+    lines.append(f"  /v1/hosts answered {li.hosts_items} of {li.hosts_total} hosts per request")
+    return lines
+
+
+def _sse_lines(s: SseFigures) -> list[str]:
+    rates = [d.per_s for d in s.sse]
+    lost = [d.lost for d in s.sse]
+    complete = sum(1 for d in s.sse if d.lost == 0)
+    lag, bare = s.lag_ms, quantiles(s.bare.lags_ms)
+    return [
+        f"SSE: {s.published} events at {s.publish_rate:.0f}/s to {s.clients} clients of GET /v1/events",
+        f"{'':18} {'delivered':>10} {'lost':>7} {'ev/s p50':>9} {'ev/s min':>9} {'lag p50/p99/max ms':>20}",
+        f"{'SSE, all clients':18} {sum(d.delivered for d in s.sse):>10} {sum(lost):>7}"
+        f" {quantiles(rates).p50 if rates else math.nan:>9.1f} {min(rates, default=math.nan):>9.1f}"
+        f" {_q(lag):>20}",
+        f"{'bare NATS sub':18} {s.bare.delivered:>10} {s.bare.lost:>7} {s.bare.per_s:>9.1f} {'':>9}"
+        f" {_q(bare):>20}",
+        f"  clients that got every event: {complete} of {s.clients}; most one lost: {max(lost, default=0)}",
+        "  ev/s = delivered / (last receipt - first publish), per client",
+    ]
+
+
+def run_control_plane_bench(args: BenchArgs, say: Callable[[str], None] = print) -> Report:
+    """Run the benchmark (``deploy.control_plane_run``), print its report through ``say`` and
+    return it. BenchError when a process fails to start or dies; every process it started is
+    stopped, and its run dir removed, whatever happens."""
+    from deploy.control_plane_run import run
+
+    report = run(args, say)
+    for line in format_report(report):
+        say(line)
+    return report
+
+
+def main() -> None:
+    from shared.logging import configure_logging
+
+    args = parse_args()
+    configure_logging("bench-control-plane", "warning")
+    run_control_plane_bench(args)
+
+
+if __name__ == "__main__":
+    main()

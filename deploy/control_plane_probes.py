@@ -1,0 +1,296 @@
+"""What ``vmflow bench control-plane`` measures with, against running processes: their CPU and
+memory, heartbeats as a bare NATS subscriber and as the scheduler see them, the API's listings
+and its SSE fan-out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from deploy.bench import BenchError
+from deploy.bench_control_plane import (
+    EVENT_ID_PREFIX,
+    PAGE_LIMIT,
+    Delivery,
+    ListingFigures,
+    SseFigures,
+    SseStream,
+    cpu_seconds,
+    delivery,
+    event_seq,
+    heartbeat_ages,
+    hwm_kib,
+    planned_vm,
+    rss_kib,
+)
+from deploy.client import bearer_headers
+from services.scheduler.client import SchedulerClient
+from shared import events, subjects
+from shared.errors import VmflowError
+from shared.messaging import EventPublisher
+
+HOSTS_PAGE = 500  # the scheduler's own page size (HostQuery's default)
+LISTING_WARMUP_ROUNDS = 3
+SSE_CONNECT_TIMEOUT_S = 60.0
+SSE_DRAIN_S = 10.0  # after the last publish, how long clients may take to get every event
+
+
+# --- processes ----------------------------------------------------------------------------------
+
+
+class ProcessMeter:
+    """CPU seconds and memory of named processes (several pids may share a name)."""
+
+    def __init__(self, pids: Mapping[str, Sequence[int]]) -> None:
+        self.pids = {name: list(p) for name, p in pids.items()}
+        self._ticks = os.sysconf("SC_CLK_TCK")
+
+    def cpu_s(self) -> dict[str, float]:
+        return {name: sum(self._read(pid, "stat", lambda t: cpu_seconds(t, self._ticks)) for pid in pids)
+                for name, pids in self.pids.items()}
+
+    def memory_mib(self) -> dict[str, tuple[float, float]]:
+        """name -> (RSS, peak RSS), summed over its pids."""
+        return {name: (sum(self._read(pid, "status", rss_kib) for pid in pids) / 1024,
+                       sum(self._read(pid, "status", hwm_kib) for pid in pids) / 1024)
+                for name, pids in self.pids.items()}
+
+    @staticmethod
+    def _read(pid: int, what: str, parse: Callable[[str], float]) -> float:
+        try:
+            return parse(Path(f"/proc/{pid}/{what}").read_text())
+        except (OSError, IndexError, ValueError):
+            return float("nan")
+
+
+# --- heartbeats ---------------------------------------------------------------------------------
+
+
+class HeartbeatWatch:
+    """A bare NATS subscriber on every host's heartbeat subject: the raw baseline of intake."""
+
+    def __init__(self) -> None:
+        self.last_sent_s: dict[str, float] = {}
+        self.count = 0
+
+    async def start(self, nc) -> None:
+        await nc.subscribe(f"{subjects.HEARTBEATS}.*", cb=self._on_beat)
+        await nc.flush()
+
+    async def _on_beat(self, msg) -> None:
+        self.count += 1
+        sent_s = json.loads(msg.data)["sent_at_s"]
+        host_id = msg.subject.rsplit(".", 1)[1]
+        if sent_s > self.last_sent_s.get(host_id, 0.0):
+            self.last_sent_s[host_id] = sent_s
+
+
+@dataclass(frozen=True)
+class IntakeSample:
+    phase: str
+    sched_ages_s: tuple[float, ...]
+    not_up: int  # hosts the scheduler does not call up, or does not know
+    raw_ages_s: tuple[float, ...]
+    raw_stale: int  # hosts the bare subscriber has not heard from for longer than stale_after_s
+    call_ms: float  # paging through the scheduler's hosts endpoint
+    error: str = ""
+
+
+class IntakeSampler:
+    """Every ``interval_s``: every host's heartbeat age as the scheduler holds it (its hosts
+    endpoint, paged) next to the bare subscriber's, tagged with the current phase."""
+
+    def __init__(self, client: SchedulerClient, watch: HeartbeatWatch, hosts: int, interval_s: float,
+                 stale_after_s: float) -> None:
+        self._client = client
+        self._watch = watch
+        self._hosts = hosts
+        self._interval_s = interval_s
+        self._stale_after_s = stale_after_s
+        self.phase = "setup"
+        self.samples: list[IntakeSample] = []
+
+    async def run(self) -> None:
+        while True:
+            self.samples.append(await self.sample())
+            await asyncio.sleep(self._interval_s)
+
+    async def sample(self) -> IntakeSample:
+        phase = self.phase
+        started_s = time.perf_counter()
+        views = []
+        try:
+            while True:
+                page = await self._client.hosts(len(views), HOSTS_PAGE)
+                views.extend(page.hosts)
+                if not page.hosts or len(views) >= page.total:
+                    break
+        except VmflowError as exc:
+            call_ms = (time.perf_counter() - started_s) * 1000
+            return IntakeSample(phase, (), self._hosts, (), self._hosts, call_ms, f"{exc.code}: {exc.message}")
+        call_ms = (time.perf_counter() - started_s) * 1000
+        raw = heartbeat_ages(self._watch.last_sent_s, time.time())
+        stale = self._hosts - sum(1 for age in raw if age <= self._stale_after_s)
+        up = sum(1 for v in views if v.state == "up")
+        return IntakeSample(phase, tuple(v.last_heartbeat_age_s for v in views), self._hosts - up, tuple(raw),
+                            stale, call_ms)
+
+    def of_phase(self, phase: str) -> list[IntakeSample]:
+        return [s for s in self.samples if s.phase == phase]
+
+
+async def scheduler_hosts_total(client: SchedulerClient) -> int | None:
+    """How many hosts the scheduler knows; None while it does not answer."""
+    try:
+        return (await client.hosts(0, 1)).total
+    except VmflowError:
+        return None
+
+
+# --- the API's listings -------------------------------------------------------------------------
+
+
+async def measure_listing(api_url: str, token: str, hosts: int, vms: int, rounds: int,
+                          budget_s: float) -> ListingFigures:
+    """``rounds`` rounds (or as many as ``budget_s`` allows) of GET /healthz, GET /v1/vms and
+    GET /v1/hosts, each page at a random offset, in an order rotated by one each round."""
+    async with httpx.AsyncClient(base_url=api_url, headers=bearer_headers(token), timeout=300) as client:
+        async def get(path: str) -> httpx.Response:
+            response = await client.get(path)
+            if response.status_code != 200:
+                raise BenchError(f"GET {path}: {response.status_code} {response.text[:200]}")
+            return response
+
+        first_vms = await get(f"/v1/vms?limit={PAGE_LIMIT}&offset=0")
+        first_hosts = await get(f"/v1/hosts?limit={PAGE_LIMIT}&offset=0")
+        calls = (lambda: get("/healthz"),
+                 lambda: get(f"/v1/vms?limit={PAGE_LIMIT}&offset={random.randrange(max(1, vms))}"),
+                 lambda: get(f"/v1/hosts?limit={PAGE_LIMIT}&offset={random.randrange(max(1, hosts))}"))
+        samples: list[list[float]] = [[] for _ in calls]
+        deadline_s = time.perf_counter() + budget_s
+        for round_index in range(-LISTING_WARMUP_ROUNDS, rounds):
+            for k in range(len(calls)):
+                i = (round_index + k) % len(calls)
+                started_s = time.perf_counter()
+                await calls[i]()
+                if round_index >= 0:
+                    samples[i].append((time.perf_counter() - started_s) * 1000)
+            if time.perf_counter() > deadline_s:
+                break
+    return ListingFigures(tuple(samples[0]), tuple(samples[1]), tuple(samples[2]), len(first_vms.json()),
+                          len(first_vms.content), len(first_hosts.json()),
+                          int(first_hosts.headers.get("x-total-count", -1)))
+
+
+# --- SSE fan-out --------------------------------------------------------------------------------
+
+
+class SseClient:
+    """One GET /v1/events over a raw HTTP/1.1 connection: when each of the benchmark's events
+    arrived (its receipt stamped when the bytes carrying it were read)."""
+
+    def __init__(self, api_url: str, token: str) -> None:
+        parts = urlsplit(api_url)
+        self._host, self._port = parts.hostname or "127.0.0.1", parts.port or 80
+        self._token = token
+        self.connected = asyncio.Event()
+        self.received_s: dict[int, float] = {}
+        self.status = 0
+
+    async def run(self) -> None:
+        reader, writer = await asyncio.open_connection(self._host, self._port)
+        writer.write((f"GET /v1/events HTTP/1.1\r\nHost: {self._host}:{self._port}\r\n"
+                      f"Authorization: Bearer {self._token}\r\nAccept: text/event-stream\r\n\r\n").encode())
+        stream = SseStream()
+        try:
+            while not stream.ended:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                now_s = time.time()
+                for event_id in stream.feed(data):
+                    seq = event_seq(event_id)
+                    if seq is not None:
+                        self.received_s.setdefault(seq, now_s)
+                if stream.status:
+                    self.status = stream.status
+                    self.connected.set()
+        finally:
+            writer.close()
+
+
+class BareEventSubscriber:
+    """A core NATS subscriber to the same events: the raw baseline of fan-out."""
+
+    def __init__(self) -> None:
+        self.received_s: dict[int, float] = {}
+
+    async def start(self, nc, subject: str) -> None:
+        await nc.subscribe(subject, cb=self._on_event)
+        await nc.flush()
+
+    async def _on_event(self, msg) -> None:
+        seq = event_seq((msg.headers or {}).get("Nats-Msg-Id", ""))
+        if seq is not None:
+            self.received_s.setdefault(seq, time.time())
+
+
+async def measure_sse(api_url: str, token: str, nc, clients: int, count: int, rate: float,
+                      fleet: tuple[int, int, int], say: Callable[[str], None]) -> SseFigures:
+    """Connect ``clients`` SSE clients, publish ``count`` VM state events at ``rate`` per second,
+    wait for them to arrive (at most SSE_DRAIN_S after the last), then disconnect. ``fleet``:
+    (hosts, VMs, tenants); each event is about one of its VMs."""
+    sse = [SseClient(api_url, token) for _ in range(clients)]
+    tasks = [asyncio.create_task(c.run()) for c in sse]
+    bare = BareEventSubscriber()
+    await bare.start(nc, f"{subjects.EVENTS_ROOT}.vm.>")
+    try:
+        try:
+            await asyncio.wait_for(asyncio.gather(*(c.connected.wait() for c in sse)), SSE_CONNECT_TIMEOUT_S)
+        except TimeoutError:
+            failed = [t.exception() for t in tasks if t.done() and t.exception()]
+            raise BenchError(f"{sum(not c.connected.is_set() for c in sse)} of {clients} SSE clients not connected"
+                             f" after {SSE_CONNECT_TIMEOUT_S:g} s{f': {failed[0]!r}' if failed else ''}") from None
+        refused = [c.status for c in sse if c.status != 200]
+        if refused:
+            raise BenchError(f"GET /v1/events answered {refused[0]} to {len(refused)} client(s)")
+        await asyncio.sleep(1.0)  # each client's NATS subscription reaches the server
+        say(f"SSE: {clients} clients connected; publishing {count} events at {rate:g}/s")
+        published_s = await _publish_events(EventPublisher(nc.jetstream(), "bench"), count, rate, fleet)
+        deadline_s = time.monotonic() + SSE_DRAIN_S
+        while time.monotonic() < deadline_s and not all(len(c.received_s) >= count for c in sse):
+            await asyncio.sleep(0.2)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    span_s = max(published_s.values()) - min(published_s.values())
+    deliveries: tuple[Delivery, ...] = tuple(delivery(published_s, c.received_s) for c in sse)
+    return SseFigures(clients, count, (count - 1) / span_s if span_s > 0 else float("inf"), deliveries,
+                      delivery(published_s, bare.received_s))
+
+
+async def _publish_events(publisher: EventPublisher, count: int, rate: float,
+                          fleet: tuple[int, int, int]) -> dict[int, float]:
+    """seq -> when its publish began; one at a time, paced to ``rate``."""
+    published_s: dict[int, float] = {}
+    started_s = time.monotonic()
+    for seq in range(count):
+        delay_s = started_s + seq / rate - time.monotonic()
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+        hosts, vms, tenants = fleet
+        vm = planned_vm(seq % max(1, vms), hosts, tenants)
+        fact = events.VmStateChanged(vm.vm_id, vm.tenant, "running", vm.host_id, None, "vmflow bench control-plane")
+        published_s[seq] = time.time()
+        await events.publish(publisher, fact, f"{EVENT_ID_PREFIX}{seq}")
+    return published_s
