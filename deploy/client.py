@@ -8,6 +8,8 @@ from typing import Any
 
 import httpx
 
+WAIT_S = 10.0  # how long one request for an operation's outcome may wait for it
+
 
 class ApiError(RuntimeError):
     def __init__(self, status: int, code: str, message: str) -> None:
@@ -65,10 +67,15 @@ class VmflowClient:
 
     def wait_operation(self, op_id: str, timeout_s: float = 300.0,
                        on_progress: Callable[[dict], None] | None = None, interval_s: float = 0.2) -> dict:
-        """Poll until the operation is done; returns its final view (succeeded or not)."""
+        """Wait until the operation is done; returns its final view (succeeded or not). The API
+        answers as soon as it is done (``wait_s``), so this asks about once per ``WAIT_S``, or
+        once a second while ``on_progress`` follows the steps; ``interval_s`` paces the asking."""
         deadline = time.monotonic() + timeout_s
+        read_s = self._http.timeout.read or WAIT_S + 5
+        wait_s = 1.0 if on_progress else min(WAIT_S, read_s / 2)
         while True:
-            op = self.call("GET", f"/v1/operations/{op_id}")
+            left_s = max(0.0, deadline - time.monotonic())
+            op = self.call("GET", f"/v1/operations/{op_id}", params={"wait_s": round(min(wait_s, left_s), 3)})
             if on_progress:
                 on_progress(op)
             if op["done"]:

@@ -11,6 +11,7 @@ it is recorded in error with the reason, for an operator, and no disk copy is dr
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError, is_cancelled_exception
@@ -32,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
 
 from workflows import network_steps, steps
 from workflows.progress import ProgressTracker
+from workflows.saga import all_settled
 
 
 @workflow.defn(name="LiveMigrate")
@@ -59,9 +61,20 @@ class LiveMigrate:
                 self._progress.advance("begin")
                 await steps.begin_operation(BeginOperation(vm.vm_id, op_id, (settled,), VmState.MIGRATING))
             self._progress.advance("check")
-            status, root, setup = await asyncio.gather(
-                steps.domain_status(source, BootWaitRequest(vm.vm_id, 0)), steps.locate_root(vm.vm_id),
-                network_steps.vm_setup(vm.vm_id))
+            place = functools.partial(steps.place, PlacementRequest(
+                vm.vm_id, vm.vcpus, vm.memory_mib, vm.disk_gib if vm.storage is PoolKind.LOCAL else 0,
+                required_labels=vm.required_labels,
+                group=vm.group, exclude_hosts=(source,), only_host=target,
+            ))
+            checks = [steps.domain_status(source, BootWaitRequest(vm.vm_id, 0)), steps.locate_root(vm.vm_id),
+                      network_steps.vm_setup(vm.vm_id)]
+            # The target is chosen while the checks run: one round trip less. A check that fails
+            # releases the claim on the way out, as any failure does.
+            placed_early = workflow.patched("vmflow-migrate-place-with-checks")
+            if placed_early:
+                status, root, setup, placement = await all_settled(*checks, place())
+            else:
+                status, root, setup = await asyncio.gather(*checks)
             expected = "running" if live else "shutoff"
             if status.state != expected:
                 raise ApplicationError(f"the VM is {status.state} on {source}, expected {expected}",
@@ -73,12 +86,9 @@ class LiveMigrate:
                 raise ApplicationError(f"data volume(s) {', '.join(root.local_data_volumes)} on {source}'s own "
                                        "pool cannot move with the VM: detach them first",
                                        type="conflict", non_retryable=True)
-            self._progress.advance("place")
-            placement = await steps.place(PlacementRequest(
-                vm.vm_id, vm.vcpus, vm.memory_mib, vm.disk_gib if vm.storage is PoolKind.LOCAL else 0,
-                required_labels=vm.required_labels,
-                group=vm.group, exclude_hosts=(source,), only_host=target,
-            ))
+            if not placed_early:
+                self._progress.advance("place")
+                placement = await place()
             target = placement.host_id
             # The VM's networks (and seed) are in place on the target before it arrives there.
             self._progress.advance("prepare_host", target)

@@ -25,7 +25,7 @@ with workflow.unsafe.imports_passed_through():
 
 from workflows import network_steps, steps
 from workflows.progress import ProgressTracker
-from workflows.saga import Saga
+from workflows.saga import Saga, all_settled
 
 # A VM is provisioned once, ever: a retried or replayed start is refused, even after completion.
 PROVISION_ID_REUSE = WorkflowIDReusePolicy.REJECT_DUPLICATE
@@ -60,15 +60,20 @@ class ProvisionVm:
             )
             host_id = placement.host_id
             self._progress.advance("create_volume", host_id)
-            await steps.update_record(VmRecordUpdate(inp.vm_id, op_id, "create_volume", host_id=host_id))
+            recorded = steps.update_record(VmRecordUpdate(inp.vm_id, op_id, "create_volume", host_id=host_id))
+            together = workflow.patched("vmflow-provision-record-with-volume")
+            if not together:
+                await recorded
             saga.on_failure("delete volume", lambda: steps.delete_volume(inp.vm_id))
             pool = local_pool_name(host_id) if local else None
             saga.on_failure("release networks and seed",
                             lambda: network_steps.release_host(host_id, VmRelease(inp.vm_id, remove_seed=True)))
-            # The disk and the host's side of the guest (networks, seed) do not wait for each other.
-            volume, _prepared = await asyncio.gather(
+            # The disk, the host's side of the guest (networks, seed) and the record of where the
+            # VM goes do not wait for each other.
+            volume, *_ = await all_settled(
                 steps.create_volume(VolumeRequest(inp.vm_id, inp.spec.image, inp.spec.disk_gib, pool)),
                 network_steps.prepare_host(host_id, setup),
+                *([recorded] if together else []),
             )
 
             self._progress.advance("define")
@@ -104,3 +109,4 @@ class ProvisionVm:
             await steps.forget_record(VmRef(inp.vm_id, op_id, error=error))
             self._progress.advance("failed")
             raise ApplicationError(error, type=code, non_retryable=True) from None
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from temporalio import workflow
@@ -25,3 +26,13 @@ class Saga:
             except Exception as exc:  # keep undoing; the failure is in the history
                 workflow.logger.error("compensation %s failed: %s", description, exc)
         self._undo.clear()
+
+
+async def all_settled(*steps_: Awaitable) -> list:
+    """Every step's result, once all are done; the first failure is raised only then, so the
+    undoing never races a step still running (a volume made after its delete ran)."""
+    outcomes = await asyncio.gather(*steps_, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return outcomes

@@ -111,6 +111,11 @@ _PLACE_RETRY = RetryPolicy(
 
 
 async def place(req: PlacementRequest) -> Placement:
+    """A local activity: the orchestrator worker asks the scheduler itself, within the workflow
+    task, instead of queueing a task for itself (a round trip to Temporal less)."""
+    if workflow.patched("vmflow-local-place"):
+        return await workflow.execute_local_activity(
+            "scheduler.place", req, result_type=Placement, start_to_close_timeout=_QUICK, retry_policy=_PLACE_RETRY)
     return await run_activity(ORCHESTRATOR_QUEUE, "scheduler.place", req, Placement, retry_policy=_PLACE_RETRY)
 
 

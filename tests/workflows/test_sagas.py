@@ -165,8 +165,9 @@ async def test_provision_happy_path_runs_every_step_once(env):
     world = World()
     inp = provision_input()
     assert await run_with(env, world, ProvisionVm, inp, f"vm-{inp.vm_id}-provision") == "h1"
-    assert world.calls == ["place", "record:create_volume", "create_volume", "define", "start",
-                           "wait_booted", "record:succeeded"]
+    # Where the VM goes is recorded while its disk is made: those two in either order.
+    assert world.calls[0] == "place" and set(world.calls[1:3]) == {"record:create_volume", "create_volume"}
+    assert world.calls[3:] == ["define", "start", "wait_booted", "record:succeeded"]
     # The host's side of the guest (NICs, seed) is ready before the domain is defined.
     assert world.side_calls == ["vm_setup", "prepare"]
     assert world.calls_at_side <= world.calls.index("define")
@@ -191,7 +192,8 @@ async def test_provision_failure_undoes_earlier_steps_in_reverse(env, fail_at, u
     assert isinstance(cause, ApplicationError) and cause.type == "hypervisor_error"
     assert cause.message == f"{fail_at}: {fail_at} refused"
     failed_at = world.calls.index(fail_at)
-    assert world.calls[failed_at + 1:] == [*undo, "forget"]
+    # The record of the chosen host is written beside the disk: it may land after a failure there.
+    assert [c for c in world.calls[failed_at + 1:] if c != "record:create_volume"] == [*undo, "forget"]
 
 
 async def test_same_workflow_id_cannot_start_twice(env):

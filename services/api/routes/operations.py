@@ -22,6 +22,7 @@ from temporalio.client import (
     WorkflowExecution,
     WorkflowExecutionStatus,
     WorkflowFailureError,
+    WorkflowHandle,
 )
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -193,6 +194,13 @@ async def _listed(p: Platform, ex: WorkflowExecution, who: Principal) -> Operati
     )
 
 
+async def _wait_done(handle: WorkflowHandle, wait_s: float) -> None:
+    try:
+        await asyncio.wait_for(handle.result(), wait_s)
+    except Exception:  # still running after wait_s, or ended in failure: the view says which
+        pass
+
+
 @router.post("/{op_id}/cancel", status_code=202, response_model=Operation)
 async def cancel_operation(op_id: str, p: Platform = Depends(get_platform), who: Principal = Depends(principal)):
     """Ask a running operation to stop. A migration aborts libvirt's job and leaves the VM where
@@ -203,12 +211,18 @@ async def cancel_operation(op_id: str, p: Platform = Depends(get_platform), who:
     if desc.status != WorkflowExecutionStatus.RUNNING:
         raise Conflict(f"operation {op_id} is {OPERATION_STATES.get(desc.status, 'finished')}; nothing to cancel")
     await handle.cancel()
-    return await get_operation(op_id, p, who)
+    return await get_operation(op_id, p, who, wait_s=0.0)
 
 
 @router.get("/{op_id}", response_model=Operation)
-async def get_operation(op_id: str, p: Platform = Depends(get_platform), who: Principal = Depends(principal)):
+async def get_operation(op_id: str, p: Platform = Depends(get_platform), who: Principal = Depends(principal),
+                        wait_s: float = Query(0.0, ge=0, le=60, description=(
+                            "answer as soon as the operation is done, or after this long: "
+                            "a client that waits asks once instead of polling"))):
     handle, desc = await _describe(p, op_id, who)
+    if wait_s and desc.status == WorkflowExecutionStatus.RUNNING:
+        await _wait_done(handle, wait_s)  # Temporal's long poll on the history: no worker is asked
+        desc = await handle.describe()
     state = _state(desc.status)
     progress: OperationProgress | None = None
     try:
