@@ -2,7 +2,7 @@
 # Both install whatever is missing first (deploy/install.sh is idempotent and quick when warm).
 HOSTS ?= 3
 
-.PHONY: install up down status test
+.PHONY: install up down status test test-sqlite
 install:
 	bash deploy/install.sh
 
@@ -17,3 +17,7 @@ status:
 
 test: install
 	.venv/bin/pytest -v
+
+# The same suite with the integration stack's inventory on SQLite, the embedded default.
+test-sqlite: install
+	VMFLOW_TEST_DATABASE=sqlite .venv/bin/pytest -v

@@ -47,6 +47,8 @@ HOSTS_PER_PROCESS = 250
 MAX_SIM_PROCESSES = 4
 VM_NAMESPACE = uuid.UUID("0c9d1f7e-2b7a-4e0b-9f64-7d3c6a1f5e21")
 EVENT_ID_PREFIX = "cpbench-"
+SCHEDULER_TIMEOUT_S = 30.0  # the benchmark's own requests to the scheduler's hosts endpoint
+SSE_DRAIN_S = 10.0  # after the last publish, how long clients may take to get every event
 PAGE_LIMIT = 100
 
 
@@ -64,10 +66,11 @@ class BenchArgs:
     events: int = 2000
     event_rate: float = 100.0  # events published per second
     heartbeat_interval_s: float = 1.0  # the host worker's default
-    idle_s: float = 10.0
-    settle_s: float = 5.0  # after every host is known, before measuring
+    idle_s: float = 8.0
+    settle_s: float = 3.0  # after every host is known, before measuring
     sim_processes: int = 0  # 0: one per HOSTS_PER_PROCESS hosts, at most MAX_SIM_PROCESSES
     sample_interval_s: float = 2.0  # how often the heartbeat ages are sampled
+    keep_logs: bool = False  # copy the processes' logs out of the run dir before it is removed
 
     def __post_init__(self) -> None:
         for name in ("hosts", "sse_clients", "tenants", "list_requests", "events"):
@@ -105,6 +108,8 @@ def argument_parser() -> argparse.ArgumentParser:
         default = getattr(defaults, name)
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type(default), default=default,
                             help=f"{help_text} (default {default:g})")
+    parser.add_argument("--keep-logs", action="store_true",
+                        help="keep the processes' logs (a failed run always keeps them)")
     return parser
 
 
@@ -315,10 +320,10 @@ def delivery(published_s: Mapping[int, float], received_s: Mapping[int, float]) 
 
 @dataclass(frozen=True)
 class SseFigures:
-    clients: int
+    clients: int  # asked for
     published: int
     publish_rate: float  # achieved, events/s
-    sse: tuple[Delivery, ...]  # one per client
+    sse: tuple[Delivery, ...]  # one per client that got its stream (200) in time
     bare: Delivery
 
     @property
@@ -335,6 +340,8 @@ class ListingFigures:
     vms_bytes: int
     hosts_items: int
     hosts_total: int  # X-Total-Count
+    errors: tuple[int, int, int] = (0, 0, 0)  # answers other than 200, per kind (their time is in the samples)
+    first_error: str = ""
 
 
 @dataclass(frozen=True)
@@ -349,10 +356,22 @@ class PhaseFigures:
     hosts_call_ms: Quantiles  # paging through the scheduler's hosts endpoint, once per sample
     published_per_s: float  # heartbeats the simulated hosts published
     carried_per_s: float  # heartbeats the bare subscriber received
+    sched_errors: int = 0  # samples the scheduler's hosts endpoint did not answer
 
     def cpu_percent(self, process: str) -> float:
         """The process's CPU time over the phase's wall time, in % of one core (NaN: unknown)."""
         return 100 * self.cpu_s.get(process, math.nan) / self.wall_s if self.wall_s > 0 else math.nan
+
+
+@dataclass(frozen=True)
+class LivenessCost:
+    """The scheduler's own liveness code over a fleet, timed in this process."""
+
+    hosts: int
+    peers: int  # PeerReach entries in each heartbeat
+    tick_ms: float  # signals_from_heartbeats + judge_fleet: one tick of the monitor
+    beat_bytes: int  # one heartbeat as published
+    decode_ms: float  # one heartbeat decoded, as the scheduler and the API decode each
 
 
 @dataclass(frozen=True)
@@ -366,10 +385,14 @@ class Report:
     phases: tuple[PhaseFigures, ...] = ()
     listing: ListingFigures | None = None
     sse: SseFigures | None = None
+    liveness: tuple[LivenessCost, ...] = ()
+    liveness_interval_s: float = 0.5
     notes: tuple[str, ...] = ()
 
 
 def _q(q: Quantiles, fmt: str = ".1f") -> str:
+    """p50/p99/max; whole numbers once they reach 1,000 (columns stay narrow)."""
+    fmt = ".0f" if q.max >= 1000 else fmt
     return f"{q.p50:{fmt}}/{q.p99:{fmt}}/{q.max:{fmt}}"
 
 
@@ -382,18 +405,24 @@ def format_report(r: Report) -> list[str]:
     lines += ["", "heartbeat intake, by phase (ages in s, p50/p99/max; 'raw' = a bare",
               "NATS subscriber on the heartbeat subjects, same moments):",
               f"{'phase':8} {'sched age':>15} {'raw age':>15} {'!up':>4} {'stale':>5}"
-              f" {'pub/s':>6} {'raw/s':>6} {'hosts ms':>8}"]
+              f" {'pub/s':>6} {'raw/s':>6} {'hosts ms':>8} {'err':>3}"]
     for p in r.phases:
         lines.append(f"{p.name:8} {_q(p.sched_age_s, '.2f'):>15} {_q(p.raw_age_s, '.2f'):>15}"
                      f" {p.sched_not_up_max:>4} {p.raw_stale_max:>5} {p.published_per_s:>6.0f}"
-                     f" {p.carried_per_s:>6.0f} {p.hosts_call_ms.p50:>8.0f}")
+                     f" {p.carried_per_s:>6.0f} {p.hosts_call_ms.p50:>8.0f} {p.sched_errors:>3}")
     lines += [f"  expected {a.hosts / a.heartbeat_interval_s:.0f} beats/s; !up = most hosts the scheduler did not",
               "  call up in one sample; stale = most the raw subscriber had not heard for",
-              "  > 5 s; hosts ms = p50 of paging its hosts endpoint (500 a page)"]
+              "  > 5 s; hosts ms = p50 of paging its hosts endpoint (500 a page);",
+              f"  err = samples it did not answer ({SCHEDULER_TIMEOUT_S:g} s)"]
     if r.listing is not None:
         lines += [""] + _listing_lines(r.listing)
     if r.sse is not None:
         lines += [""] + _sse_lines(r.sse)
+        sse_phase = next((p for p in r.phases if p.name == "sse"), None)
+        delivered = sum(d.delivered for d in r.sse.sse)
+        if sse_phase is not None and delivered:
+            lines.append(f"  API CPU per SSE message delivered: {1000 * sse_phase.cpu_s.get('api', math.nan) / delivered:.2f}"
+                         " ms (all its work in the phase)")
     lines += ["", "memory (RSS MiB at the end/peak) and CPU by phase (% of one core):"]
     lines.append(f"{'process':14} {'rss/peak':>11} " + " ".join(f"{p.name:>8}" for p in r.phases))
     for name, (rss, peak) in r.memory_mib.items():
@@ -405,6 +434,16 @@ def format_report(r: Report) -> list[str]:
     if r.hosts_known and not math.isnan(r.sched_rss_all_hosts_mib):
         per_host = (r.sched_rss_all_hosts_mib - r.sched_rss_no_hosts_mib) * 1024 / r.hosts_known
         lines.append(f"  ({per_host:.0f} KiB per host)")
+    if r.liveness:
+        lines += ["", f"the scheduler's liveness tick (its own code, timed here; it runs every"
+                      f" {r.liveness_interval_s:g} s):",
+                  f"{'hosts':>7} {'peers/beat':>10} {'tick ms':>9} {'beat KB':>8} {'decode ms':>9}"]
+        lines += [f"{c.hosts:>7} {c.peers:>10} {'-' if math.isnan(c.tick_ms) else f'{c.tick_ms:.1f}':>9}"
+                  f" {c.beat_bytes / 1024:>8.1f} {c.decode_ms:>9.3f}" for c in r.liveness]
+        lines += ["  peers/beat: the simulated hosts report none; a real worker reports every",
+                  "  peer whose libvirtd it reaches (hosts - 1); '-': not timed (grows ~hosts^3)",
+                  "  a tick blocks the scheduler's event loop: no heartbeat, place or hosts",
+                  "  request is served meanwhile"]
     lines += [f"percentiles: {PERCENTILE_METHOD}", *r.notes]
     return lines
 
@@ -413,14 +452,19 @@ def _listing_lines(li: ListingFigures) -> list[str]:
     rows = (("GET /healthz", li.healthz_ms), (f"GET /v1/vms?limit={PAGE_LIMIT}", li.vms_ms),
             (f"GET /v1/hosts?limit={PAGE_LIMIT}", li.hosts_ms))
     lines = ["listing, admin token, interleaved (ms):",
-             f"{'':24} {'n':>5} {'p50':>9} {'p99':>9} {'max':>9}"]
-    for label, samples in rows:
+             f"{'':24} {'n':>5} {'p50':>9} {'p99':>9} {'max':>9} {'!200':>5}"]
+    for (label, samples), errors in zip(rows, li.errors):
         q = quantiles(samples)
-        lines.append(f"{label:24} {q.n:>5} {q.p50:>9.2f} {q.p99:>9.2f} {q.max:>9.2f}")
+        lines.append(f"{label:24} {q.n:>5} {q.p50:>9.2f} {q.p99:>9.2f} {q.max:>9.2f} {errors:>5}")
+    if li.first_error:
+        lines += [f"  first refusal: {li.first_error[:60]}", f"    {li.first_error[60:130]}"]
     lines.append(f"  /v1/vms answered {li.vms_items} VMs ({li.vms_bytes / 1e6:.2f} MB) per request")
     if li.vms_items > PAGE_LIMIT:
         lines.append("  (limit/offset are ignored: the route has no paging, it lists all)")
-    lines.append(f"  /v1/hosts answered {li.hosts_items} of {li.hosts_total} hosts per request")
+    if li.hosts_total < 0:
+        lines.append("  /v1/hosts: its first request failed (no page size to show)")
+    else:
+        lines.append(f"  /v1/hosts answered {li.hosts_items} of {li.hosts_total} hosts per request")
     return lines
 
 
@@ -437,8 +481,10 @@ def _sse_lines(s: SseFigures) -> list[str]:
         f" {_q(lag):>20}",
         f"{'bare NATS sub':18} {s.bare.delivered:>10} {s.bare.lost:>7} {s.bare.per_s:>9.1f} {'':>9}"
         f" {_q(bare):>20}",
-        f"  clients that got every event: {complete} of {s.clients}; most one lost: {max(lost, default=0)}",
-        "  ev/s = delivered / (last receipt - first publish), per client",
+        f"  clients streaming: {len(s.sse)} of {s.clients}; that got every event: {complete};",
+        f"  most events one lost: {max(lost, default=0)}",
+        "  ev/s = delivered / (last receipt - first publish), per client; lost = not",
+        f"  there {SSE_DRAIN_S:g} s after the last publish; lag = publish to receipt",
     ]
 
 

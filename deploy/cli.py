@@ -55,15 +55,20 @@ def up(hosts: int = typer.Option(3, min=1, max=16, help="number of lab KVM hosts
        run_dir: Path = typer.Option(DEFAULT_RUN_DIR, help="state, logs and pids go here"),
        schedulers: int = typer.Option(3, min=1, max=9, help="scheduler replicas (they share their claims)"),
        nats_cluster: int = typer.Option(1, min=1, max=5, help="nats-servers; more than one are clustered, "
-                                        "JetStream keeping 3 copies of every stream and bucket")) -> None:
+                                        "JetStream keeping 3 copies of every stream and bucket"),
+       database: str = typer.Option("sqlite", help="the inventory's engine: sqlite (a file in the run dir) or "
+                                    "postgres (a PostgreSQL server of its own, data in the run dir)")) -> None:
     """Start NATS, Temporal, the lab hosts and every service on this machine."""
+    if database not in stack.DATABASES:
+        raise typer.BadParameter(f"one of {', '.join(stack.DATABASES)}", param_hint="--database")
     cfg = stack.StackConfig(run_dir=str(run_dir.resolve()), host_count=hosts, scheduler_replicas=schedulers,
-                            nats_cluster=nats_cluster)
+                            nats_cluster=nats_cluster, database=database)
     cfg = stack.up(cfg, say=console.print)
     console.print(f"API        {cfg.api_url}  (docs: {cfg.api_url}/docs)")
     console.print(f"Portal     {cfg.api_url}/  (sign in with an API token, e.g. the admin token below)")
     console.print(f"Temporal   {cfg.temporal_address}  (UI: http://127.0.0.1:{cfg.temporal_ui_port})")
     console.print(f"NATS       {cfg.nats_url}")
+    console.print(f"Inventory  {stack.database_url(cfg)}")
     console.print(f"Admin token {cfg.admin_token_file}  (readable by {_owner_of(cfg.admin_token_file)} only; "
                   "the CLI uses it)")
     console.print(f"logs       {cfg.root / 'logs'}")
@@ -74,7 +79,7 @@ def up(hosts: int = typer.Option(3, min=1, max=16, help="number of lab KVM hosts
 
 @app.command()
 def down(run_dir: Path = typer.Option(DEFAULT_RUN_DIR)) -> None:
-    """Stop everything ``up`` started: guests, lab hosts, services, Temporal, NATS."""
+    """Stop everything ``up`` started: guests, lab hosts, services, PostgreSQL, Temporal, NATS."""
     stack.down(run_dir.resolve(), say=console.print)
 
 
@@ -269,7 +274,7 @@ cli_tenants.register(app, client=_client, api=_api, console=console)
 cli_operations.register(app, client=_client, api=_api, console=console)
 
 
-BENCHES = ("provision", "placement", "migration", "failover", "network", "auth", "portal")
+BENCHES = ("provision", "placement", "migration", "failover", "network", "auth", "portal", "control-plane")
 
 
 @app.command("bench")
@@ -278,6 +283,9 @@ def bench(what: str = typer.Argument("provision"), count: int = typer.Option(5, 
           storage: str = typer.Option("shared", help="migration: where the root disk lives, shared or local"),
           cut: str = typer.Option("power", help="failover: pull a host's 'power' or cut its 'network'"),
           requests: int = typer.Option(500, min=10, max=100_000, help="auth, portal: measured requests of each kind"),
+          hosts: int = typer.Option(1000, min=1, help="control-plane: simulated hosts"),
+          vms: int = typer.Option(10_000, min=0, help="control-plane: VMs in the inventory"),
+          sse_clients: int = typer.Option(100, min=1, help="control-plane: clients on GET /v1/events"),
           run_dir: Path = typer.Option(DEFAULT_RUN_DIR, help="stack to measure (must be up)")) -> None:
     """provision: provisioning latency through the platform vs the bare libvirt baseline, same
     run. placement: the scheduler at 100 to 10,000 mock hosts vs a bare NATS echo (no stack).
@@ -288,7 +296,11 @@ def bench(what: str = typer.Argument("provision"), count: int = typer.Option(5, 
     directly over their link, same run. auth: what authentication and policy add to a request:
     an authenticated GET /v1/vms next to GET /healthz, interleaved, and a fresh token's first
     request. portal: each portal page next to the raw API call it is built on, interleaved.
-    Every bench but placement uses the CLI's credentials, for the stack of --run-dir."""
+    control-plane: its own scheduler and API against --hosts simulated hosts and --vms VMs:
+    listings next to /healthz, SSE to --sse-clients next to a bare NATS subscriber, heartbeat
+    intake, memory and CPU (no stack; options: python -m deploy.bench_control_plane --help).
+    Every bench but placement and control-plane uses the CLI's credentials, for the stack of
+    --run-dir."""
     if what not in BENCHES:
         raise typer.BadParameter(f"one of {', '.join(BENCHES)}", param_hint="WHAT")
     if what == "migration" and storage not in ("shared", "local"):
@@ -299,6 +311,16 @@ def bench(what: str = typer.Argument("provision"), count: int = typer.Option(5, 
         from deploy import bench_placement
 
         bench_placement.run_placement_bench(say=console.print)
+        return
+    if what == "control-plane":
+        from deploy import bench_control_plane
+
+        try:
+            bench_control_plane.run_control_plane_bench(
+                bench_control_plane.BenchArgs(hosts=hosts, vms=vms, sse_clients=sse_clients), say=console.print)
+        except bench_module.BenchError as exc:
+            console.print(f"[red]bench {what}[/]: {escape(str(exc))}")
+            raise typer.Exit(2) from None
         return
     run_dir = run_dir.resolve()
     token = _api(lambda: session.credentials(run_dir, api_url=session.local_stack(run_dir).api_url)).token

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -22,6 +23,7 @@ from sqlmodel import Session
 
 from deploy.bench import BenchError
 from deploy.bench_control_plane import (
+    SCHEDULER_TIMEOUT_S,
     BenchArgs,
     PhaseFigures,
     Report,
@@ -35,6 +37,7 @@ from deploy.control_plane_probes import (
     IntakeSample,
     IntakeSampler,
     ProcessMeter,
+    liveness_costs,
     measure_listing,
     measure_sse,
     scheduler_hosts_total,
@@ -75,7 +78,10 @@ class Processes:
                 raise BenchError(f"{name} exited; the end of its log:\n{tail}")
 
     def stop_all(self) -> None:
-        for name in reversed(list(self.pids)):
+        """The API and the scheduler first (the scheduler would see every host go silent and
+        call them failed), then the rest, last started first."""
+        first = [name for name in ("api", "scheduler") if name in self.pids]
+        for name in first + [n for n in reversed(list(self.pids)) if n not in first]:
             stop_process(self.run_dir, name)
 
 
@@ -185,6 +191,7 @@ def phase_figures(name: str, wall_s: float, cpu_before: Mapping[str, float], cpu
         raw_stale_max=max((s.raw_stale for s in samples), default=0),
         hosts_call_ms=quantiles([s.call_ms for s in samples]),
         published_per_s=published_per_s, carried_per_s=carried_per_s,
+        sched_errors=sum(1 for s in samples if s.error),
     )
 
 
@@ -193,13 +200,21 @@ class PhaseRunner:
                  sim_status: Mapping[str, Path], say: Callable[[str], None]) -> None:
         self._meter, self._sampler, self._watch, self._sim_status, self._say = meter, sampler, watch, sim_status, say
         self.phases: list[PhaseFigures] = []
+        self.failures: list[str] = []
 
     async def run(self, name: str, work: Awaitable):
+        """``work``'s result; None when it failed (what failed goes to ``failures``: the other
+        phases and this one's intake figures are still worth printing)."""
         self._say(f"phase {name}")
         self._sampler.phase = name
         cpu_before, status_before, carried_before = self._meter.cpu_s(), read_status(self._sim_status), self._watch.count
         started_s = time.perf_counter()
-        result = await work
+        result = None
+        try:
+            result = await work
+        except (BenchError, httpx.HTTPError, OSError) as exc:
+            self.failures.append(f"phase {name} failed: {type(exc).__name__}: {str(exc)[:300]}")
+            self._say(self.failures[-1])
         self._sampler.samples.append(await self._sampler.sample())  # at least one per phase
         wall_s = time.perf_counter() - started_s
         self.phases.append(phase_figures(
@@ -218,11 +233,15 @@ def run(args: BenchArgs, say: Callable[[str], None]) -> Report:
     succeeded = False
     try:
         report = asyncio.run(_measure(args, procs, say))
+        procs.stop_all()  # before the in-process timings: they see a quiet machine
+        say("timing the scheduler's liveness code in this process")
+        report = replace(report, liveness=liveness_costs(args.hosts, math.ceil(args.vms / args.hosts)),
+                         liveness_interval_s=SchedulerSettings().liveness_interval_s)
         succeeded = True
         return report
     finally:
         procs.stop_all()
-        if not succeeded and (run_dir / "logs").exists():
+        if (args.keep_logs or not succeeded) and (run_dir / "logs").exists():
             kept = Path(tempfile.mkdtemp(prefix="vmflow-bench-control-plane-logs-"))
             shutil.copytree(run_dir / "logs", kept, dirs_exist_ok=True)
             say(f"logs kept in {kept}")
@@ -235,7 +254,8 @@ async def _measure(args: BenchArgs, procs: Processes, say: Callable[[str], None]
     started_s = time.perf_counter()
     nats_url, nats_port = start_nats(procs)
     temporal_port = start_temporal(procs)
-    say(f"run dir {run_dir}; seeding the inventory with {args.vms} VMs")
+    say(f"run dir {run_dir}")
+    say(f"seeding the inventory with {args.vms} VMs")
     database_url = f"sqlite:///{run_dir / 'vmflow.db'}"
     await asyncio.to_thread(seed_inventory, database_url, args)
     setup["inventory seeded"] = time.perf_counter() - started_s
@@ -255,7 +275,7 @@ async def _measure(args: BenchArgs, procs: Processes, say: Callable[[str], None]
     api_url = f"http://127.0.0.1:{api_port}"
     nc = await nats.connect(nats_url, name="vmflow-bench-control-plane")
     try:
-        client = SchedulerClient(nc, timeout_s=30.0)
+        client = SchedulerClient(nc, timeout_s=SCHEDULER_TIMEOUT_S)
         await until(lambda: _answers(scheduler_hosts_total(client)), 60, "the scheduler", procs, "scheduler")
         await until(lambda: _api_ready(api_url), 120, "the API", procs, "api")
         setup["scheduler and API ready"] = time.perf_counter() - started_s
@@ -304,6 +324,7 @@ async def _measure(args: BenchArgs, procs: Processes, say: Callable[[str], None]
         finally:
             sampling.cancel()
         memory = meter.memory_mib()
+        notes += phases.failures
         errors = [s.error for s in sampler.samples if s.error]
         if errors:
             notes.append(f"scheduler hosts endpoint failed {len(errors)} time(s), first: {errors[0]}")
@@ -311,7 +332,7 @@ async def _measure(args: BenchArgs, procs: Processes, say: Callable[[str], None]
         await nc.close()
     notes += [_load_note("end"), *_method_notes(args)]
     return Report(args, setup, memory, sched_rss_no_hosts, sched_rss_all_hosts, hosts_known, tuple(phases.phases),
-                  listing, sse, tuple(notes))
+                  listing, sse, notes=tuple(notes))
 
 
 async def _answers(probe: Awaitable[int | None]) -> bool:

@@ -11,6 +11,8 @@ temporal_version=v1.5.1   # later tags carry a go.mod replace line that breaks `
 packages=(libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils libvirt-dev pkg-config
           busybox-static cpio xz-utils tini iproute2 nats-server socat dnsmasq-base nftables genisoimage
           chromium chromium-driver  # chromium: the portal's tests run in a real browser
+          postgresql  # server binaries for `vmflow up --database postgres` and the unit tests; its own
+                      # cluster in the run dir (deploy/postgres.py), never Debian's `main` one
           docker-compose)  # `docker-compose config -q` checks docker-compose.yml; it needs no daemon
 # The portal's front-end assets come from the npm registry: Debian's npm only when none is there
 # (a Node.js from elsewhere brings its own and conflicts with Debian's).
@@ -56,15 +58,15 @@ install_temporal() {
 }
 
 install_python() {
-    local venv=$repo_dir/.venv stamp
-    stamp=$(sha256sum "$repo_dir/pyproject.toml" | cut -c1-16)
+    local venv=$repo_dir/.venv stamp extras=test,postgres  # postgres: psycopg, the PostgreSQL driver
+    stamp=$({ sha256sum "$repo_dir/pyproject.toml"; echo "$extras"; } | sha256sum | cut -c1-16)
     if [[ -x $venv/bin/python && -f $venv/.installed && $(cat "$venv/.installed") == "$stamp" ]]; then
         return
     fi
     log "creating the Python environment in $venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --upgrade pip
-    "$venv/bin/pip" install -q -e "$repo_dir[test]"
+    "$venv/bin/pip" install -q -e "$repo_dir[$extras]"
     echo "$stamp" >"$venv/.installed"
 }
 

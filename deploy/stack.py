@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import nats
 
-from deploy import lab
+from deploy import lab, postgres
 from deploy.client import bearer_headers
 from deploy.credentials import read_token_file
 from deploy.processes import (
@@ -35,6 +35,7 @@ GUEST_IMAGE = "lab-guest"
 DIRTY_GUEST_IMAGE = "lab-guest-dirty"  # the same guest rewriting memory fast, for migration tests
 SERVICES = ("scheduler", "storage", "orchestrator", "fencer", "api")
 METERED_SERVICES = ("scheduler", "storage", "orchestrator", "fencer")  # each with a /metrics port of its own
+DATABASES = ("sqlite", "postgres")  # what StackConfig.database may be
 STACK_FILE = "stack.json"
 SUPERVISED_FILE = "supervised.json"
 FENCING_FILE = "fencing.json"
@@ -62,13 +63,15 @@ class StackConfig:
     nats_cluster: int = 1  # nats-servers; more than one: a cluster, JetStream keeping 3 copies (at most)
     nats_ports: list[int] = field(default_factory=list)  # client ports of every node (the first: nats_port)
     nats_route_ports: list[int] = field(default_factory=list)  # where the nodes reach each other
+    database: str = "sqlite"  # the inventory's engine: sqlite (a file) or postgres (a server of its own)
+    postgres_port: int = 0  # PostgreSQL's, on 127.0.0.1; 0: a free one, picked by up
 
     @classmethod
     def isolated(cls, run_dir: Path, lab_name: str, host_count: int = 1,
                  host_labels: dict[str, list[str]] | None = None, **options) -> StackConfig:
         """A stack that shares no port or name with any other: what tests use."""
         return replace(cls(str(run_dir), lab_name, host_count, free_port(), free_port(), free_port(), free_port(),
-                           host_labels or {}), **options).with_metrics_ports().with_nats_ports()
+                           host_labels or {}), **options).with_metrics_ports().with_nats_ports().with_postgres_port()
 
     def with_nats_ports(self) -> StackConfig:
         """This config with a client and a route port for each NATS node; as it is when it has them."""
@@ -77,6 +80,12 @@ class StackConfig:
         clients = [self.nats_port, *(free_port() for _ in range(self.nats_cluster - 1))]
         routes = [free_port() for _ in range(self.nats_cluster)] if self.nats_cluster > 1 else []
         return replace(self, nats_ports=clients, nats_route_ports=routes)
+
+    def with_postgres_port(self) -> StackConfig:
+        """This config with a free port for PostgreSQL when it runs one and has none yet."""
+        if self.database != "postgres" or self.postgres_port:
+            return self
+        return replace(self, postgres_port=free_port())
 
     def nats_names(self) -> list[str]:
         """The NATS nodes' process names: ``nats``, ``nats-2``, ..."""
@@ -307,15 +316,47 @@ def start_services(cfg: StackConfig, hosts: tuple[lab.LabHost, ...]) -> None:
         fencing.write_text(json.dumps(fencing_config(cfg), indent=2))
     launch(cfg, "fencer", [py, "-m", "services.fencing"],
            {**env, **metrics_env(cfg, "fencer"), "VMFLOW_FENCE_CONFIG": str(fencing)})
-    launch(cfg, "api", [py, "-m", "services.api"], {
-        **env,
-        "VMFLOW_DATABASE_URL": f"sqlite:///{cfg.root / 'vmflow.db'}",
-        "VMFLOW_LISTEN_PORT": str(cfg.api_port),
-        "VMFLOW_ADMIN_TOKEN_FILE": str(cfg.admin_token_file),
-        "VMFLOW_TEMPORAL_UI_URL": f"http://127.0.0.1:{cfg.temporal_ui_port}",
-    })
+    launch(cfg, "api", [py, "-m", "services.api"], api_env(cfg, cfg.api_port))
     for host in hosts:
         start_host_worker(cfg, host)
+
+
+def database_url(cfg: StackConfig) -> str:
+    """The inventory's SQLAlchemy URL: the run dir's SQLite file, or its PostgreSQL (no password
+    in it: libpq reads it from the run dir's pgpass file)."""
+    if cfg.database == "postgres":
+        return postgres.Server(cfg.root, cfg.postgres_port).url()
+    return f"sqlite:///{cfg.root / 'vmflow.db'}"
+
+
+def api_env(cfg: StackConfig, port: int) -> dict[str, str]:
+    """What an API process listening on ``port`` runs with; every replica alike but its port."""
+    return {
+        **common_env(cfg),
+        "VMFLOW_DATABASE_URL": database_url(cfg),
+        "VMFLOW_LISTEN_PORT": str(port),
+        "VMFLOW_ADMIN_TOKEN_FILE": str(cfg.admin_token_file),
+        "VMFLOW_TEMPORAL_UI_URL": f"http://127.0.0.1:{cfg.temporal_ui_port}",
+    }
+
+
+def start_api_replica(cfg: StackConfig, index: int) -> str:
+    """Another API process, ``api-<index>``, on a free port and the same inventory, NATS and
+    Temporal (kept by the supervisor, stopped by down). Returns its URL once it is ready. The
+    inventory must be PostgreSQL: SQLite serves one process."""
+    if cfg.database != "postgres":
+        raise StackError("API replicas share the inventory's database: start the stack with database postgres")
+    port = free_port()
+    launch(cfg, f"api-{index}", [sys.executable, "-m", "services.api"], api_env(cfg, port))
+    replica = replace(cfg, api_port=port)
+    wait_for(lambda: _api_ready(replica), 60, f"API replica api-{index}", interval_s=0.3)
+    return replica.api_url
+
+
+def start_postgres(cfg: StackConfig) -> None:
+    """The inventory's PostgreSQL, in the run dir (made there the first time), with the vmflow
+    role and database; returns once it accepts connections. Stopped by down (fast shutdown)."""
+    postgres.start(postgres.Server(cfg.root, cfg.postgres_port))
 
 
 def network_state_dir(cfg: StackConfig, host_id: str) -> Path:
@@ -353,7 +394,7 @@ def start_host_worker(cfg: StackConfig, host: lab.LabHost) -> None:
 def up(cfg: StackConfig, say=print) -> StackConfig:
     """Bring everything up and wait until the API is ready and every lab host reports in.
     On any failure, stop what was started. Returns the config it ran with (metrics ports given)."""
-    cfg = cfg.with_metrics_ports().with_nats_ports()
+    cfg = cfg.with_metrics_ports().with_nats_ports().with_postgres_port()
     cfg.root.mkdir(parents=True, exist_ok=True)
     if load_config(cfg.root) is not None:
         down(cfg.root, say=lambda _msg: None)
@@ -363,6 +404,8 @@ def up(cfg: StackConfig, say=print) -> StackConfig:
         ensure_guest_image(cfg)
         start_nats(cfg)
         start_temporal(cfg)
+        if cfg.database == "postgres":
+            start_postgres(cfg)
         say(f"starting {cfg.host_count} lab host(s)")
         the_lab = lab.start_lab(cfg.lab_name, cfg.root / "lab", cfg.host_count, shared_dirs=[cfg.pool_dir])
         wait_for(lambda: all(port_open(port) for port in cfg.nats_ports), 20, "nats-server")
@@ -416,14 +459,15 @@ def _hosts_up(cfg: StackConfig) -> int:
 
 
 def down(run_dir: Path, say=print) -> None:
-    """Stop exactly what ``up`` started: services, guests and lab hosts, Temporal, NATS."""
+    """Stop exactly what ``up`` started: services, guests and lab hosts, PostgreSQL, Temporal, NATS."""
     cfg = load_config(run_dir)
     if cfg is None:
         say(f"nothing runs from {run_dir}")
         return
     stop_process(run_dir, "supervisor")  # first: nothing is brought back from here on
     workers = [f"host-worker-{h}" for h in cfg.host_ids()]
-    for name in ("api", "orchestrator", "fencer", *workers, "storage", *cfg.scheduler_names()):
+    replicas = sorted(p.stem for p in (run_dir / "pids").glob("api-*.pid"))  # start_api_replica's
+    for name in ("api", *replicas, "orchestrator", "fencer", *workers, "storage", *cfg.scheduler_names()):
         stop_process(run_dir, name)
     for name in (*cfg.nats_names(), "temporal"):
         for side in ("out", "in"):
@@ -431,6 +475,7 @@ def down(run_dir: Path, say=print) -> None:
     (run_dir / SUPERVISED_FILE).unlink(missing_ok=True)
     lab.stop_lab(cfg.lab_name, run_dir / "lab")  # its DHCP servers with it
     shutil.rmtree(NETWORK_RUN_DIR / cfg.lab_name, ignore_errors=True)
+    postgres.stop(run_dir)  # fast shutdown, once nothing uses it
     stop_process(run_dir, "temporal")
     for name in cfg.nats_names():
         stop_process(run_dir, name)
@@ -454,6 +499,10 @@ def status(run_dir: Path) -> dict[str, tuple[bool, str]]:
     for name in (*cfg.scheduler_names(), "storage", "orchestrator", "fencer", "supervisor"):
         report[name] = (alive(name), f"pid {read_pid(run_dir, name)}{metered(name)}")
     report["api"] = (alive("api") and _api_ready(cfg), f"{cfg.api_url}/docs{metered('api')}")
+    if cfg.database == "postgres":
+        server = postgres.Server(run_dir, cfg.postgres_port)
+        report["postgres"] = (alive(postgres.PROCESS) and port_open(cfg.postgres_port),
+                              f"127.0.0.1:{cfg.postgres_port}, data {server.data_dir}")
     lab_file = run_dir / "lab"
     health = lab.lab_health(lab.load_lab(cfg.lab_name, lab_file)) if (lab_file / "lab.json").exists() else {}
     for host_id in cfg.host_ids():

@@ -10,6 +10,7 @@ from alembic.config import Config
 from sqlalchemy import delete, event, func, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import Session, create_engine, select, text
 
 from services.api.models import PlacementGroup, Vm, utcnow
@@ -29,19 +30,31 @@ def make_engine(url: str) -> Engine:
             # WAL lets readers go on while the inventory worker writes.
             dbapi_conn.execute("PRAGMA journal_mode=WAL")
             dbapi_conn.execute("PRAGMA busy_timeout=30000")
+            # LIKE as PostgreSQL has it: a hold's key prefixes only its own holds ('volume/Data/'
+            # not 'volume/data/grow'), whatever the engine.
+            dbapi_conn.execute("PRAGMA case_sensitive_like=ON")
 
         return engine
+    if url.startswith("postgresql"):
+        # Sessions in UTC whatever the server's zone: a time without a zone (the schema before
+        # migration 0008) is then stored and read as UTC.
+        return create_engine(url, pool_pre_ping=True, connect_args={"options": "-c timezone=UTC"})
     return create_engine(url, pool_pre_ping=True)
 
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+_MIGRATION_LOCK = 0x766D666C6F77  # "vmflow": the advisory lock one migration at a time holds
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision (Alembic); a no-op when it is there already."""
+    """Bring the schema to the newest revision (Alembic); a no-op when it is there already.
+    On PostgreSQL, API replicas starting together take turns: the first migrates, the others
+    wait for it and find the schema new already."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 
@@ -123,26 +136,33 @@ class Inventory:
             return result.rowcount == 1
 
     def update(self, vm_id: str, **fields) -> Vm | None:
-        """Set fields on the VM; None when it is gone (updates are idempotent)."""
-        with Session(self._engine) as session:
-            vm = session.get(Vm, vm_id)
+        """Set fields on the VM; None when it is gone (updates are idempotent). Returns the VM as
+        written (a removal right after cannot take it from the caller)."""
+        with Session(self._engine, expire_on_commit=False) as session:
+            vm = session.get(Vm, vm_id, with_for_update=True)  # the VM's row before its hold, as remove
             if vm is None:
                 return None
             for key, value in fields.items():
                 setattr(vm, key, value)
             vm.updated_at = utcnow()
             session.add(vm)
-            if vm.state != VmState.PROVISIONING:
-                commit_in(session, vm_hold(vm_id))  # it exists: its share counts as used
+            try:
+                if vm.state != VmState.PROVISIONING:
+                    commit_in(session, vm_hold(vm_id))  # it exists: its share counts as used
+                session.flush()
+            except StaleDataError:  # SQLite (which locks nothing on read): removed since it was read
+                return None
+            session.refresh(vm)  # what the database holds, read under the lock
             session.commit()
-            session.refresh(vm)
             return vm
 
     def remove(self, vm_id: str) -> Vm | None:
         """Delete the VM's row, its ports (their addresses are free again) and its quota holds
-        (its own and its snapshots'), in one transaction."""
+        (its own and its snapshots'), in one transaction. The VM's row is locked first, as
+        ``update`` locks it, so the two never wait for each other's locks in turn (a deadlock on
+        PostgreSQL) and an update that comes second finds the VM gone."""
         with Session(self._engine) as session:
-            vm = session.get(Vm, vm_id)
+            vm = session.get(Vm, vm_id, with_for_update=True)
             if vm is None:
                 return None
             session.exec(delete(Port).where(Port.vm_id == vm_id))

@@ -16,6 +16,9 @@ from deploy.client import ApiError, VmflowClient
 from tests.integration.libvirt_probe import LibvirtProbe
 
 LAB_LABELS = {"h3": ["gpu"]}  # exactly one host has it: label placement has one right answer
+# The test stack's inventory: postgres (a PostgreSQL of its own: the production engine, what
+# `make test` and CI run) or sqlite (the embedded default of `vmflow up`: `make test-sqlite`).
+TEST_DATABASE = os.environ.get("VMFLOW_TEST_DATABASE", "postgres")
 
 
 _failed: list[str] = []
@@ -46,9 +49,11 @@ def _tell_what_went_wrong(run_dir: Path, say, limit: int = 40) -> None:
 
 @pytest.fixture(scope="session")
 def stack_cfg(pytestconfig):
+    if TEST_DATABASE not in stack.DATABASES:
+        raise pytest.UsageError(f"VMFLOW_TEST_DATABASE: one of {', '.join(stack.DATABASES)}, not {TEST_DATABASE!r}")
     run_dir = Path(tempfile.mkdtemp(prefix="vmflow-test-"))
     cfg = stack.StackConfig.isolated(run_dir, f"vmt{os.getpid() % 100000}", host_count=3,
-                                     host_labels=LAB_LABELS)
+                                     host_labels=LAB_LABELS, database=TEST_DATABASE)
     try:
         stack.up(cfg, say=lambda _msg: None)
         yield cfg

@@ -13,6 +13,7 @@ import uuid
 import httpx
 import pytest
 
+from deploy import postgres
 from deploy.client import ApiError, VmflowClient
 from tests.integration.libvirt_probe import LibvirtProbe
 
@@ -34,6 +35,13 @@ def _token(api: VmflowClient, tenant: str, role: str, **extra) -> dict:
 def _client(stack_cfg, token: dict | str, timeout_s: float = 30.0) -> VmflowClient:
     return VmflowClient(stack_cfg.api_url, token=token if isinstance(token, str) else token["token"],
                         timeout_s=timeout_s)
+
+
+def _inventory_bytes(stack_cfg) -> bytes:
+    """Everything the inventory holds as it stores it: the SQLite file, or PostgreSQL's dump."""
+    if stack_cfg.database == "postgres":
+        return postgres.dump(postgres.Server(stack_cfg.root, stack_cfg.postgres_port))
+    return (stack_cfg.root / "vmflow.db").read_bytes()
 
 
 def _usage(api: VmflowClient, tenant: str) -> dict:
@@ -70,7 +78,7 @@ def test_an_admin_token_is_stored_only_as_a_hash_and_readable_by_its_owner_only(
     assert mode == 0o600
     secret = stack_cfg.admin_token_file.read_text().strip()
     assert api.call("GET", "/v1/whoami")["role"] == "admin"
-    database = (stack_cfg.root / "vmflow.db").read_bytes()
+    database = _inventory_bytes(stack_cfg)
     assert secret.encode() not in database and secret.split("_", 2)[2].encode() not in database
     listed = api.call("GET", "/v1/tokens")
     assert all("token" not in t and "secret_hash" not in t for t in listed)

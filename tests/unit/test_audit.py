@@ -1,4 +1,4 @@
-"""The audit log on a real SQLite inventory: records kept newest first, paged, per tenant, and
+"""The audit log on a real inventory (SQLite, PostgreSQL): records kept newest first, paged, per tenant, and
 each one published as a typed event under its tenant's subject."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tenants, users and API tokens on a real SQLite database: what a token proves, what a caller
+"""Tenants, users and API tokens on real databases (SQLite, PostgreSQL): what a token proves, what a caller
 may hand out, and the first admin token on disk."""
 
 from __future__ import annotations

@@ -101,6 +101,19 @@ def test_an_update_racing_the_removal_of_its_vm_applies_first_or_finds_it_gone(e
     assert QuotaLedger(engine).usage("acme")[1:] == (Amounts(), Amounts())
 
 
+def test_a_compare_and_set_applies_only_to_the_vm_as_it_was_read(engine):
+    inventory = Inventory(engine)
+    vm = inventory.add(_vm("web", "acme"))
+    seen = inventory.get(vm.id)  # its time as the database keeps it, to the microsecond, in UTC
+    assert seen.updated_at.utcoffset().total_seconds() == 0
+    written = inventory.settle(vm.id, seen.state, seen.updated_at, state=VmState.RUNNING)
+    assert written is not None and written.state is VmState.RUNNING
+    assert inventory.settle(vm.id, VmState.RUNNING, seen.updated_at, state=VmState.STOPPED) is None  # changed since
+    assert inventory.transition(vm.id, [VmState.RUNNING], VmState.STOPPING, "op-1")
+    assert not inventory.transition(vm.id, [VmState.RUNNING], VmState.STOPPING, "op-2")
+    assert inventory.begin_operation(vm.id, "op-1", [VmState.RUNNING], VmState.STOPPING)  # the same one again
+
+
 # A replica's start: its engine, then (at the moment given, the same for all) the migrations.
 _MIGRATE = ("import sys, time; from services.api.db import make_engine, migrate; engine = make_engine(sys.argv[1]); "
             "time.sleep(max(0.0, float(sys.argv[2]) - time.time())); migrate(engine)")

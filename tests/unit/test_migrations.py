@@ -1,4 +1,4 @@
-"""The Alembic migrations build exactly the schema the models describe."""
+"""The Alembic migrations build exactly the schema the models describe, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from services.api.quota_store import QuotaLedger
 from shared.models import VmState
 
 
-def test_migrations_match_the_models_and_rerun_harmlessly(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'inventory.db'}")
+def test_migrations_match_the_models_and_rerun_harmlessly(empty_database_url):
+    engine = make_engine(empty_database_url)
     migrate(engine)
     migrate(engine)  # idempotent
     with engine.connect() as conn:
@@ -26,8 +26,8 @@ def test_migrations_match_the_models_and_rerun_harmlessly(tmp_path):
     assert inventory.get(vm.id).name == "a"
 
 
-def test_an_inventory_from_before_tenants_gets_its_tenants_and_holds(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'inventory.db'}")
+def test_an_inventory_from_before_tenants_gets_its_tenants_and_holds(empty_database_url):
+    engine = make_engine(empty_database_url)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as connection:

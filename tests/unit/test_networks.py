@@ -1,5 +1,5 @@
 """Address management: the pure rules (shared/networks.py) and the inventory's allocation on a
-real SQLite database, under concurrent creates."""
+real database (SQLite, PostgreSQL), under concurrent creates."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlmodel import Session
 
-from services.api.db import Inventory, make_engine, migrate
+from services.api.db import Inventory
 from services.api.guest_config import NicRequest
 from services.api.models import Vm
 from services.api.network_models import Network, NetworkState
@@ -50,9 +50,7 @@ def test_addresses_are_allocated_lowest_first_and_a_full_subnet_is_refused():
 
 
 @pytest.fixture
-def store(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'inventory.db'}")
-    migrate(engine)
+def store(engine):
     with Session(engine) as session:  # every VM and network belongs to a tenant that exists
         session.add_all([Tenant(id=t) for t in ("t", "t1", "t2")])
         session.commit()

@@ -1,5 +1,5 @@
-"""Quotas: the pure fit rules (shared/quota.py), and the ledger on a real SQLite database,
-including many reservations racing for the last of a tenant's quota."""
+"""Quotas: the pure fit rules (shared/quota.py), and the ledger on real databases (SQLite and
+PostgreSQL), including many reservations racing for the last of a tenant's quota."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def test_a_vm_hold_key_prefixes_its_snapshots_and_a_volume_its_growth():
     assert volume_growth_hold("d").startswith(volume_hold("d") + "/")
 
 
-# -- the ledger on SQLite --------------------------------------------------------------------------
+# -- the ledger on a database --------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -183,6 +183,16 @@ def test_a_key_with_like_wildcards_releases_only_its_own_holds(engine, ledger):
     ledger.reserve(tenant, volume_growth_hold("axb"), Amounts(disk_gib=1))
     assert ledger.release(volume_hold("a_b")) == 1
     assert ledger.usage(tenant)[2] == Amounts(disk_gib=1)
+
+
+def test_keys_differing_only_in_case_are_different_holds(engine, ledger):
+    tenant = _tenant(engine)
+    ledger.reserve(tenant, volume_hold("Data"), Amounts(volumes=1))
+    ledger.reserve(tenant, volume_hold("data"), Amounts(volumes=1))
+    ledger.reserve(tenant, volume_growth_hold("data"), Amounts(disk_gib=1), merge_into=volume_hold("data"))
+    assert ledger.release(volume_hold("Data")) == 1
+    assert ledger.usage(tenant)[2] == Amounts(volumes=1, disk_gib=1)
+    assert ledger.owners("volume/D") == {}
 
 
 def test_reserving_the_same_key_twice_is_a_conflict(engine, ledger):

@@ -91,6 +91,8 @@ def _backfill(now: datetime) -> None:
     """Every tenant named so far gets a row (no limits), and every VM and network its hold, so
     that quotas set later count what exists."""
     bind = op.get_bind()
+    # PostgreSQL's enum type takes no text without a cast; SQLite's column is text.
+    hold_state = "CAST({} AS holdstate)" if bind.dialect.name == "postgresql" else "{}"
     bind.execute(sa.text(
         "INSERT INTO tenants (id, description, quota_serial, created_at) "
         "SELECT known.t, '', 0, :now FROM (SELECT tenant AS t FROM vms UNION SELECT tenant FROM networks "
@@ -99,11 +101,12 @@ def _backfill(now: datetime) -> None:
     bind.execute(sa.text(
         "INSERT INTO quota_holds (key, tenant, state, vms, vcpus, memory_mib, disk_gib, volumes, snapshots, "
         "networks, created_at) SELECT 'vm/' || id, tenant, "
-        "CASE WHEN state = 'PROVISIONING' THEN 'RESERVED' ELSE 'USED' END, 1, vcpus, memory_mib, disk_gib, "
-        "0, 0, 0, :now FROM vms"), {"now": now})
+        + hold_state.format("CASE WHEN state = 'PROVISIONING' THEN 'RESERVED' ELSE 'USED' END")
+        + ", 1, vcpus, memory_mib, disk_gib, 0, 0, 0, :now FROM vms"), {"now": now})
     bind.execute(sa.text(
         "INSERT INTO quota_holds (key, tenant, state, vms, vcpus, memory_mib, disk_gib, volumes, snapshots, "
-        "networks, created_at) SELECT 'network/' || id, tenant, 'USED', 0, 0, 0, 0, 0, 0, 1, :now FROM networks"),
+        "networks, created_at) SELECT 'network/' || id, tenant, " + hold_state.format("'USED'")
+        + ", 0, 0, 0, 0, 0, 0, 1, :now FROM networks"),
         {"now": now})
 
 
