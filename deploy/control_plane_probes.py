@@ -18,8 +18,13 @@ import httpx
 
 from deploy.bench import BenchError
 from deploy.bench_control_plane import (
-    EVENT_ID_PREFIX,
     HOST_FLAVOUR,
+    host_id_for,
+    planned_vm,
+)
+from deploy.client import bearer_headers
+from deploy.control_plane_figures import (
+    EVENT_ID_PREFIX,
     PAGE_LIMIT,
     SSE_DRAIN_S,
     Delivery,
@@ -31,12 +36,9 @@ from deploy.bench_control_plane import (
     delivery,
     event_seq,
     heartbeat_ages,
-    host_id_for,
     hwm_kib,
-    planned_vm,
     rss_kib,
 )
-from deploy.client import bearer_headers
 from services.scheduler.client import SchedulerClient
 from services.scheduler.liveness import judge_fleet, signals_from_heartbeats
 from services.scheduler.settings import SchedulerSettings

@@ -23,14 +23,16 @@ from sqlmodel import Session
 
 from deploy.bench import BenchError
 from deploy.bench_control_plane import (
-    SCHEDULER_TIMEOUT_S,
     BenchArgs,
-    PhaseFigures,
-    Report,
     fleet_plan,
     process_slices,
-    quantiles,
     tenant_for,
+)
+from deploy.control_plane_figures import (
+    SCHEDULER_TIMEOUT_S,
+    PhaseFigures,
+    Report,
+    quantiles,
 )
 from deploy.control_plane_probes import (
     HeartbeatWatch,
@@ -355,10 +357,12 @@ def _load_note(when: str) -> str:
 def _method_notes(args: BenchArgs) -> list[str]:
     per_host = args.vms / args.hosts
     return [
-        "hosts: libvirt test driver, one connection per host (from a node file: every",
-        f"  test:///default connection of a process is one same host), ~{per_host:g} domains each",
-        "  defined and started through Hypervisor (none synthesized); the host worker's own",
-        "  heartbeat_loop, own NATS connection per host; no peer probing (peers_reached",
-        "  stays empty: a real worker reports every peer it reaches)",
-        "scheduler: Temporal unreachable on purpose (failovers only); API: Temporal dev server",
+        "hosts: libvirt test driver, one connection per host, opened from a node file",
+        "  (every test:///default connection of a process is one same host); their",
+        f"  ~{per_host:g} domains each defined and started through Hypervisor, none",
+        "  synthesized; the worker's own heartbeat_loop, a NATS connection per host;",
+        "  no peer probing (peers_reached stays empty; a real worker reports every",
+        "  peer it reaches)",
+        "scheduler: Temporal unreachable on purpose (failovers only); API: Temporal",
+        "  dev server (it does not start without one)",
     ]

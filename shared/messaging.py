@@ -44,6 +44,7 @@ EVENT_RETENTION = timedelta(days=7)
 # A JetStream stream whose leader was lost answers nothing until its peers elect another (4 to 9 s
 # on a NATS cluster): publishes keep trying this long, deduplicated by their message id.
 JETSTREAM_ELECTION_S = 12.0
+PUBLISH_TIMEOUT_S = 5.0  # one attempt's wait for the stream's acknowledgement
 JETSTREAM_PENDING = (NoStreamResponseError, NatsTimeoutError, NoRespondersError, ServiceUnavailableError)
 
 
@@ -99,11 +100,14 @@ async def ensure_event_stream(js: JetStreamContext, stream: str, replicas: int =
 
 
 class EventPublisher:
-    """Publishes facts to the event stream. Each event gets an envelope with a stable id."""
+    """Publishes facts to the event stream. Each event gets an envelope with a stable id.
+    ``patience_s``: how long a publish keeps trying while the stream elects a leader; a caller
+    that must not stall (a heartbeat loop, the liveness monitor) gives a short one."""
 
-    def __init__(self, js: JetStreamContext, source: str) -> None:
+    def __init__(self, js: JetStreamContext, source: str, patience_s: float = JETSTREAM_ELECTION_S) -> None:
         self._js = js
         self._source = source
+        self._patience_s = patience_s
 
     async def publish(self, subject: str, data: dict[str, Any], event_id: str | None = None) -> None:
         event_id = event_id or uuid.uuid4().hex
@@ -116,10 +120,12 @@ class EventPublisher:
             "data": data,
         }
         payload = json.dumps(envelope).encode()
-        give_up_s = time.monotonic() + JETSTREAM_ELECTION_S
+        give_up_s = time.monotonic() + self._patience_s
         while True:
             try:
-                await self._js.publish(subject, payload, headers={"Nats-Msg-Id": event_id})
+                left_s = max(0.2, give_up_s - time.monotonic())
+                await self._js.publish(subject, payload, timeout=min(PUBLISH_TIMEOUT_S, left_s),
+                                       headers={"Nats-Msg-Id": event_id})
                 return
             except JETSTREAM_PENDING:
                 if time.monotonic() >= give_up_s:
@@ -144,10 +150,12 @@ async def request(
 
 
 def endpoint(
-    request_type: type[T], handler: Callable[[T], Awaitable[Any]]
+    request_type: type[T], handler: Callable[[T], Awaitable[Any]], concurrent: bool = False,
 ) -> Callable[[Request], Awaitable[None]]:
     """Adapt a typed coroutine to a ``nats.micro`` handler: decode, call, encode; errors go
-    back as (code, message) so callers rebuild the same error type."""
+    back as (code, message) so callers rebuild the same error type. ``concurrent``: each
+    request is handled in a task of its own, so one that waits (on a KV write, say) does not
+    hold up the ones behind it; NATS hands an endpoint its requests one at a time otherwise."""
 
     async def handle(req: Request) -> None:
         try:
@@ -164,7 +172,16 @@ def endpoint(
             log.exception("endpoint failed", subject=req.subject)
             await req.respond_error("internal", f"internal error ({type(exc).__name__})")
 
-    return handle
+    if not concurrent:
+        return handle
+    running: set[asyncio.Task] = set()  # referenced until done
+
+    async def start(req: Request) -> None:
+        task = asyncio.get_running_loop().create_task(handle(req))
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    return start
 
 
 async def key_value_bucket(js: JetStreamContext, bucket: str, ttl_s: float | None = None,

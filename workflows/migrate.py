@@ -119,7 +119,7 @@ class LiveMigrate:
             code, message = ("cancelled", "cancelled by request") if cancelled else steps.failure_message(exc)
             error = f"{self._progress.value.step}: {message}"
             self._progress.advance("recovering")
-            await steps.release_claim(vm.vm_id)
+            await steps.release_claim(vm.vm_id, target or "")
             where, confirmed = await self._locate(vm.vm_id, source, target)
             if confirmed and where != source and not cancelled:
                 # The move itself completed; only its answer went missing (e.g. the source's

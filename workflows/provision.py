@@ -49,9 +49,11 @@ class ProvisionVm:
         saga = Saga()
         try:
             self._progress.advance("place")
-            saga.on_failure("release claim", lambda: steps.release_claim(inp.vm_id))
+            placed: list[str] = []  # the host, once placement answered: the release goes straight there
+            saga.on_failure("release claim", lambda: steps.release_claim(inp.vm_id, *placed))
             local = inp.spec.storage is PoolKind.LOCAL  # else the disk takes nothing of the host's
-            placement, setup = await asyncio.gather(
+            together = workflow.patched("vmflow-provision-record-with-volume")
+            placement, setup = await (all_settled if together else asyncio.gather)(
                 steps.place(PlacementRequest(
                     inp.vm_id, inp.spec.vcpus, inp.spec.memory_mib, inp.spec.disk_gib if local else 0,
                     domain_types=inp.domain_types, required_labels=inp.required_labels, group=inp.group,
@@ -59,9 +61,9 @@ class ProvisionVm:
                 network_steps.vm_setup(inp.vm_id),
             )
             host_id = placement.host_id
+            placed.append(host_id)
             self._progress.advance("create_volume", host_id)
             recorded = steps.update_record(VmRecordUpdate(inp.vm_id, op_id, "create_volume", host_id=host_id))
-            together = workflow.patched("vmflow-provision-record-with-volume")
             if not together:
                 await recorded
             saga.on_failure("delete volume", lambda: steps.delete_volume(inp.vm_id))

@@ -33,7 +33,7 @@ with workflow.unsafe.imports_passed_through():
 
 from workflows import network_steps, steps
 from workflows.progress import ProgressTracker
-from workflows.saga import Saga
+from workflows.saga import Saga, all_settled
 
 
 @workflow.defn(name="RestartVm")
@@ -124,7 +124,8 @@ class RestartVm:
             placement = await place
             volume = await steps.create_volume(self._volume_request(inp, placement.host_id))
         else:
-            placement, volume = await asyncio.gather(place, steps.create_volume(self._volume_request(inp, "")))
+            settle = all_settled if workflow.patched("vmflow-restart-settle") else asyncio.gather
+            placement, volume = await settle(place, steps.create_volume(self._volume_request(inp, "")))
         target = placement.host_id
         self._progress.advance("define", target)
         if target != vm.host_id:  # a definition made here, on a new host, goes again on failure

@@ -119,8 +119,10 @@ async def place(req: PlacementRequest) -> Placement:
     return await run_activity(ORCHESTRATOR_QUEUE, "scheduler.place", req, Placement, retry_policy=_PLACE_RETRY)
 
 
-async def release_claim(vm_id: str) -> None:
-    await run_activity(ORCHESTRATOR_QUEUE, "scheduler.release", ClaimRelease(vm_id))
+async def release_claim(vm_id: str, host_id: str = "") -> None:
+    """``host_id``: where it was placed, when known (the scheduler then reads that host's claims
+    even if it has not seen the claim yet)."""
+    await run_activity(ORCHESTRATOR_QUEUE, "scheduler.release", ClaimRelease(vm_id, host_id))
 
 
 async def set_host_admin(admin: HostAdmin) -> HostView:

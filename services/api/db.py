@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -19,6 +20,8 @@ from services.api.quota_store import commit_in, lock_tenant, release_in
 from shared.errors import Conflict, NotFound
 from shared.models import VmState
 from shared.quota import vm_hold
+
+T = TypeVar("T")
 
 
 def make_engine(url: str) -> Engine:
@@ -59,6 +62,12 @@ def migrate(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
+
+def lookup(session: Session, model: type[T], key: str) -> T | None:
+    """``session.get`` for a key from a request: one no row can have (a NUL byte, which
+    PostgreSQL refuses in text) finds nothing rather than failing."""
+    return None if "\x00" in key else session.get(model, key)
+
 class Inventory:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -83,14 +92,14 @@ class Inventory:
 
     def get(self, vm_id: str, tenant: str | None = None) -> Vm:
         with Session(self._engine) as session:
-            vm = session.get(Vm, vm_id)
+            vm = lookup(session, Vm, vm_id)
             if vm is None or (tenant is not None and vm.tenant != tenant):
                 raise NotFound(f"no VM with id '{vm_id}'")
             return vm
 
     def find(self, vm_id: str) -> Vm | None:
         with Session(self._engine) as session:
-            return session.get(Vm, vm_id)
+            return lookup(session, Vm, vm_id)
 
     def many(self, vm_ids: Iterable[str]) -> list[Vm]:
         with Session(self._engine) as session:
@@ -111,11 +120,16 @@ class Inventory:
                 return None
             return session.get(Vm, vm_id)
 
-    def list(self, tenant: str | None) -> list[Vm]:
-        """The tenant's VMs; None: every tenant's."""
+    def list(self, tenant: str | None, offset: int = 0, limit: int | None = None) -> list[Vm]:
+        """The tenant's VMs (None: every tenant's), oldest first; ``limit`` of them from ``offset``."""
         with Session(self._engine) as session:
             query = select(Vm) if tenant is None else select(Vm).where(Vm.tenant == tenant)
-            return list(session.exec(query.order_by(Vm.created_at)))
+            return list(session.exec(query.order_by(Vm.created_at, Vm.id).offset(offset).limit(limit)))
+
+    def count(self, tenant: str | None) -> int:
+        with Session(self._engine) as session:
+            query = select(func.count()).select_from(Vm)
+            return session.exec(query if tenant is None else query.where(Vm.tenant == tenant)).one()
 
     def count_by_tenant_and_state(self) -> list[tuple[str, VmState, int]]:
         """(tenant, state, how many VMs) for every pair that has any."""

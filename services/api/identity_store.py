@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+from services.api.db import lookup
 from services.api.models import PlacementGroup, Vm, utcnow
 from services.api.network_models import Network
 from services.api.quota_store import lock_tenant
@@ -95,7 +96,7 @@ class IdentityStore:
 
     def tenant(self, tenant_id: str) -> Tenant:
         with Session(self._engine) as session:
-            row = session.get(Tenant, tenant_id)
+            row = lookup(session, Tenant, tenant_id)
             if row is None or row.deleted_at is not None:
                 raise NotFound(f"no tenant '{tenant_id}'")
             return row

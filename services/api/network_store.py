@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+from services.api.db import lookup
 from services.api.guest_config import NicPublic, NicRequest
 from services.api.models import Vm
 from services.api.network_models import Network, NetworkState, Port
@@ -82,7 +83,7 @@ class NetworkStore:
 
     def network(self, network_id: str, tenant: str | None = None) -> Network:
         with Session(self._engine) as session:
-            row = session.get(Network, network_id)
+            row = lookup(session, Network, network_id)
             if row is None or (tenant is not None and row.tenant != tenant):
                 raise NotFound(f"no network with id '{network_id}'")
             return row
@@ -209,7 +210,7 @@ class NetworkStore:
 
     def port(self, port_id: str) -> Port:
         with Session(self._engine) as session:
-            row = session.get(Port, port_id)
+            row = lookup(session, Port, port_id)
             if row is None:
                 raise NotFound(f"no port with id '{port_id}'")
             return row

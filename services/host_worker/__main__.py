@@ -70,6 +70,8 @@ async def main(settings: HostWorkerSettings) -> None:
     await ensure_event_stream(js, settings.event_stream, settings.jetstream_replicas)
     kv = await heartbeat_bucket(js, settings.heartbeat_bucket, settings.jetstream_replicas)
     events = EventPublisher(js, f"host-worker/{settings.host_id}")
+    # The heartbeat loop's own events wait at most a second: beats must not stall behind them.
+    beat_events = EventPublisher(js, f"host-worker/{settings.host_id}", patience_s=1.0)
     host = HostActivities(settings, hv, domain_type, events)
     peers = PeerProbe(settings.host_id, settings.peer_probe_timeout_s)
     plumber = NetworkPlumber(settings.netns_prefix, overlay_address(settings), Path(settings.network_state_dir))
@@ -106,7 +108,7 @@ async def main(settings: HostWorkerSettings) -> None:
     await consoles.start()
     tasks = [
         asyncio.create_task(follow_peers(kv, peers, settings.heartbeat_interval_s)),
-        asyncio.create_task(heartbeat_loop(settings, hv, nc, kv, events, domain_type, peers)),
+        asyncio.create_task(heartbeat_loop(settings, hv, nc, kv, beat_events, domain_type, peers)),
         asyncio.create_task(forward_lifecycle(settings, hv, host, lifecycle, events)),
         asyncio.create_task(worker.run()),
         asyncio.create_task(keep_reconciled(guest_setup, settings.peer_sync_interval_s)),

@@ -45,7 +45,7 @@ async def main(settings: SchedulerSettings) -> None:
     scheduler = Scheduler(settings)
     js = nc.jetstream()
     await ensure_event_stream(js, settings.event_stream, settings.jetstream_replicas)
-    monitor = LivenessMonitor(scheduler, settings.liveness_policy(), EventPublisher(js, "scheduler"),
+    monitor = LivenessMonitor(scheduler, settings.liveness_policy(), EventPublisher(js, "scheduler", patience_s=1.0),
                               functools.partial(_connect_for_failover, settings), settings.failover_boot_timeout_s)
     placer = await claim_placer(nc, scheduler)
     mirrored = Buckets()

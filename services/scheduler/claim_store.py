@@ -9,6 +9,7 @@ same host at the same moment; the loser re-reads that host's entry and decides a
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -86,9 +87,11 @@ class Placer:
             if proposal.write is None:
                 return proposal.placement
             if await self._commit(proposal.write):
-                moved_from = self._scheduler.claim_hosts(req.vm_id) - {proposal.placement.host_id}
-                for host_id in moved_from:  # a VM placed anew gives up its earlier claim
-                    await self._release_from(host_id, req.vm_id)
+                # A VM placed anew gives up its earlier claims; not one made after this one (a
+                # retry of this request, on another replica, that committed first).
+                made_s = proposal.write.claims[-1].expires_at_s
+                for host_id in self._scheduler.claim_hosts(req.vm_id) - {proposal.placement.host_id}:
+                    await self._release_from(host_id, req.vm_id, made_s)
                 return proposal.placement
             metrics.CLAIM_RACES_LOST.inc()
         raise ServiceUnavailable(f"placement of {req.vm_id} lost {self._max_attempts} races for capacity in a row; try again")
@@ -110,9 +113,9 @@ class Placer:
             if write is None or await self._commit(write):
                 return
 
-    async def _release_from(self, host_id: str, vm_id: str) -> bool:
+    async def _release_from(self, host_id: str, vm_id: str, made_before_s: float = math.inf) -> bool:
         for _ in range(self._max_attempts):
-            write = self._scheduler.release_write(vm_id, host_id)
+            write = self._scheduler.release_write(vm_id, host_id, made_before_s)
             if write is None:
                 return False
             if await self._commit(write):

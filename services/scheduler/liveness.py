@@ -43,7 +43,8 @@ class HostSignals:
     heartbeat_age_s: float
     libvirt_ok: bool  # what the host's last heartbeat said of its own libvirt
     # The peers' word, from their latest heartbeats: how long the peer that reached this host's
-    # libvirt most recently had been unable to, when it last reported. None: no live peer reports.
+    # libvirt most recently had been unable to, when it last reported. None: no live peer
+    # reports, or the host's own heartbeat vouches for it (its peers are not asked then).
     peer_silence_s: float | None
     live_peers: int  # peers whose own heartbeats are fresh: witnesses for the second channel
 
@@ -59,24 +60,25 @@ def signals_from_heartbeats(beats: Mapping[str, HostHeartbeat], now_s: float,
                             policy: LivenessPolicy) -> list[HostSignals]:
     """Each host's channels as of ``now_s``. Only peers whose own heartbeat is fresh are
     witnesses, and a witness speaks of the moment it reported: "I had not reached it for 6 s
-    when I said so" is evidence; a witness that could not report (NATS away) says nothing."""
+    when I said so" is evidence; a witness that could not report (NATS away) says nothing.
+
+    Peers are asked only about hosts whose own heartbeat does not vouch for them (silent, or
+    libvirt gone): a healthy fleet costs one look per host, not one per pair of hosts."""
     fresh = {h: b for h, b in beats.items() if now_s - b.sent_at_s <= policy.failure_timeout_s}
+    reports: dict[str, dict[str, float]] | None = None  # witness -> host -> when it last reached it
     signals = []
     for host_id, beat in sorted(beats.items()):
-        silences = []
-        for witness_id, witness in fresh.items():
-            if witness_id == host_id:
-                continue
-            reached = next((p.reached_at_s for p in witness.peers_reached if p.host_id == host_id), None)
-            since = reached if reached is not None else witness.worker_started_at_s
-            silences.append(max(0.0, witness.sent_at_s - since))
-        signals.append(HostSignals(
-            host_id=host_id,
-            heartbeat_age_s=max(0.0, now_s - beat.sent_at_s),
-            libvirt_ok=beat.libvirt_ok,
-            peer_silence_s=min(silences) if silences else None,
-            live_peers=len(silences),
-        ))
+        age_s = max(0.0, now_s - beat.sent_at_s)
+        witnesses = len(fresh) - (host_id in fresh)
+        if age_s <= policy.failure_timeout_s and beat.libvirt_ok:
+            signals.append(HostSignals(host_id, age_s, True, None, witnesses))
+            continue
+        if reports is None:
+            reports = {w: {p.host_id: p.reached_at_s for p in b.peers_reached} for w, b in fresh.items()}
+        silences = [max(0.0, witness.sent_at_s - reports[witness_id].get(host_id, witness.worker_started_at_s))
+                    for witness_id, witness in fresh.items() if witness_id != host_id]
+        signals.append(HostSignals(host_id, age_s, beat.libvirt_ok, min(silences) if silences else None,
+                                   len(silences)))
     return signals
 
 

@@ -133,11 +133,15 @@ class LivenessMonitor:
             await start()
 
     def _verdict_id(self, verdict: Verdict) -> str:
-        """The same for every replica that reaches this verdict from the same heartbeats, so the
-        stream keeps one event however many replicas publish it."""
+        """The same for every replica that reaches this verdict, so the stream keeps one event
+        however many replicas publish it: a host back up is named by the heartbeat that shows
+        it (each replica judges it before the next one comes), any other verdict by the host's
+        last good heartbeat, which no later heartbeat changes."""
         beat = self._scheduler.heartbeats.get(verdict.host_id)
-        seen_ms = int(beat.sent_at_s * 1000) if beat is not None else 0
-        return f"liveness-{verdict.host_id}-{verdict.liveness.value}-{seen_ms}"
+        seen_s = beat.sent_at_s if beat is not None else 0.0
+        if verdict.liveness is not Liveness.UP:
+            seen_s = self._last_good_s.get(verdict.host_id, seen_s)
+        return f"liveness-{verdict.host_id}-{verdict.liveness.value}-{int(seen_s * 1000)}"
 
     async def _publish(self, event: events.HostLiveness, event_id: str) -> None:
         try:

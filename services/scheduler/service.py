@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -140,9 +141,10 @@ class Scheduler:
         claims = kept(entry.claims, self._clock(), running, drop_vm_id)
         return ClaimWrite(host_id, (*claims, add) if add else claims, entry.revision)
 
-    def release_write(self, vm_id: str, host_id: str) -> ClaimWrite | None:
-        """The write that releases the VM's claim on the host; None when there is none."""
-        if not any(c.vm_id == vm_id for c in self._claims.on_host(host_id)):
+    def release_write(self, vm_id: str, host_id: str, made_before_s: float = math.inf) -> ClaimWrite | None:
+        """The write that releases the VM's claim on the host; None when there is none (or only
+        one made after ``made_before_s``, by its expiry)."""
+        if not any(c.vm_id == vm_id and c.expires_at_s <= made_before_s for c in self._claims.on_host(host_id)):
             return None
         return self._write(host_id, vm_id)
 
@@ -266,20 +268,33 @@ async def timed_place(placer: Placer, req: PlacementRequest) -> Placement:
 async def follow_bucket(nc: NatsClient, bucket: str, apply: Callable, decode: Callable,
                         ready: asyncio.Event | None = None, replicas: int = 1) -> None:
     """Apply the latest value of every key of ``bucket`` (``decode(entry)``), forever; set
-    ``ready`` once the values there at the start are applied."""
-    kv = await key_value_bucket(nc.jetstream(), bucket, replicas=replicas)
-    watcher = await kv.watchall()
-    async for entry in watcher:
-        if entry is None:  # the end of the values there at the start
-            if ready is not None:
-                ready.set()
-            continue
-        if entry.value is None:
-            continue  # a deleted key
+    ``ready`` once the values there at the start are applied. A watch that fails or ends (its
+    stream without a leader for a moment) is opened again: every value comes again, and the
+    mirrors keep the newest (by revision, or by heartbeat time)."""
+    backoff_s = 0.5
+    while True:
         try:
-            apply(decode(entry))
-        except ValueError:
-            log.warning("ignoring malformed entry", bucket=bucket, key=entry.key)
+            kv = await key_value_bucket(nc.jetstream(), bucket, replicas=replicas)
+            watcher = await kv.watchall()
+            async for entry in watcher:
+                backoff_s = 0.5
+                if entry is None:  # the end of the values there at the start
+                    if ready is not None:
+                        ready.set()
+                    continue
+                if entry.value is None:
+                    continue  # a deleted key
+                try:
+                    apply(decode(entry))
+                except ValueError:
+                    log.warning("ignoring malformed entry", bucket=bucket, key=entry.key)
+            log.warning("bucket watch ended; watching again", bucket=bucket)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("bucket watch failed; watching again", bucket=bucket, error=str(exc) or type(exc).__name__)
+        await asyncio.sleep(backoff_s)
+        backoff_s = min(backoff_s * 2, 5.0)
 
 
 def decoder(cls: type) -> Callable:
@@ -302,6 +317,7 @@ async def follow_heartbeats(nc: NatsClient, settings: SchedulerSettings, schedul
     """Each heartbeat into the scheduler; the claims of VMs a host now reports leave the store."""
     await heartbeat_bucket(nc.jetstream(), settings.heartbeat_bucket, settings.jetstream_replicas)
     settling: set[str] = set()
+    tasks: set[asyncio.Task] = set()  # referenced until done
 
     async def settle(host_id: str) -> None:
         try:
@@ -314,7 +330,9 @@ async def follow_heartbeats(nc: NatsClient, settings: SchedulerSettings, schedul
     def observe(beat: HostHeartbeat) -> None:
         if scheduler.observe(beat) and beat.host_id not in settling:
             settling.add(beat.host_id)
-            asyncio.get_running_loop().create_task(settle(beat.host_id))
+            task = asyncio.get_running_loop().create_task(settle(beat.host_id))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
     async def on_message(msg) -> None:
         try:
@@ -384,5 +402,7 @@ async def start_service(nc: NatsClient, scheduler: Scheduler, placer: Placer) ->
         ("host", HostRef, host),
         ("set_host_admin", HostAdmin, set_host_admin),
     ):
-        await group.add_endpoint(EndpointConfig(name=name, handler=endpoint(request_type, handler)))
+        # Placements and releases wait on the claims bucket: each in a task of its own.
+        concurrent = name in ("place", "release")
+        await group.add_endpoint(EndpointConfig(name=name, handler=endpoint(request_type, handler, concurrent)))
     return service

@@ -9,8 +9,15 @@ from collections import Counter
 import pytest
 
 from deploy.bench_control_plane import (
-    EVENT_ID_PREFIX,
     BenchArgs,
+    fleet_plan,
+    host_id_for,
+    parse_args,
+    process_slices,
+    vms_of_host,
+)
+from deploy.control_plane_figures import (
+    EVENT_ID_PREFIX,
     Delivery,
     ListingFigures,
     LivenessCost,
@@ -21,16 +28,11 @@ from deploy.bench_control_plane import (
     cpu_seconds,
     delivery,
     event_seq,
-    fleet_plan,
     format_report,
     heartbeat_ages,
-    host_id_for,
     hwm_kib,
-    parse_args,
-    process_slices,
     quantiles,
     rss_kib,
-    vms_of_host,
 )
 
 # --- arguments ----------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from services.api.models import Vm
 from services.api.network_store import NetworkStore
 from services.api.quota_store import QuotaLedger
 from services.api.tenancy_models import QuotaLimits, TenantCreate
-from shared.errors import Conflict, QuotaExceeded
+from shared.errors import Conflict, NotFound, QuotaExceeded
 from shared.models import VmState
 from shared.quota import Amounts, vm_hold
 
@@ -131,3 +131,25 @@ def test_api_replicas_starting_together_on_a_new_postgresql_database_migrate_it_
         assert QuotaLedger(engine).usage("default")[1:] == (Amounts(), Amounts())
     finally:
         engine.dispose()
+
+
+def test_an_id_no_row_can_have_finds_nothing_on_either_engine(engine):
+    """A NUL byte (PostgreSQL refuses it in text) in an id from a URL: not found, not a 500."""
+    with pytest.raises(NotFound, match="no VM with id"):
+        Inventory(engine).get("x\x00y")
+    assert Inventory(engine).find("x\x00y") is None
+    with pytest.raises(NotFound, match="no network"):
+        NetworkStore(engine).network("x\x00y")
+    with pytest.raises(NotFound, match="no tenant"):
+        IdentityStore(engine).tenant("x\x00y")
+
+
+def test_pages_of_vms_cover_every_vm_once_oldest_first(engine):
+    inventory = Inventory(engine)
+    IdentityStore(engine).add_tenant(TenantCreate(name="acme"))
+    made = [inventory.add(_vm(f"vm-{i:02d}", "acme" if i % 3 else "default")).id for i in range(25)]
+    pages = [inventory.list(None, offset, 10) for offset in (0, 10, 20)]
+    assert [len(p) for p in pages] == [10, 10, 5]
+    assert [v.id for page in pages for v in page] == made
+    assert inventory.count(None) == 25 and inventory.count("acme") == 16
+    assert [v.name for v in inventory.list("acme", 15, 10)] == ["vm-23"]

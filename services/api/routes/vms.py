@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from fastapi import APIRouter, Body, Depends, Response
+from fastapi import APIRouter, Body, Depends, Query, Response
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -49,6 +49,7 @@ from shared.operation_tags import move_route, operation_summary, tagged, vm_labe
 from shared.storage_models import PoolKind
 
 router = APIRouter(prefix="/v1/vms", tags=["vms"])
+PAGE_MAX = 1000  # VMs in one answer of GET /v1/vms
 
 _POWER_FROM = {
     PowerAction.START: (VmState.STOPPED, VmState.ERROR, VmState.CRASHED),
@@ -185,8 +186,18 @@ async def _settle_ambiguous_start(p: Platform, vm: Vm, op_id: str, exc: Exceptio
 
 
 @router.get("", response_model=list[VmPublic])
-async def list_vms(p: Platform = Depends(get_platform), who: Principal = Depends(principal)):
-    return await vm_public(p, await asyncio.to_thread(p.inventory.list, who.visible_tenant))
+async def list_vms(response: Response, p: Platform = Depends(get_platform), who: Principal = Depends(principal),
+                   limit: int = Query(PAGE_MAX, ge=1, le=PAGE_MAX, description="at most this many VMs"),
+                   offset: int = Query(0, ge=0, description="after skipping this many, oldest first")):
+    """One page of VMs, oldest first. ``X-Total-Count`` says how many there are; a ``Link``
+    header with ``rel="next"`` names the next page while there is one."""
+    vms, total = await asyncio.gather(
+        asyncio.to_thread(p.inventory.list, who.visible_tenant, offset, limit),
+        asyncio.to_thread(p.inventory.count, who.visible_tenant))
+    response.headers["X-Total-Count"] = str(total)
+    if offset + len(vms) < total:
+        response.headers["Link"] = f'</v1/vms?limit={limit}&offset={offset + len(vms)}>; rel="next"'
+    return await vm_public(p, vms)
 
 
 @router.get("/{vm_id}", response_model=VmPublic)
