@@ -22,6 +22,7 @@ def vm_event(tenant: str, vm_id: str, event_type: str) -> str:
     return f"{EVENTS_ROOT}.vm.{_token(tenant)}.{_token(vm_id)}.{_token(event_type)}"
 
 
+HOST_ADMIN_CHANGES = "vmflow.scheduler.host_admin_changed"  # a host's mode, to every replica at once
 HEARTBEATS = "vmflow.hb"  # every heartbeat, as a plain message too: the liveness fast path
 
 

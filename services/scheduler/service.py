@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import structlog
 from nats.aio.client import Client as NatsClient
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.micro import add_service
 from nats.micro.service import EndpointConfig, Service, ServiceConfig
 
@@ -52,6 +53,10 @@ from shared.models import (
 
 log = structlog.get_logger(__name__)
 
+REVISION_HEADER = "Vmflow-Revision"
+ADMIN_RESYNC_S = 10.0  # the host-admin bucket is read anew this often
+CLAIMS_RESYNC_S = 30.0  # and the claims bucket (a stale mirror costs lost races, never a double booking)
+
 
 @dataclass(frozen=True)
 class Proposal:
@@ -76,6 +81,7 @@ class Scheduler:
         self._claims = ClaimBook()
         self.heartbeats: dict[str, HostHeartbeat] = {}
         self.admin: dict[str, HostAdmin] = {}
+        self._admin_revisions: dict[str, int] = {}
         self.liveness: dict[str, Verdict] = {}  # the monitor's latest verdicts
         self._states: dict[str, HostState] = {}
         self._order: list[str] = []  # host ids, sorted
@@ -188,7 +194,13 @@ class Scheduler:
         running = {d.vm_id for d in beat.domains}
         return any(c.vm_id in running for c in self._claims.on_host(beat.host_id))
 
-    def set_admin(self, admin: HostAdmin) -> None:
+    def set_admin(self, admin: HostAdmin, revision: int = 0) -> None:
+        """An operator's decision on a host, as the host-admin bucket's ``revision`` of it (it
+        comes by the bucket and by a plain message: an older one than what is held is ignored)."""
+        if revision and revision <= self._admin_revisions.get(admin.host_id, 0):
+            return
+        if revision:
+            self._admin_revisions[admin.host_id] = revision
         self.admin[admin.host_id] = admin
         self._refresh(admin.host_id)
 
@@ -208,6 +220,10 @@ class Scheduler:
     def _view(self, state: HostState, with_allocations: bool) -> HostView:
         admin = self.admin.get(state.host_id)
         verdict = self.liveness.get(state.host_id)
+        if state.up and verdict is not None and verdict.liveness is not Liveness.UP:
+            # Its own heartbeat vouches for it: the monitor says so at its next look; every
+            # replica says so from now on, not each at its own next look.
+            verdict = Verdict(state.host_id, Liveness.UP, "heartbeating")
         reason = verdict.reason if verdict is not None and verdict.liveness is not Liveness.UP else ""
         if admin is not None and admin.mode in (HostMode.FENCING, HostMode.FENCED, HostMode.FENCE_FAILED):
             status, reason = admin.mode.value, admin.reason
@@ -266,17 +282,19 @@ async def timed_place(placer: Placer, req: PlacementRequest) -> Placement:
 
 
 async def follow_bucket(nc: NatsClient, bucket: str, apply: Callable, decode: Callable,
-                        ready: asyncio.Event | None = None, replicas: int = 1) -> None:
+                        ready: asyncio.Event | None = None, replicas: int = 1,
+                        resync_s: float | None = None) -> None:
     """Apply the latest value of every key of ``bucket`` (``decode(entry)``), forever; set
     ``ready`` once the values there at the start are applied. A watch that fails or ends (its
-    stream without a leader for a moment) is opened again: every value comes again, and the
+    stream without a leader for a moment) is opened again, and with ``resync_s`` every so often
+    anyway (a watch can also fall silent after a NATS restart): every value comes again, and the
     mirrors keep the newest (by revision, or by heartbeat time)."""
     backoff_s = 0.5
     while True:
         try:
             kv = await key_value_bucket(nc.jetstream(), bucket, replicas=replicas)
             watcher = await kv.watchall()
-            async for entry in watcher:
+            async for entry in _until(watcher, resync_s):
                 backoff_s = 0.5
                 if entry is None:  # the end of the values there at the start
                     if ready is not None:
@@ -288,6 +306,8 @@ async def follow_bucket(nc: NatsClient, bucket: str, apply: Callable, decode: Ca
                     apply(decode(entry))
                 except ValueError:
                     log.warning("ignoring malformed entry", bucket=bucket, key=entry.key)
+            if resync_s is not None:
+                continue  # time to read it all anew
             log.warning("bucket watch ended; watching again", bucket=bucket)
         except asyncio.CancelledError:
             raise
@@ -295,6 +315,23 @@ async def follow_bucket(nc: NatsClient, bucket: str, apply: Callable, decode: Ca
             log.warning("bucket watch failed; watching again", bucket=bucket, error=str(exc) or type(exc).__name__)
         await asyncio.sleep(backoff_s)
         backoff_s = min(backoff_s * 2, 5.0)
+
+
+async def _until(watcher, resync_s: float | None):
+    """The watcher's entries, for ``resync_s`` at most (None: as long as it gives them)."""
+    if resync_s is None:
+        async for entry in watcher:
+            yield entry
+        return
+    give_up_s = time.monotonic() + resync_s
+    try:
+        while (left_s := give_up_s - time.monotonic()) > 0:
+            try:
+                yield await watcher.updates(timeout=left_s)
+            except NatsTimeoutError:
+                return
+    finally:
+        await watcher.stop()
 
 
 def decoder(cls: type) -> Callable:
@@ -349,14 +386,28 @@ async def follow_heartbeats(nc: NatsClient, settings: SchedulerSettings, schedul
 
 async def follow_host_admin(nc: NatsClient, settings: SchedulerSettings, scheduler: Scheduler,
                             ready: asyncio.Event | None = None) -> None:
-    await follow_bucket(nc, settings.host_admin_bucket, scheduler.set_admin, decoder(HostAdmin), ready,
-                        settings.jetstream_replicas)
+    """Hosts' modes from the bucket (at start, and re-read every ``ADMIN_RESYNC_S``) and, at
+    once, from the plain message the replica that changed one sends."""
+    async def on_message(msg) -> None:
+        try:
+            scheduler.set_admin(codec.decode(HostAdmin, msg.data), int((msg.headers or {}).get(REVISION_HEADER, 0)))
+        except ValueError:
+            log.warning("ignoring malformed host mode", subject=msg.subject)
+
+    subscription = await nc.subscribe(subjects.HOST_ADMIN_CHANGES, cb=on_message)
+    try:
+        await follow_bucket(nc, settings.host_admin_bucket, lambda pair: scheduler.set_admin(*pair),
+                            lambda e: (codec.decode(HostAdmin, e.value), e.revision), ready,
+                            settings.jetstream_replicas, resync_s=ADMIN_RESYNC_S)
+    finally:
+        await subscription.unsubscribe()
 
 
 async def follow_claims(nc: NatsClient, settings: SchedulerSettings, scheduler: Scheduler,
                         ready: asyncio.Event | None = None) -> None:
     await follow_bucket(nc, settings.claims_bucket, scheduler.apply_claims,
-                        lambda e: decoded_claims(e.key, e.value, e.revision), ready, settings.jetstream_replicas)
+                        lambda e: decoded_claims(e.key, e.value, e.revision), ready, settings.jetstream_replicas,
+                        resync_s=CLAIMS_RESYNC_S)
 
 
 async def claim_placer(nc: NatsClient, scheduler: Scheduler) -> Placer:
@@ -385,8 +436,9 @@ async def start_service(nc: NatsClient, scheduler: Scheduler, placer: Placer) ->
         """Enable or disable a host. Stored in a KV bucket so every replica (and a restarted
         one) sees it; applied here at once so the answer already shows it."""
         scheduler.host_view(admin.host_id)  # NotFound for unknown hosts
-        await admin_kv.put(admin.host_id, codec.encode(admin))
-        scheduler.set_admin(admin)
+        revision = await admin_kv.put(admin.host_id, codec.encode(admin))
+        scheduler.set_admin(admin, revision)
+        await nc.publish(subjects.HOST_ADMIN_CHANGES, codec.encode(admin), headers={REVISION_HEADER: str(revision)})
         return scheduler.host_view(admin.host_id)
 
     service = await add_service(

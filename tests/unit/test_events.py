@@ -38,3 +38,16 @@ def test_a_consumer_gets_lifecycle_facts_and_nothing_else():
     assert events.lifecycle_from(raw) == fact
     assert events.lifecycle_from(envelope("state", "api", {"vm_id": "v1"})) is None
     assert events.lifecycle_from(envelope("stopped", "api", codec.to_jsonable(fact))) is None
+
+
+def test_an_event_becomes_one_sse_message_without_being_parsed_again():
+    from types import SimpleNamespace
+
+    from services.api.routes.events import sse_frame
+
+    data = json.dumps({"id": "e1", "type": "state", "data": {"state": "running"}}).encode()
+    msg = SimpleNamespace(subject="vmflow.evt.vm.acme.v1.state", data=data, headers={"Nats-Msg-Id": "e1"})
+    assert sse_frame(msg, named=True) == b"id: e1\nevent: state\ndata: " + data + b"\n\n"
+    assert sse_frame(msg, named=False) == b"id: e1\ndata: " + data + b"\n\n"
+    bare = SimpleNamespace(subject=msg.subject, data=data, headers=None)  # no id header: from the envelope
+    assert sse_frame(bare, named=False).startswith(b"id: e1\n")

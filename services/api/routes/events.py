@@ -18,6 +18,17 @@ from shared.errors import InvalidRequest
 
 router = APIRouter(prefix="/v1", tags=["events"])
 KEEPALIVE_S = 15.0
+BATCH = 200  # events at most in one write to a client
+
+
+def sse_frame(msg, named: bool) -> bytes:
+    """One SSE message for a NATS event: ``id:`` its id, ``event:`` its type (the subject's
+    last token), ``data:`` its envelope as published (one line of JSON), without parsing it."""
+    event_id = (msg.headers or {}).get("Nats-Msg-Id")
+    if event_id is None:  # not published through EventPublisher: read it from the envelope
+        event_id = str(json.loads(msg.data).get("id", ""))
+    name = f"event: {msg.subject.rsplit('.', 1)[-1]}\n" if named else ""
+    return f"id: {event_id}\n{name}data: ".encode() + msg.data + b"\n\n"
 
 
 @router.get("/events")
@@ -35,28 +46,31 @@ async def stream_events(
         raise InvalidRequest(f"subject must start with '{subjects.EVENTS_ROOT}.'")
     queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1000)
 
-    async def on_message(msg) -> None:
-        if not subjects.subject_matches(subject, msg.subject):
-            return
-        if not queue.full():  # a slow client loses events rather than stalling NATS
-            queue.put_nowait(msg.data)
+    def on_message(msg) -> None:
+        if subjects.subject_matches(subject, msg.subject) and not queue.full():
+            queue.put_nowait(sse_frame(msg, named))  # a slow client loses events rather than stalling NATS
+
+    async def deliver(msg) -> None:
+        on_message(msg)
 
     # A tenant's stream subscribes only to its own subjects; its filter narrows them further.
     roots = (subject,) if who.is_admin else subjects.tenant_event_roots(who.tenant)
-    subs = [await p.nats.subscribe(root, cb=on_message) for root in roots]
+    subs = [await p.nats.subscribe(root, cb=deliver) for root in roots]
 
     async def body():
         try:
             yield b": connected\n\n"
-            while not await request.is_disconnected():
+            while True:
                 try:
-                    data = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                    frames = [await asyncio.wait_for(queue.get(), KEEPALIVE_S)]
                 except TimeoutError:
+                    if await request.is_disconnected():
+                        return
                     yield b": keepalive\n\n"
                     continue
-                envelope = json.loads(data)
-                name = f"event: {envelope.get('type', 'event')}\n" if named else ""
-                yield f"id: {envelope.get('id', '')}\n{name}data: {json.dumps(envelope)}\n\n".encode()
+                while not queue.empty() and len(frames) < BATCH:  # what is waiting goes out in one write
+                    frames.append(queue.get_nowait())
+                yield b"".join(frames)
         finally:
             for sub in subs:
                 await sub.unsubscribe()
