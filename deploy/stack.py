@@ -418,6 +418,7 @@ def up(cfg: StackConfig, say=print) -> StackConfig:
         wait_for(lambda: _api_ready(cfg), 60, "API", interval_s=0.3)
         wait_for(lambda: admin_token(cfg) is not None, 10, f"the admin token in {cfg.admin_token_file}")
         wait_for(lambda: _hosts_up(cfg) >= cfg.host_count, 60, "lab hosts", interval_s=0.3)
+        wait_for(lambda: _answers(cfg, "/v1/images"), 60, "the storage service", interval_s=0.3)
         say(f"vmflow is up in {time.monotonic() - t0:.1f} s")
     except BaseException:
         say(f"start failed; logs are in {cfg.root / 'logs'}")
@@ -437,6 +438,15 @@ def admin_token(cfg: StackConfig) -> str | None:
     """The stack's admin token; None until the API has written it, or when this user may not
     read the file (it is its owner's only)."""
     return read_token_file(cfg.admin_token_file)
+
+
+def _answers(cfg: StackConfig, path: str) -> bool:
+    """Whether the API answers ``path`` (with the admin token) without an error: the services
+    behind it are there."""
+    try:
+        return httpx.get(f"{cfg.api_url}{path}", timeout=3, headers=bearer_headers(admin_token(cfg))).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _hosts_up(cfg: StackConfig) -> int:
