@@ -72,7 +72,7 @@ class VmflowClient:
         once a second while ``on_progress`` follows the steps; ``interval_s`` paces the asking."""
         deadline = time.monotonic() + timeout_s
         read_s = self._http.timeout.read or WAIT_S + 5
-        wait_s = 1.0 if on_progress else min(WAIT_S, read_s / 2)
+        wait_s = 1.0 if on_progress else min(WAIT_S, read_s / 3)  # the answer's own work fits in the rest
         while True:
             left_s = max(0.0, deadline - time.monotonic())
             op = self.call("GET", f"/v1/operations/{op_id}", params={"wait_s": round(min(wait_s, left_s), 3)})

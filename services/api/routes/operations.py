@@ -46,6 +46,7 @@ from shared.names import (
 from shared.operation_tags import HOST_IDS, KIND, SUMMARY_MEMO, TENANT, VM_ID
 
 router = APIRouter(prefix="/v1/operations", tags=["operations"])
+QUERY_TIMEOUT_S = 3.0  # the longest an operation's view waits for its progress
 
 # vm-<id>-<action>[-<key>], the storage operations on images and volumes by name, host
 # operations (host-<id>-maintenance, host-<id>-failover-<epoch>) and network-<id>-<action>.
@@ -226,7 +227,9 @@ async def get_operation(op_id: str, p: Platform = Depends(get_platform), who: Pr
     state = _state(desc.status)
     progress: OperationProgress | None = None
     try:
-        progress = await handle.query("progress", result_type=OperationProgress)
+        # A query needs the orchestrator's attention: a busy one (a burst of operations) must
+        # not hold the answer up; the state alone still answers.
+        progress = await asyncio.wait_for(handle.query("progress", result_type=OperationProgress), QUERY_TIMEOUT_S)
     except Exception:  # a query needs a worker; the state alone still answers
         progress = None
     result, error = None, None
