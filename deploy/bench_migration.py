@@ -3,8 +3,9 @@
 Both move a running 128 MiB lab guest back and forth between lab hosts h1 and h2, interleaved
 (baseline i, platform i, ...), so both see the same machine noise.
 
-- baseline: one peer-to-peer ``migrateToURI3`` through the project's libvirt adapter, timed
-  around the call; downtime from libvirt's completed job stats.
+- baseline: one peer-to-peer ``migrateToURI3`` through the project's libvirt adapter, with the
+  parameters the platform's default convergence policy starts with (auto-converge, its first
+  downtime limit), timed around the call; downtime from libvirt's completed job stats.
 - platform: POST /v1/vms/{id}/migrate -> the LiveMigrate operation is done (checks, placement
   on the target, the same libvirt migration with its convergence loop, the inventory record);
   downtime from the same job stats, as the operation reports them.
@@ -38,8 +39,10 @@ from deploy.bench import (
 from deploy.client import VmflowClient
 from services.host_worker.domain_xml import build_domain_xml, console_path
 from services.host_worker.hypervisor import Hypervisor
+from shared.migration import ConvergencePolicy
 
 HOSTS = ("h1", "h2")
+POLICY = ConvergencePolicy()  # what the API asks for when a request names no policy
 DOWNTIME = re.compile(r"downtime (\d+) ms")
 
 
@@ -88,7 +91,9 @@ def run_migration_bench(run_dir: Path, count: int, say: Callable[[str], None], s
                 disk_of[there].unlink(missing_ok=True)
                 _create_overlay(Path(image.disk_path), disk_of[there])
                 moves = {str(disk_of[where]): str(disk_of[there])}
-            done = source.migrate_live(vm_id, hosts[there].tcp_uri, disk_moves=moves)
+            done = source.migrate_live(vm_id, hosts[there].tcp_uri, disk_moves=moves,
+                                       auto_converge=POLICY.auto_converge,
+                                       initial_downtime_ms=POLICY.downtime_steps_ms[0])
             base_s.append(time.monotonic() - started)
             if done and done.downtime_ms is not None:
                 base_down.append(done.downtime_ms)

@@ -27,6 +27,8 @@ SEARCH_ATTRIBUTES: tuple[SearchAttributeKey, ...] = (VM_ID, HOST_IDS, TENANT, KI
 
 # The summary rides in the memo too: a listing returns memos, not summaries.
 SUMMARY_MEMO = "summary"
+# An ended operation's last progress (an OperationProgress): read without a worker replaying it.
+PROGRESS_MEMO = "progress"
 SUMMARY_MAX_CHARS = 200
 
 

@@ -10,23 +10,24 @@ from services.scheduler.client import SchedulerActivities, SchedulerClient
 from shared.logging import configure_logging
 from shared.messaging import connect
 from shared.metrics import serve_metrics
-from shared.settings import CommonSettings
 from shared.temporal import connect_temporal, serve
+from workflows.settings import OrchestratorSettings
 from workflows.worker import orchestrator_worker
 
 log = structlog.get_logger("workflows")
 
 
-async def main(settings: CommonSettings) -> None:
+async def main(settings: OrchestratorSettings) -> None:
     serve_metrics(settings.metrics_host, settings.metrics_port)
     nc = await connect(settings, "vmflow-orchestrator")
     client = await connect_temporal(settings, starts_workflows=True)  # its workflows tag children and hosts
-    worker = orchestrator_worker(client, SchedulerActivities(SchedulerClient(nc)))
+    worker = orchestrator_worker(client, SchedulerActivities(SchedulerClient(nc)),
+                                  sandboxed=settings.workflow_sandbox)
     log.info("orchestrator ready", temporal=settings.temporal_address)
     await serve(worker, nc)
 
 
 if __name__ == "__main__":
-    settings = CommonSettings()
+    settings = OrchestratorSettings()
     configure_logging("orchestrator", settings.log_level, settings.log_json)
     asyncio.run(main(settings))

@@ -25,6 +25,11 @@ with workflow.unsafe.imports_passed_through():
     from shared import metrics
 
 
+def ends_run(exc: BaseException) -> bool:
+    """Whether an exception out of a workflow ends its run (see ``outcome_of``)."""
+    return outcome_of(exc) is not None
+
+
 def outcome_of(exc: BaseException) -> metrics.Outcome | None:
     """How an exception out of a workflow ends its run; None when it does not end it: a bug
     (any other exception) fails only the workflow task, which the worker retries, and

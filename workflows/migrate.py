@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Awaitable, Callable
 
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError, is_cancelled_exception
@@ -22,9 +23,12 @@ with workflow.unsafe.imports_passed_through():
     from shared.models import (
         BeginOperation,
         BootWaitRequest,
+        DomainStatus,
         OperationProgress,
+        Placement,
         PlacementRequest,
         RootCopy,
+        RootDisk,
         RootDiskRef,
         VmRecordUpdate,
         VmState,
@@ -35,12 +39,15 @@ from workflows import network_steps, steps
 from workflows.progress import ProgressTracker
 from workflows.saga import all_settled
 
+PREPARE_WITH_CHECKS_PATCH = "vmflow-migrate-prepare-with-checks"
+
 
 @workflow.defn(name="LiveMigrate")
 class LiveMigrate:
     def __init__(self) -> None:
         self._progress = ProgressTracker("migrate")
         self._disk_pools: tuple[str, str] | None = None  # (source pool, target pool) of a moving disk
+        self._target: str | None = None  # the host asked for, then the one chosen
 
     @workflow.query(name="progress")
     def progress(self) -> OperationProgress:
@@ -55,7 +62,7 @@ class LiveMigrate:
         live = vm.state is not VmState.STOPPED  # the state the VM was in when the move was asked
         settled = VmState.RUNNING if live else VmState.STOPPED
         self._progress.begin(vm.vm_id, source)
-        target = inp.target_host_id
+        self._target = inp.target_host_id
         try:
             if not inp.claimed:
                 self._progress.advance("begin")
@@ -64,35 +71,29 @@ class LiveMigrate:
             place = functools.partial(steps.place, PlacementRequest(
                 vm.vm_id, vm.vcpus, vm.memory_mib, vm.disk_gib if vm.storage is PoolKind.LOCAL else 0,
                 required_labels=vm.required_labels,
-                group=vm.group, exclude_hosts=(source,), only_host=target,
+                group=vm.group, exclude_hosts=(source,), only_host=self._target,
             ))
-            checks = [steps.domain_status(source, BootWaitRequest(vm.vm_id, 0)), steps.locate_root(vm.vm_id),
-                      network_steps.vm_setup(vm.vm_id)]
-            # The target is chosen while the checks run: one round trip less. A check that fails
-            # releases the claim on the way out, as any failure does.
-            placed_early = workflow.patched("vmflow-migrate-place-with-checks")
-            if placed_early:
-                status, root, setup, placement = await all_settled(*checks, place())
-            else:
-                status, root, setup = await asyncio.gather(*checks)
-            expected = "running" if live else "shutoff"
-            if status.state != expected:
-                raise ApplicationError(f"the VM is {status.state} on {source}, expected {expected}",
-                                       type="conflict", non_retryable=True)
-            if root.host_id not in (None, source):
-                raise ApplicationError(f"the VM is on {source} but its root disk is in {root.pool}",
-                                       type="conflict", non_retryable=True)
-            if root.local_data_volumes:
-                raise ApplicationError(f"data volume(s) {', '.join(root.local_data_volumes)} on {source}'s own "
-                                       "pool cannot move with the VM: detach them first",
-                                       type="conflict", non_retryable=True)
-            if not placed_early:
-                self._progress.advance("place")
-                placement = await place()
+            checks = [steps.domain_status(source, BootWaitRequest(vm.vm_id, 0)), steps.locate_root(vm.vm_id)]
+            if workflow.patched(PREPARE_WITH_CHECKS_PATCH):
+                # The target is chosen and its networks prepared while the checks run: two round
+                # trips less. A check that fails undoes both on the way out, as any failure does.
+                status, root, placement = await all_settled(*checks, self._place_and_prepare(vm.vm_id, place))
+                self._check(status, root, source, live)
+            else:  # as runs an older worker started go on
+                checks.append(network_steps.vm_setup(vm.vm_id))
+                placed_early = workflow.patched("vmflow-migrate-place-with-checks")
+                if placed_early:
+                    status, root, setup, placement = await all_settled(*checks, place())
+                else:
+                    status, root, setup = await asyncio.gather(*checks)
+                self._check(status, root, source, live)
+                if not placed_early:
+                    self._progress.advance("place")
+                    placement = await place()
+                self._target = placement.host_id
+                self._progress.advance("prepare_host", self._target)
+                await network_steps.prepare_host(self._target, setup)
             target = placement.host_id
-            # The VM's networks (and seed) are in place on the target before it arrives there.
-            self._progress.advance("prepare_host", target)
-            await network_steps.prepare_host(target, setup)
             moves: tuple[DiskMove, ...] = ()
             if root.host_id is not None:
                 self._disk_pools = (root.pool, local_pool_name(target))
@@ -118,6 +119,7 @@ class LiveMigrate:
             cancelled = is_cancelled_exception(exc) or isinstance(exc, asyncio.CancelledError)
             code, message = ("cancelled", "cancelled by request") if cancelled else steps.failure_message(exc)
             error = f"{self._progress.value.step}: {message}"
+            target = self._target
             self._progress.advance("recovering")
             await steps.release_claim(vm.vm_id, target or "")
             where, confirmed = await self._locate(vm.vm_id, source, target)
@@ -135,6 +137,28 @@ class LiveMigrate:
             if cancelled:
                 raise
             raise ApplicationError(f"{error}; the VM is on {where}", type=code, non_retryable=True) from None
+
+    async def _place_and_prepare(self, vm_id: str, place: Callable[[], Awaitable[Placement]]) -> Placement:
+        """Choose the target and put the VM's networks (and seed) in place there before it arrives."""
+        setup, placement = await all_settled(network_steps.vm_setup(vm_id), place())
+        self._target = placement.host_id
+        self._progress.advance("prepare_host", self._target)
+        await network_steps.prepare_host(self._target, setup)
+        return placement
+
+    def _check(self, status: DomainStatus, root: RootDisk, source: str, live: bool) -> None:
+        """Refuse a move the VM's state or its disks do not allow."""
+        expected = "running" if live else "shutoff"
+        if status.state != expected:
+            raise ApplicationError(f"the VM is {status.state} on {source}, expected {expected}",
+                                   type="conflict", non_retryable=True)
+        if root.host_id not in (None, source):
+            raise ApplicationError(f"the VM is on {source} but its root disk is in {root.pool}",
+                                   type="conflict", non_retryable=True)
+        if root.local_data_volumes:
+            raise ApplicationError(f"data volume(s) {', '.join(root.local_data_volumes)} on {source}'s own "
+                                   "pool cannot move with the VM: detach them first",
+                                   type="conflict", non_retryable=True)
 
     async def _record_move(self, vm_id: str, op_id: str, settled: VmState, source: str, target: str) -> None:
         self._progress.advance("record")

@@ -1,12 +1,23 @@
-"""The progress every workflow exposes through its ``progress`` query."""
+"""The progress every workflow exposes through its ``progress`` query, and keeps in its memo
+once it ends."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from temporalio import workflow
+from temporalio.worker import (
+    ExecuteWorkflowInput,
+    Interceptor,
+    WorkflowInboundInterceptor,
+    WorkflowInterceptorClassInput,
+)
 
 with workflow.unsafe.imports_passed_through():
     from shared.models import OperationProgress
-    from shared.operation_tags import HOST_IDS, KIND, hosts_with
+    from shared.operation_tags import HOST_IDS, KIND, PROGRESS_MEMO, hosts_with
+
+from workflows.metering import ends_run
 
 
 class ProgressTracker:
@@ -48,3 +59,35 @@ def _tag_host(host_id: str | None) -> None:
     hosts = attributes.get(HOST_IDS) or []
     if host_id not in hosts:
         workflow.upsert_search_attributes([HOST_IDS.value_set(hosts_with(hosts, host_id))])
+
+
+FINAL_PROGRESS_PATCH = "vmflow-final-progress-memo"
+
+
+class _FinalProgress(WorkflowInboundInterceptor):
+    async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
+        try:
+            result = await super().execute_workflow(input)
+        except BaseException as exc:
+            if ends_run(exc):
+                _keep_final_progress()
+            raise
+        _keep_final_progress()
+        return result
+
+
+def _keep_final_progress() -> None:
+    # patched: a run an older worker ended without the memo replays without it.
+    handler = workflow.get_query_handler("progress")
+    if handler is not None and workflow.patched(FINAL_PROGRESS_PATCH):
+        workflow.upsert_memo({PROGRESS_MEMO: handler()})
+
+
+class FinalProgress(Interceptor):
+    """Keeps an ending run's ``progress`` in its memo (``PROGRESS_MEMO``), in the same task that
+    ends it: asking an ended operation for its progress needs no worker to replay its history."""
+
+    def workflow_interceptor_class(
+        self, input: WorkflowInterceptorClassInput
+    ) -> type[WorkflowInboundInterceptor] | None:
+        return _FinalProgress

@@ -29,6 +29,7 @@ from workflows.saga import Saga, all_settled
 
 # A VM is provisioned once, ever: a retried or replayed start is refused, even after completion.
 PROVISION_ID_REUSE = WorkflowIDReusePolicy.REJECT_DUPLICATE
+CREATE_DOMAIN_PATCH = "vmflow-provision-create-domain"
 
 
 @workflow.defn(name="ProvisionVm")
@@ -78,20 +79,22 @@ class ProvisionVm:
                 *([recorded] if together else []),
             )
 
-            self._progress.advance("define")
             saga.on_failure("undefine domain", lambda: steps.undefine_domain(host_id, inp.vm_id))
-            await steps.define_domain(
-                host_id,
-                DomainSpec(
-                    vm_id=inp.vm_id, vm_name=inp.vm_name, tenant=inp.tenant,
-                    vcpus=inp.spec.vcpus, memory_mib=inp.spec.memory_mib,
-                    disk_path=volume.path, domain_type=placement.domain_type, boot=volume.image.boot,
-                    disk_gib=volume.size_gib if local else 0, group_id=inp.group.group_id if inp.group else None,
-                    nics=setup.nics, seed=setup.seed is not None,
-                ),
+            spec = DomainSpec(
+                vm_id=inp.vm_id, vm_name=inp.vm_name, tenant=inp.tenant,
+                vcpus=inp.spec.vcpus, memory_mib=inp.spec.memory_mib,
+                disk_path=volume.path, domain_type=placement.domain_type, boot=volume.image.boot,
+                disk_gib=volume.size_gib if local else 0, group_id=inp.group.group_id if inp.group else None,
+                nics=setup.nics, seed=setup.seed is not None,
             )
-            self._progress.advance("start")
-            await steps.start_domain(host_id, inp.vm_id)
+            if workflow.patched(CREATE_DOMAIN_PATCH):
+                self._progress.advance("start")
+                await steps.create_domain(host_id, spec)  # defined and started: one round trip
+            else:  # as runs an older worker started go on
+                self._progress.advance("define")
+                await steps.define_domain(host_id, spec)
+                self._progress.advance("start")
+                await steps.start_domain(host_id, inp.vm_id)
             self._progress.advance("wait_booted")
             await steps.wait_booted(
                 host_id, BootWaitRequest(inp.vm_id, inp.boot_timeout_s, volume.image.boot_marker)

@@ -193,6 +193,11 @@ async def define_domain(host_id: str, spec: DomainSpec) -> None:
     await on_host(host_id, "host.define_domain", spec)
 
 
+async def create_domain(host_id: str, spec: DomainSpec) -> None:
+    """Define the domain and start it."""
+    await on_host(host_id, "host.create_domain", spec)
+
+
 async def start_domain(host_id: str, vm_id: str) -> None:
     await on_host(host_id, "host.start_domain", DomainRef(vm_id))
 

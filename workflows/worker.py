@@ -4,7 +4,7 @@ scheduler over NATS (workflow code itself never does I/O)."""
 from __future__ import annotations
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import (
     SandboxedWorkflowRunner,
     SandboxRestrictions,
@@ -20,6 +20,7 @@ from workflows.metering import OperationMetrics
 from workflows.migrate import LiveMigrate
 from workflows.networks import NETWORK_WORKFLOWS
 from workflows.power import VmPowerAction
+from workflows.progress import FinalProgress
 from workflows.provision import ProvisionVm
 from workflows.restart import RestartVm
 from workflows.stale import RemoveStaleCopy
@@ -29,20 +30,22 @@ WORKFLOWS = [ProvisionVm, DeleteVm, VmPowerAction, LiveMigrate, HostMaintenance,
              RemoveStaleCopy, *STORAGE_WORKFLOWS, *NETWORK_WORKFLOWS]
 
 
-# The modules workflows use but that are not workflow code (models, names, the scheduler's
-# client) enter each run's sandbox as they are, imported once, instead of being imported anew for
-# every run. The workflow modules themselves are still imported into each run's sandbox, which
-# keeps guarding what their code calls.
-RUNNER = SandboxedWorkflowRunner(
-    restrictions=SandboxRestrictions.default.with_passthrough_modules("shared", "services"))
+def workflow_runner(sandboxed: bool) -> WorkflowRunner:
+    """Sandboxed: the modules workflows use but that are not workflow code (models, names, the
+    scheduler's client) enter each run's sandbox as they are, imported once; the workflow modules
+    themselves are imported into each run's sandbox, which guards what their code calls."""
+    if not sandboxed:
+        return UnsandboxedWorkflowRunner()
+    return SandboxedWorkflowRunner(
+        restrictions=SandboxRestrictions.default.with_passthrough_modules("shared", "services"))
 
 
-def orchestrator_worker(client: Client, scheduler: SchedulerActivities) -> Worker:
+def orchestrator_worker(client: Client, scheduler: SchedulerActivities, *, sandboxed: bool) -> Worker:
     return Worker(
         client,
         task_queue=ORCHESTRATOR_QUEUE,
         workflows=WORKFLOWS,
-        workflow_runner=RUNNER,
+        workflow_runner=workflow_runner(sandboxed),
         activities=[scheduler.place, scheduler.release, scheduler.set_host_admin],
-        interceptors=[ActivityContext(), OperationMetrics()],
+        interceptors=[ActivityContext(), OperationMetrics(), FinalProgress()],
     )

@@ -86,6 +86,7 @@ async def main(settings: HostWorkerSettings) -> None:
         task_queue=f"host.{settings.host_id}",
         activities=[
             host.define_domain,
+            host.create_domain,
             host.start_domain,
             host.stop_domain,
             host.reboot_domain,

@@ -82,6 +82,13 @@ class HostActivities:
         xml = build_domain_xml(spec, self._settings.console_dir, self._settings.seed_dir)
         await asyncio.to_thread(self._hv.define, xml)
 
+    @activity.defn(name="host.create_domain")
+    async def create_domain(self, spec: DomainSpec) -> None:
+        """Define the domain and start it: one call where provisioning made two. A retry after a
+        lost answer finds it defined and running, and leaves it so."""
+        await self.define_domain(spec)
+        await asyncio.to_thread(self._hv.start, spec.vm_id)
+
     @activity.defn(name="host.start_domain")
     async def start_domain(self, ref: DomainRef) -> None:
         await asyncio.to_thread(self._hv.start, ref.vm_id)

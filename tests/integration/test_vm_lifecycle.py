@@ -38,7 +38,7 @@ def test_provision_boots_a_real_guest_and_delete_leaves_nothing(stack_cfg, admin
     steps_seen: set[str] = set()
     op = api.wait_operation(op_id, timeout_s=240, on_progress=lambda o: steps_seen.add(o["step"] or ""))
     assert op["state"] == "succeeded", op
-    assert op["steps_done"] == ["place", "create_volume", "define", "start", "wait_booted", "record"]
+    assert op["steps_done"] == ["place", "create_volume", "start", "wait_booted", "record"]
 
     vm = api.call("GET", f"/v1/vms/{vm_id}")
     host_id = vm["host_id"]

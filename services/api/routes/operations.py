@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 from temporalio.client import (
     WorkflowExecution,
+    WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
@@ -43,7 +44,14 @@ from shared.names import (
     OPERATION_TENANT_MEMO,
     vm_id_of_operation,
 )
-from shared.operation_tags import HOST_IDS, KIND, SUMMARY_MEMO, TENANT, VM_ID
+from shared.operation_tags import (
+    HOST_IDS,
+    KIND,
+    PROGRESS_MEMO,
+    SUMMARY_MEMO,
+    TENANT,
+    VM_ID,
+)
 
 router = APIRouter(prefix="/v1/operations", tags=["operations"])
 QUERY_TIMEOUT_S = 3.0  # the longest an operation's view waits for its progress
@@ -195,6 +203,20 @@ async def _listed(p: Platform, ex: WorkflowExecution, who: Principal) -> Operati
     )
 
 
+async def _progress(handle: WorkflowHandle, desc: WorkflowExecutionDescription) -> OperationProgress | None:
+    """What the operation says of itself: an ended one from its memo; a running one (or one
+    ended before it kept it there) by a query, which needs the orchestrator's attention: a busy
+    one (a burst of operations) must not hold the answer up, the state alone still answers."""
+    if desc.status != WorkflowExecutionStatus.RUNNING:
+        kept = await desc.memo_value(PROGRESS_MEMO, None, type_hint=OperationProgress)
+        if kept is not None:
+            return kept
+    try:
+        return await asyncio.wait_for(handle.query("progress", result_type=OperationProgress), QUERY_TIMEOUT_S)
+    except Exception:  # a query needs a worker
+        return None
+
+
 async def _wait_done(handle: WorkflowHandle, wait_s: float) -> None:
     try:
         await asyncio.wait_for(handle.result(), wait_s)
@@ -225,13 +247,7 @@ async def get_operation(op_id: str, p: Platform = Depends(get_platform), who: Pr
         await _wait_done(handle, wait_s)  # Temporal's long poll on the history: no worker is asked
         desc = await handle.describe()
     state = _state(desc.status)
-    progress: OperationProgress | None = None
-    try:
-        # A query needs the orchestrator's attention: a busy one (a burst of operations) must
-        # not hold the answer up; the state alone still answers.
-        progress = await asyncio.wait_for(handle.query("progress", result_type=OperationProgress), QUERY_TIMEOUT_S)
-    except Exception:  # a query needs a worker; the state alone still answers
-        progress = None
+    progress = await _progress(handle, desc)
     result, error = None, None
     if desc.status == WorkflowExecutionStatus.COMPLETED:
         result = await handle.result()
