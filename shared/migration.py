@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from shared.guest import VmSetup
 from shared.models import VmSummary
 
 
@@ -111,6 +112,9 @@ class MigrateInput:
     target_host_id: str | None = None  # None: the scheduler picks, never the source
     policy: ConvergencePolicy = ConvergencePolicy()
     claimed: bool = False  # the caller already marked the VM busy with this operation
+    # The VM's NICs, networks and seed as the caller read them once it had claimed the VM (which
+    # then changes none of them); None: the workflow reads them.
+    setup: VmSetup | None = None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from shared.guest import VmRelease
+    from shared.guest import VmRelease, VmSetup
     from shared.migration import DiskMove, MigrateInput, MigrateRequest, whereabouts
     from shared.models import (
         BeginOperation,
@@ -77,7 +77,7 @@ class LiveMigrate:
             if workflow.patched(PREPARE_WITH_CHECKS_PATCH):
                 # The target is chosen and its networks prepared while the checks run: two round
                 # trips less. A check that fails undoes both on the way out, as any failure does.
-                status, root, placement = await all_settled(*checks, self._place_and_prepare(vm.vm_id, place))
+                status, root, placement = await all_settled(*checks, self._place_and_prepare(vm.vm_id, inp.setup, place))
                 self._check(status, root, source, live)
             else:  # as runs an older worker started go on
                 checks.append(network_steps.vm_setup(vm.vm_id))
@@ -138,12 +138,18 @@ class LiveMigrate:
                 raise
             raise ApplicationError(f"{error}; the VM is on {where}", type=code, non_retryable=True) from None
 
-    async def _place_and_prepare(self, vm_id: str, place: Callable[[], Awaitable[Placement]]) -> Placement:
-        """Choose the target and put the VM's networks (and seed) in place there before it arrives."""
-        setup, placement = await all_settled(network_steps.vm_setup(vm_id), place())
+    async def _place_and_prepare(self, vm_id: str, setup: VmSetup | None,
+                                 place: Callable[[], Awaitable[Placement]]) -> Placement:
+        """Choose the target and put the VM's networks (and seed) in place there before it
+        arrives; a VM with neither needs nothing there."""
+        if setup is None:
+            setup, placement = await all_settled(network_steps.vm_setup(vm_id), place())
+        else:
+            placement = await place()
         self._target = placement.host_id
-        self._progress.advance("prepare_host", self._target)
-        await network_steps.prepare_host(self._target, setup)
+        if setup.networks or setup.seed is not None:
+            self._progress.advance("prepare_host", self._target)
+            await network_steps.prepare_host(self._target, setup)
         return placement
 
     def _check(self, status: DomainStatus, root: RootDisk, source: str, live: bool) -> None:

@@ -15,6 +15,19 @@ from shared.guest import NicChange, NicRef, SeedSpec, VmSetup, VmSetupRequest
 from shared.networks import HostIds, NetworkOpInput, PortAttached
 
 
+def vm_setup(inventory: Inventory, store: NetworkStore, vm_id: str) -> VmSetup:
+    """What a host must prepare for the VM: its attached NICs, their networks with every port's
+    DHCP entry, and its seed (None when it asked for none). Raises NotFound."""
+    vm = inventory.get(vm_id)
+    nics = tuple(store.nic_specs(vm_id))
+    networks = tuple(store.plumbing(network_id) for network_id in dict.fromkeys(n.network_id for n in nics))
+    seed = None
+    if vm.hostname or vm.user_data or vm.ssh_authorized_keys:
+        seed = SeedSpec(vm.id, vm.hostname or vm.name.lower(), vm.user_data, tuple(vm.ssh_authorized_keys),
+                        tuple(n.mac for n in nics))
+    return VmSetup(vm_id, nics, networks, seed)
+
+
 class NetworkActivities:
     def __init__(self, store: NetworkStore, inventory: Inventory, scheduler: SchedulerClient) -> None:
         self._store = store
@@ -29,17 +42,7 @@ class NetworkActivities:
     async def vm_setup(self, req: VmSetupRequest) -> VmSetup:
         """What a host must prepare for the VM now: its attached NICs, their networks with every
         port's DHCP entry, and its seed (None when it asked for none). Raises NotFound."""
-        return await asyncio.to_thread(self._vm_setup, req.vm_id)
-
-    def _vm_setup(self, vm_id: str) -> VmSetup:
-        vm = self._inventory.get(vm_id)
-        nics = tuple(self._store.nic_specs(vm_id))
-        networks = tuple(self._store.plumbing(network_id) for network_id in dict.fromkeys(n.network_id for n in nics))
-        seed = None
-        if vm.hostname or vm.user_data or vm.ssh_authorized_keys:
-            seed = SeedSpec(vm.id, vm.hostname or vm.name.lower(), vm.user_data, tuple(vm.ssh_authorized_keys),
-                            tuple(n.mac for n in nics))
-        return VmSetup(vm_id, nics, networks, seed)
+        return await asyncio.to_thread(vm_setup, self._inventory, self._store, req.vm_id)
 
     @activity.defn(name="inventory.network_active")
     async def network_active(self, inp: NetworkOpInput) -> None:

@@ -15,6 +15,7 @@ from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
+from shared.guest import SeedSpec, VmSetup
 from shared.migration import (
     MaintenanceInput,
     MigrateInput,
@@ -29,6 +30,7 @@ from shared.models import (
     HostAdmin,
     HostRef,
     HostView,
+    OperationProgress,
     Placement,
     PlacementRequest,
     RootCopy,
@@ -41,9 +43,11 @@ from shared.models import (
     VolumeRef,
 )
 from shared.names import INVENTORY_QUEUE, ORCHESTRATOR_QUEUE, STORAGE_QUEUE, host_queue
+from shared.operation_tags import PROGRESS_MEMO
 from tests.workflows.guest_fakes import GuestHosts
 from workflows.maintenance import HostMaintenance
 from workflows.migrate import LiveMigrate
+from workflows.progress import FinalProgress
 
 HOSTS = ("h1", "h2")
 
@@ -171,7 +175,8 @@ async def run(env, fleet: Fleet, vms: list[VmSummary], workflow_run, arg, workfl
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(Worker(env.client, task_queue=ORCHESTRATOR_QUEUE,
                                                workflows=[LiveMigrate, HostMaintenance],
-                                               activities=fleet.control_activities()))
+                                               activities=fleet.control_activities(),
+                                               interceptors=[FinalProgress()]))
         await stack.enter_async_context(Worker(env.client, task_queue=INVENTORY_QUEUE,
                                                activities=fleet.inventory_activities(vms)
                                                + fleet.guests.inventory_activities()))
@@ -230,6 +235,49 @@ async def test_a_vm_no_host_vouches_for_is_recorded_in_error_and_its_disks_are_k
     assert (last.host_id, last.state) == ("h1", VmState.ERROR)
     assert "neither h1 nor h2 confirmed where the VM is" in last.error
     assert fleet.disks[web.vm_id] == {"local-h1", "local-h2"}  # nothing destroyed on a guess
+
+
+async def test_the_target_is_prepared_before_the_vm_arrives_and_the_source_released(env):
+    web = vm("web")
+    fleet = Fleet({web.vm_id: "h1"})
+    setup = VmSetup(web.vm_id, seed=SeedSpec(web.vm_id, "web"))  # as the API reads it with the request
+    assert await run(env, fleet, [web], LiveMigrate.run, MigrateInput(web, setup=setup),
+                     f"vm-{web.vm_id}-migrate-8") == "h2"
+    assert fleet.guests.calls == [f"prepare:{web.vm_id}@h2", f"release:{web.vm_id}@h1"]
+    # An ended operation keeps its last progress where the API reads it without a worker.
+    final = await final_progress(env, f"vm-{web.vm_id}-migrate-8")
+    assert (final.step, final.host_id) == ("done", "h2")
+    assert final.steps_done == ("begin", "check", "prepare_host", "migrate", "record")
+
+
+async def test_a_vm_with_nothing_to_prepare_moves_without_a_call_to_its_target(env):
+    web = vm("web")
+    fleet = Fleet({web.vm_id: "h1"})
+    assert await run(env, fleet, [web], LiveMigrate.run, MigrateInput(web, setup=VmSetup(web.vm_id)),
+                     f"vm-{web.vm_id}-migrate-9") == "h2"
+    assert fleet.guests.calls == [f"release:{web.vm_id}@h1"]
+
+
+async def test_a_failed_check_undoes_the_target_prepared_meanwhile(env):
+    web = vm("web")
+    fleet = Fleet({web.vm_id: "h1"})
+    fleet.host_state = "paused"  # not what a live move needs
+    setup = VmSetup(web.vm_id, seed=SeedSpec(web.vm_id, "web"))
+    with pytest.raises(WorkflowFailureError) as caught:
+        await run(env, fleet, [web], LiveMigrate.run, MigrateInput(web, setup=setup), f"vm-{web.vm_id}-migrate-10")
+    assert "the VM is paused on h1, expected running" in caught.value.cause.message
+    assert fleet.requests == []  # no migration was asked of libvirt
+    assert fleet.guests.calls == [f"prepare:{web.vm_id}@h2", f"release:{web.vm_id}@h2"]
+    assert f"release {web.vm_id[:4]}" in fleet.calls  # the target's claim too
+    last = fleet.records[-1]
+    assert (last.host_id, last.state, last.step) == ("h1", VmState.RUNNING, "failed")
+    final = await final_progress(env, f"vm-{web.vm_id}-migrate-10")
+    assert final.step == "failed" and "the VM stays on h1" in final.details
+
+
+async def final_progress(env, workflow_id: str) -> OperationProgress:
+    desc = await env.client.get_workflow_handle(workflow_id).describe()
+    return await desc.memo_value(PROGRESS_MEMO, type_hint=OperationProgress)
 
 
 async def test_a_disk_on_the_source_host_moves_with_its_vm(env):

@@ -20,6 +20,7 @@ from services.api.models import (
     VmPublic,
     vm_summary,
 )
+from services.api.network_activities import vm_setup
 from services.api.ownership import visible_image
 from services.api.platform import Platform, get_platform
 from services.api.policy import principal
@@ -289,8 +290,9 @@ async def migrate_vm(vm_id: str, response: Response,
     policy = ConvergencePolicy(completion_timeout_s=options.completion_timeout_s, post_copy=options.post_copy,
                                bandwidth_mib_s=options.bandwidth_mib_s)
     try:
+        setup = await asyncio.to_thread(vm_setup, p.inventory, p.network_store, vm.id)
         await p.temporal.start_workflow(
-            "LiveMigrate", MigrateInput(before, options.target_host_id, policy, claimed=True),
+            "LiveMigrate", MigrateInput(before, options.target_host_id, policy, claimed=True, setup=setup),
             id=op_id, task_queue=ORCHESTRATOR_QUEUE,
             **_vm_tags("LiveMigrate", "live-migrate", vm, who, move_route(vm.host_id, options.target_host_id),
                        options.target_host_id),
