@@ -155,6 +155,9 @@ class MigrateResult:
     data_transferred_mib: int
     final_downtime_limit_ms: int
     post_copy: bool = False
+    # The source dropped what it carried for the VM (its networks) once the VM had left; when
+    # False (it could not, or a worker that does not) the workflow asks it.
+    source_released: bool = False
 
 
 def whereabouts(source: str, target: str | None, source_state: str | None,

@@ -113,7 +113,7 @@ class LiveMigrate:
                                     f"(limit {result.final_downtime_limit_ms} ms), "
                                     f"{result.data_transferred_mib} MiB copied"
                                     + (", finished in post-copy" if result.post_copy else ""))
-            await self._record_move(vm.vm_id, op_id, settled, source, target)
+            await self._record_move(vm.vm_id, op_id, settled, source, target, source_released=result.source_released)
             return target
         except BaseException as exc:
             cancelled = is_cancelled_exception(exc) or isinstance(exc, asyncio.CancelledError)
@@ -166,10 +166,12 @@ class LiveMigrate:
                                    "pool cannot move with the VM: detach them first",
                                    type="conflict", non_retryable=True)
 
-    async def _record_move(self, vm_id: str, op_id: str, settled: VmState, source: str, target: str) -> None:
+    async def _record_move(self, vm_id: str, op_id: str, settled: VmState, source: str, target: str,
+                           source_released: bool = False) -> None:
         self._progress.advance("record")
-        work = [steps.update_record(VmRecordUpdate(vm_id, op_id, "succeeded", state=settled, host_id=target)),
-                self._release(source, vm_id)]
+        work = [steps.update_record(VmRecordUpdate(vm_id, op_id, "succeeded", state=settled, host_id=target))]
+        if not source_released:  # the source's worker released it as the VM left, or is asked now
+            work.append(self._release(source, vm_id))
         if self._disk_pools:  # the copy left on the source goes meanwhile
             work.append(steps.drop_root(RootDiskRef(vm_id, self._disk_pools[0])))
         await asyncio.gather(*work)

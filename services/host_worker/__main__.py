@@ -22,6 +22,7 @@ from services.host_worker.reporting import forward_lifecycle, heartbeat_loop
 from services.host_worker.settings import HostWorkerSettings
 from shared import subjects
 from shared.errors import VmflowError
+from shared.guest import VmRelease
 from shared.lifecycle import run_until_signalled
 from shared.logging import configure_logging
 from shared.messaging import (
@@ -72,10 +73,11 @@ async def main(settings: HostWorkerSettings) -> None:
     events = EventPublisher(js, f"host-worker/{settings.host_id}")
     # The heartbeat loop's own events wait at most a second: beats must not stall behind them.
     beat_events = EventPublisher(js, f"host-worker/{settings.host_id}", patience_s=1.0)
-    host = HostActivities(settings, hv, domain_type, events)
     peers = PeerProbe(settings.host_id, settings.peer_probe_timeout_s)
     plumber = NetworkPlumber(settings.netns_prefix, overlay_address(settings), Path(settings.network_state_dir))
     guest_setup = GuestSetup(hv, plumber, settings.seed_dir, peers.addresses)
+    host = HostActivities(settings, hv, domain_type, events,
+                          departed=lambda vm_id: guest_setup.release(VmRelease(vm_id)))
     guests = GuestActivities(hv, guest_setup)
     await events.publish(subjects.host_event(settings.host_id, "registered"),
                          {"host_id": settings.host_id, "domain_type": domain_type})

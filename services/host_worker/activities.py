@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import structlog
@@ -60,11 +61,14 @@ async def heartbeating(interval_s: float = HEARTBEAT_INTERVAL_S):
 
 class HostActivities:
     def __init__(self, settings: HostWorkerSettings, hypervisor: Hypervisor, domain_type: str,
-                 events: EventPublisher | None = None) -> None:
+                 events: EventPublisher | None = None,
+                 departed: Callable[[str], Awaitable[None]] | None = None) -> None:
+        """``departed(vm_id)``: drops what this host carried for a VM that has left it."""
         self._settings = settings
         self._hv = hypervisor
         self.domain_type = domain_type
         self._events = events
+        self._departed = departed
         self.tenants: dict[str, str] = {}  # vm_id -> tenant, for events after undefine
 
     def _console(self, vm_id: str) -> Path:
@@ -207,9 +211,20 @@ class HostActivities:
         if state != wanted:
             kind = "live" if req.live else "cold"
             raise Conflict(f"VM {vm_id} is {state} on {host_id}: a {kind} migration needs it {wanted}")
-        if not req.live:
-            return await self._migrate_cold(req)
-        return await self._migrate_live(req)
+        result = await (self._migrate_live(req) if req.live else self._migrate_cold(req))
+        return replace(result, source_released=await self._release_departed(vm_id))
+
+    async def _release_departed(self, vm_id: str) -> bool:
+        """Drop what this host carried for the VM that left it; a failure here never fails the
+        move (False: the workflow asks again, the reconcile loop catches up)."""
+        if self._departed is None:
+            return False
+        try:
+            await self._departed(vm_id)
+        except Exception as exc:
+            log.warning("could not release what the VM left here", vm_id=vm_id, error=str(exc))
+            return False
+        return True
 
     async def _publish_progress(self, vm_id: str, progress: dict) -> None:
         """The migration's progress as an event of its operation, every couple of seconds."""

@@ -47,6 +47,7 @@ class LabHostSide:
     host: lab.LabHost
     hv: Hypervisor
     activities: HostActivities
+    departed: list[str]  # VMs the host was told had left it
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,12 @@ def sides(stack_cfg):
         hv = Hypervisor(host.unix_uri)
         settings = HostWorkerSettings(host_id=host.host_id, libvirt_uri=host.unix_uri,
                                       console_dir=str(stack_cfg.root / "migration-test"))
-        result[host.host_id] = LabHostSide(host, hv, HostActivities(settings, hv, "qemu"))
+        departed: list[str] = []
+
+        async def record(vm_id: str, departed=departed) -> None:
+            departed.append(vm_id)
+
+        result[host.host_id] = LabHostSide(host, hv, HostActivities(settings, hv, "qemu", departed=record), departed)
     yield result
     for side in result.values():
         side.hv.close()
@@ -187,6 +193,8 @@ async def test_live_migration_keeps_the_guest_running_from_host_to_host(stack_cf
             assert probe.where(vm_id) == [dest]
             assert probe.state(dest, vm_id) == "running"
             assert (result.vm_id, result.dest_host_id, result.post_copy) == (vm_id, dest, False)
+            # The source dropped what it carried for the VM as it left: the workflow need not ask.
+            assert result.source_released and sides[source].departed[-1] == vm_id
             assert result.downtime_ms is not None and 0 < result.downtime_ms < 1000
             assert sides[dest].hv.completed_job_stats(vm_id).downtime_ms == result.downtime_ms
             assert heartbeats and {"elapsed_ms", "data_remaining_mib", "percent"} <= set(heartbeats[-1])

@@ -62,6 +62,7 @@ class Fleet:
         self.disks = {vm_id: {f"local-{host}" if local_disks else "shared"} for vm_id, host in where.items()}
         self.requests: list[MigrateRequest] = []
         self.host_state = "running"  # what libvirt says of a VM on its host
+        self.source_releases = False  # the source's worker releases the VM as it leaves
         self.unreachable: set[str] = set()  # hosts whose libvirt does not answer
         self.lose_answer: set[str] = set()  # VMs whose move completes but whose answer is lost
         self.lose_after_refusal: set[str] = set()  # hosts that stop answering when a move fails
@@ -97,7 +98,8 @@ class Fleet:
             self.where[req.vm_id] = req.dest_host_id
             if req.vm_id in self.lose_answer:
                 raise ApplicationError("the worker went away", type="host_unavailable", non_retryable=True)
-            return MigrateResult(req.vm_id, req.dest_host_id, 600, 40, 128, 100)
+            return MigrateResult(req.vm_id, req.dest_host_id, 600, 40, 128, 100,
+                                 source_released=self.source_releases)
 
         return [domain_status, migrate]
 
@@ -248,6 +250,16 @@ async def test_the_target_is_prepared_before_the_vm_arrives_and_the_source_relea
     final = await final_progress(env, f"vm-{web.vm_id}-migrate-8")
     assert (final.step, final.host_id) == ("done", "h2")
     assert final.steps_done == ("begin", "check", "prepare_host", "migrate", "record")
+
+
+async def test_a_source_that_released_the_vm_as_it_left_is_not_asked_again(env):
+    web = vm("web")
+    fleet = Fleet({web.vm_id: "h1"})
+    fleet.source_releases = True
+    setup = VmSetup(web.vm_id, seed=SeedSpec(web.vm_id, "web"))
+    assert await run(env, fleet, [web], LiveMigrate.run, MigrateInput(web, setup=setup),
+                     f"vm-{web.vm_id}-migrate-11") == "h2"
+    assert fleet.guests.calls == [f"prepare:{web.vm_id}@h2"]
 
 
 async def test_a_vm_with_nothing_to_prepare_moves_without_a_call_to_its_target(env):
