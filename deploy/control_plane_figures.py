@@ -210,6 +210,8 @@ class LivenessCost:
     tick_ms: float  # signals_from_heartbeats + judge_fleet: one tick of the monitor
     beat_bytes: int  # one heartbeat as published
     decode_ms: float  # one heartbeat decoded, as the scheduler and the API decode each
+    ring: bool = False  # each host watches ``peers`` peers (its ring successors), not every one
+    silent: int = 0  # hosts whose own heartbeat is stale: their peers are asked
 
 
 @dataclass(frozen=True)
@@ -275,11 +277,14 @@ def format_report(r: Report) -> list[str]:
     if r.liveness:
         lines += ["", f"the scheduler's liveness tick (its own code, timed here; it runs every"
                       f" {r.liveness_interval_s:g} s):",
-                  f"{'hosts':>7} {'peers/beat':>10} {'tick ms':>9} {'beat KB':>8} {'decode ms':>9}"]
-        lines += [f"{c.hosts:>7} {c.peers:>10} {'-' if math.isnan(c.tick_ms) else f'{c.tick_ms:.1f}':>9}"
+                  f"{'hosts':>7} {'peers/beat':>10} {'silent':>6} {'tick ms':>9} {'beat KB':>8} {'decode ms':>9}"]
+        lines += [f"{c.hosts:>7} {f'{c.peers} ring' if c.ring else c.peers:>10} {c.silent:>6}"
+                  f" {'-' if math.isnan(c.tick_ms) else f'{c.tick_ms:.1f}':>9}"
                   f" {c.beat_bytes / 1024:>8.1f} {c.decode_ms:>9.3f}" for c in r.liveness]
-        lines += ["  peers/beat: the simulated hosts report none; a real worker reports every",
-                  "  peer whose libvirtd it reaches (hosts - 1); '-': not timed (grows ~hosts^3)",
+        lines += ["  peers/beat: the simulated hosts report none; a worker reports every peer",
+                  "  (hosts - 1) up to 9 hosts, past that its 8 ring successors ('ring');",
+                  "  silent: hosts with a stale heartbeat, whose peers are asked;",
+                  "  '-': not timed (grows ~hosts^3)",
                   "  a tick blocks the scheduler's event loop: no heartbeat, place or hosts",
                   "  request is served meanwhile"]
     lines += [f"percentiles: {PERCENTILE_METHOD}", *r.notes]

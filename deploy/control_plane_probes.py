@@ -39,6 +39,8 @@ from deploy.control_plane_figures import (
     hwm_kib,
     rss_kib,
 )
+from services.host_worker.peers import ring_successors
+from services.host_worker.settings import HostWorkerSettings
 from services.scheduler.client import SchedulerClient
 from services.scheduler.liveness import judge_fleet, signals_from_heartbeats
 from services.scheduler.settings import SchedulerSettings
@@ -166,25 +168,36 @@ async def scheduler_hosts_total(client: SchedulerClient) -> int | None:
 
 def liveness_costs(hosts: int, domains: int) -> tuple[LivenessCost, ...]:
     """As simulated (no peer reports), then with every peer reported: timed at 100 and 200 hosts
-    (the growth shows), sized at the fleet's size."""
+    (the growth shows), sized at the fleet's size; then as workers report in a fleet that size
+    (their ring successors), with every host fresh and with 10 silent."""
     costs = [liveness_cost(hosts, 0, domains)]
     costs += [liveness_cost(n, n - 1, domains) for n in (100, 200) if n < hosts]
-    return (*costs, liveness_cost(hosts, hosts - 1, domains, tick=hosts <= 200))
+    costs.append(liveness_cost(hosts, hosts - 1, domains, tick=hosts <= 200))
+    watch = HostWorkerSettings().peer_watch_count
+    if hosts - 1 > watch:
+        costs += [liveness_cost(hosts, watch, domains, ring=True, silent=n) for n in (0, 10)]
+    return tuple(costs)
 
 
-def liveness_cost(hosts: int, peers: int, domains: int, tick: bool = True) -> LivenessCost:
-    """One tick of the scheduler's liveness monitor over ``hosts`` fresh heartbeats, each with
-    ``domains`` domains and ``peers`` peer reports (a real worker reports every peer it reaches;
-    the simulated hosts report none), and one such heartbeat's size and decoding time. Without
-    ``tick``, the tick is not timed (NaN): with every peer reported it grows like hosts**3."""
+def liveness_cost(hosts: int, peers: int, domains: int, tick: bool = True, ring: bool = False,
+                  silent: int = 0) -> LivenessCost:
+    """One tick of the scheduler's liveness monitor over ``hosts`` heartbeats (``silent`` of them
+    stale), each with ``domains`` domains and ``peers`` peer reports: the first ``peers`` other
+    hosts, or with ``ring`` the ring successors a worker watches; and one such heartbeat's size
+    and decoding time. Without ``tick``, the tick is not timed (NaN): with every peer reported
+    it grows like hosts**3."""
     now_s = time.time()
     ids = [host_id_for(i) for i in range(hosts)]
     running = tuple(DomainSummary(f"{i:08d}-0000-4000-8000-000000000000", "running", 1, 512) for i in range(domains))
+    stale = set(random.sample(ids, silent))
 
     def beat(host_id: str) -> HostHeartbeat:
-        reached = tuple(PeerReach(p, now_s - 0.5) for p in ids if p != host_id)[:peers]
-        return HostHeartbeat(host_id, now_s - 0.5, True, "qemu", HOST_FLAVOUR.vcpus, HOST_FLAVOUR.memory_mib,
-                             running, HOST_FLAVOUR.disk_gib, peers_reached=reached, worker_started_at_s=now_s - 60)
+        watched = ring_successors(host_id, ids, peers) if ring else None
+        reached = tuple(PeerReach(p, now_s - 0.5) for p in (watched or [p for p in ids if p != host_id][:peers]))
+        sent_at_s = now_s - (600 if host_id in stale else 0.5)
+        return HostHeartbeat(host_id, sent_at_s, True, "qemu", HOST_FLAVOUR.vcpus, HOST_FLAVOUR.memory_mib,
+                             running, HOST_FLAVOUR.disk_gib, peers_reached=reached, worker_started_at_s=now_s - 60,
+                             peers_watched=watched)
 
     tick_ms = float("nan")
     if tick:
@@ -198,7 +211,8 @@ def liveness_cost(hosts: int, peers: int, domains: int, tick: bool = True) -> Li
     started_s = time.perf_counter()
     for _ in range(decodes):
         codec.decode(HostHeartbeat, data)
-    return LivenessCost(hosts, peers, tick_ms, len(data), (time.perf_counter() - started_s) * 1000 / decodes)
+    return LivenessCost(hosts, peers, tick_ms, len(data), (time.perf_counter() - started_s) * 1000 / decodes,
+                        ring, silent)
 
 
 # --- the API's listings -------------------------------------------------------------------------

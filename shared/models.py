@@ -246,6 +246,10 @@ class HostHeartbeat:
     # liveness channel, independent of the peer's own heartbeat.
     peers_reached: tuple[PeerReach, ...] = ()
     worker_started_at_s: float = 0.0
+    # The peers this host probes, of which ``peers_reached`` speaks; None: every peer it knows.
+    # In a large fleet each host watches a few (its successors in the ring of host ids), so a
+    # beat stays small and every host still has as many witnesses.
+    peers_watched: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

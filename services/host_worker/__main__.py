@@ -73,7 +73,7 @@ async def main(settings: HostWorkerSettings) -> None:
     events = EventPublisher(js, f"host-worker/{settings.host_id}")
     # The heartbeat loop's own events wait at most a second: beats must not stall behind them.
     beat_events = EventPublisher(js, f"host-worker/{settings.host_id}", patience_s=1.0)
-    peers = PeerProbe(settings.host_id, settings.peer_probe_timeout_s)
+    peers = PeerProbe(settings.host_id, settings.peer_probe_timeout_s, settings.peer_watch_count)
     plumber = NetworkPlumber(settings.netns_prefix, overlay_address(settings), Path(settings.network_state_dir))
     guest_setup = GuestSetup(hv, plumber, settings.seed_dir, peers.addresses)
     host = HostActivities(settings, hv, domain_type, events,

@@ -9,7 +9,9 @@ host whose worker alone died still answers.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 import structlog
@@ -33,12 +35,25 @@ def libvirt_address(uri: str) -> tuple[str, int] | None:
     return parts.hostname, parts.port or _DEFAULT_PORTS.get(transport, 16509)
 
 
-class PeerProbe:
-    """Keeps, for each peer, the last time its libvirtd accepted a connection from here."""
+def ring_successors(host_id: str, peers: Iterable[str], count: int) -> tuple[str, ...] | None:
+    """The ``count`` peers after ``host_id`` in the ring of host ids (sorted, wrapping round):
+    the ones it watches. Each host is then watched by the ``count`` before it. None when there
+    are no more peers than that: it watches them all."""
+    others = sorted(set(peers) - {host_id})
+    if len(others) <= count:
+        return None
+    start = bisect.bisect_right(others, host_id)
+    return tuple(others[(start + i) % len(others)] for i in range(count))
 
-    def __init__(self, host_id: str, timeout_s: float = 1.0) -> None:
+
+class PeerProbe:
+    """Keeps, for each peer it watches, the last time its libvirtd accepted a connection from
+    here. It watches every peer, or ``watch_count`` of them in a larger fleet."""
+
+    def __init__(self, host_id: str, timeout_s: float = 1.0, watch_count: int = 8) -> None:
         self._host_id = host_id
         self._timeout_s = timeout_s
+        self._watch_count = watch_count
         self._addresses: dict[str, tuple[str, int]] = {}
         self._reached: dict[str, float] = {}
 
@@ -52,11 +67,18 @@ class PeerProbe:
         ends of this host's VXLAN tunnels."""
         return {host for host, _port in self._addresses.values()}
 
+    def watched(self) -> tuple[str, ...] | None:
+        """The peers probed from here; None: all of them."""
+        return ring_successors(self._host_id, self._addresses, self._watch_count)
+
     def reached(self) -> tuple[PeerReach, ...]:
-        return tuple(PeerReach(h, t) for h, t in sorted(self._reached.items()))
+        watched = self.watched()
+        return tuple(PeerReach(h, t) for h, t in sorted(self._reached.items()) if watched is None or h in watched)
 
     async def probe_all(self) -> None:
-        await asyncio.gather(*(self._probe(h, a) for h, a in list(self._addresses.items())))
+        watched = self.watched()
+        targets = [(h, a) for h, a in list(self._addresses.items()) if watched is None or h in watched]
+        await asyncio.gather(*(self._probe(h, a) for h, a in targets))
 
     async def _probe(self, host_id: str, address: tuple[str, int]) -> None:
         try:

@@ -63,6 +63,7 @@ async def heartbeat_loop(
             cluster=settings.cluster,
             migration_uri=settings.migration_uri,
             peers_reached=peers.reached(),
+            peers_watched=peers.watched(),
             worker_started_at_s=started_at_s,
         )
         try:

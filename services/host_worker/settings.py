@@ -19,6 +19,9 @@ class HostWorkerSettings(CommonSettings):
     local_disk_dir: str = "/var/lib/libvirt/images"  # its free space is the host's disk capacity
     heartbeat_interval_s: float = 1.0
     peer_probe_timeout_s: float = 1.0
+    # How many peers each host probes in a fleet larger than that (its successors in the ring of
+    # host ids): every host has that many witnesses, and a heartbeat's peer report stays small.
+    peer_watch_count: int = 8
     libvirt_threads: int = 32
     console_poll_interval_s: float = 0.05
     # Networks: this host's end of the VXLAN tunnels (default: the host of migration_uri), the

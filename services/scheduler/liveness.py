@@ -75,11 +75,27 @@ def signals_from_heartbeats(beats: Mapping[str, HostHeartbeat], now_s: float,
             continue
         if reports is None:
             reports = {w: {p.host_id: p.reached_at_s for p in b.peers_reached} for w, b in fresh.items()}
-        silences = [max(0.0, witness.sent_at_s - reports[witness_id].get(host_id, witness.worker_started_at_s))
-                    for witness_id, witness in fresh.items() if witness_id != host_id]
+            watching_all, watched_by = _watchers(fresh)
+        witness_ids = (watching_all | watched_by.get(host_id, set())) - {host_id}
+        silences = [max(0.0, fresh[w].sent_at_s - reports[w].get(host_id, fresh[w].worker_started_at_s))
+                    for w in sorted(witness_ids)]
         signals.append(HostSignals(host_id, age_s, beat.libvirt_ok, min(silences) if silences else None,
                                    len(silences)))
     return signals
+
+
+def _watchers(fresh: Mapping[str, HostHeartbeat]) -> tuple[set[str], dict[str, set[str]]]:
+    """(the witnesses that watch every peer, host -> the witnesses that watch only some and it
+    among them): a witness speaks only of the peers it watches."""
+    watching_all: set[str] = set()
+    watched_by: dict[str, set[str]] = {}
+    for witness_id, beat in fresh.items():
+        if beat.peers_watched is None:
+            watching_all.add(witness_id)
+        else:
+            for host_id in beat.peers_watched:
+                watched_by.setdefault(host_id, set()).add(witness_id)
+    return watching_all, watched_by
 
 
 def judge_fleet(signals: Sequence[HostSignals], policy: LivenessPolicy, now_s: float,

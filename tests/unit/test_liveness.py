@@ -92,3 +92,29 @@ def test_peers_must_have_watched_the_host_fail_for_the_whole_timeout():
     assert verdicts(fleet)["h1"] is Liveness.WORKER_SILENT  # they last reached it 3 s before reporting
     fleet = [beat("h1", 9), beat("h2", 1, reached={"h1": 7}), beat("h3", 1, reached={"h1": 7})]
     assert verdicts(fleet)["h1"] is Liveness.FAILED
+
+
+def watching(host: str, age_s: float, watched: tuple[str, ...], reached: dict[str, float],
+             started_age_s: float = 60) -> HostHeartbeat:
+    """A beat of a worker in a large fleet: it probes only ``watched``."""
+    peers = tuple(PeerReach(h, NOW - a) for h, a in reached.items())
+    return HostHeartbeat(host, NOW - age_s, True, "qemu", 2, 1024, peers_reached=peers,
+                         worker_started_at_s=NOW - started_age_s, peers_watched=watched)
+
+
+def test_only_the_peers_that_watch_a_host_speak_of_it():
+    # h1 is watched by h2 alone, which still reaches it: its worker is silent, the host lives.
+    # h3 watches others only; its silence about h1 (and its fresh start) is no evidence.
+    fleet = [beat("h1", 9), watching("h2", 1, ("h1",), {"h1": 1}),
+             watching("h3", 1, ("h4",), {"h4": 1}, started_age_s=2), watching("h4", 1, ("h2",), {"h2": 1})]
+    signals = {s.host_id: s for s in signals_from_heartbeats({b.host_id: b for b in fleet}, NOW, POLICY)}
+    assert signals["h1"].live_peers == 1
+    assert verdicts(fleet)["h1"] is Liveness.WORKER_SILENT
+    # Its one watcher lost it too: failed, though a peer that does not watch it started 2 s ago.
+    fleet[1] = watching("h2", 1, ("h1",), {"h1": 9})
+    assert verdicts(fleet)["h1"] is Liveness.FAILED
+
+
+def test_a_host_nobody_watches_is_held_not_failed():
+    fleet = [beat("h1", 9), watching("h2", 1, ("h3",), {"h3": 1}), watching("h3", 1, ("h2",), {"h2": 1})]
+    assert verdicts(fleet)["h1"] is Liveness.HELD
