@@ -15,6 +15,7 @@ from temporalio.worker import Worker
 from services.api.audit import AuditLog, AuditMiddleware
 from services.api.db import Inventory, make_engine, migrate
 from services.api.errors import install_error_handlers
+from services.api.event_fanout import EventFanout
 from services.api.identity_store import IdentityStore
 from services.api.inventory_activities import InventoryActivities
 from services.api.network_activities import NetworkActivities
@@ -77,6 +78,7 @@ async def _open_platform(settings: ApiSettings) -> tuple[Platform, Engine]:
         identities=identities,
         ledger=QuotaLedger(engine),
         audit=AuditLog(engine),
+        streams=EventFanout(nc),
     )
     return platform, engine
 

@@ -10,6 +10,7 @@ from temporalio.client import Client as TemporalClient
 
 from services.api.audit import AuditLog
 from services.api.db import Inventory
+from services.api.event_fanout import EventFanout
 from services.api.identity_store import IdentityStore
 from services.api.network_store import NetworkStore
 from services.api.quota_store import QuotaLedger
@@ -32,6 +33,7 @@ class Platform:
     identities: IdentityStore
     ledger: QuotaLedger
     audit: AuditLog
+    streams: EventFanout  # what the SSE streams follow
 
 
 async def get_platform(request: Request) -> Platform:

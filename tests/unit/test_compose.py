@@ -13,9 +13,7 @@ import os
 import re
 import shutil
 import subprocess
-import time
 import tomllib
-from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -25,10 +23,10 @@ import yaml
 from pydantic_settings import BaseSettings
 from sqlalchemy.engine import make_url
 
-from deploy.processes import free_port, port_open
 from deploy.stack import SERVICES
 from shared.messaging import connect
 from shared.settings import CommonSettings
+from tests.integration.nats_server import nats_server
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -286,22 +284,6 @@ def test_jetstream_keeps_a_copy_on_every_nats_node(name, monkeypatch):
     wanted = min(len(nats_nodes()), JETSTREAM_COPIES_AT_MOST)
     assert replicas == wanted, (f"{name} asks JetStream for {replicas} copies of its streams and buckets; "
                                 f"on {len(nats_nodes())} NATS nodes VMFLOW_JETSTREAM_REPLICAS should be {wanted}")
-
-
-@contextmanager
-def nats_server():
-    port = free_port()
-    server = subprocess.Popen(["nats-server", "-a", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(200):
-            if port_open(port):
-                break
-            time.sleep(0.05)
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 @pytest.mark.skipif(shutil.which("nats-server") is None, reason="no nats-server (deploy/install.sh installs it)")

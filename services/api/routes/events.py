@@ -50,12 +50,9 @@ async def stream_events(
         if subjects.subject_matches(subject, msg.subject) and not queue.full():
             queue.put_nowait(sse_frame(msg, named))  # a slow client loses events rather than stalling NATS
 
-    async def deliver(msg) -> None:
-        on_message(msg)
-
-    # A tenant's stream subscribes only to its own subjects; its filter narrows them further.
+    # A tenant's stream follows only its own subjects; its filter narrows them further.
     roots = (subject,) if who.is_admin else subjects.tenant_event_roots(who.tenant)
-    subs = [await p.nats.subscribe(root, cb=deliver) for root in roots]
+    leaves = [await p.streams.follow(root, on_message) for root in roots]
 
     async def body():
         try:
@@ -72,8 +69,8 @@ async def stream_events(
                     frames.append(queue.get_nowait())
                 yield b"".join(frames)
         finally:
-            for sub in subs:
-                await sub.unsubscribe()
+            for leave in leaves:
+                await leave()
 
     return StreamingResponse(body(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
