@@ -250,6 +250,17 @@ class HostHeartbeat:
     # In a large fleet each host watches a few (its successors in the ring of host ids), so a
     # beat stays small and every host still has as many witnesses.
     peers_watched: tuple[str, ...] | None = None
+    # The beat's number in its worker's run (a run is told by ``worker_started_at_s``): which of
+    # two beats is newer, whatever the host's clock did in between. 0: a worker that numbers none.
+    seq: int = 0
+
+    def supersedes(self, other: HostHeartbeat) -> bool:
+        """Whether this beat is newer than ``other`` of the same host (beats come by two paths,
+        so one may arrive twice or late). Within a worker's run by number, so a clock stepped
+        back while it runs changes nothing; across runs (or unnumbered) by the host's clock."""
+        if self.seq and other.seq and self.worker_started_at_s == other.worker_started_at_s:
+            return self.seq > other.seq
+        return (self.worker_started_at_s, self.sent_at_s) > (other.worker_started_at_s, other.sent_at_s)
 
 
 @dataclass(frozen=True)

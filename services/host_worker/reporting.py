@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
 
@@ -42,7 +43,7 @@ async def heartbeat_loop(
     last_ok: bool | None = None
     vcpus, memory_mib = 0, 0
     started_at_s = time.time()
-    while True:
+    for seq in itertools.count(1):
         try:
             vcpus, memory_mib = await asyncio.to_thread(hv.host_capacity)
             domains = tuple(await asyncio.to_thread(hv.list_domains))
@@ -65,6 +66,7 @@ async def heartbeat_loop(
             peers_reached=peers.reached(),
             peers_watched=peers.watched(),
             worker_started_at_s=started_at_s,
+            seq=seq,
         )
         try:
             data = codec.encode(beat)

@@ -187,7 +187,7 @@ class Scheduler:
         paths). Returns whether the host now reports VMs it has claims for (the store should
         forget those: ``settle_write``)."""
         known = self.heartbeats.get(beat.host_id)
-        if known is not None and known.sent_at_s >= beat.sent_at_s:
+        if known is not None and not beat.supersedes(known):
             return False
         self.heartbeats[beat.host_id] = beat
         self._refresh(beat.host_id)

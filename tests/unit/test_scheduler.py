@@ -150,3 +150,21 @@ def test_a_heartbeat_older_than_the_latest_is_ignored(one, clock):
     scheduler, _ = one
     scheduler.observe(HostHeartbeat("h1", clock.now_s - 30, True, "qemu", 2, 1024, disk_gib=100))
     assert scheduler.heartbeats["h1"].sent_at_s == clock.now_s
+
+
+def test_beats_of_one_worker_run_are_ordered_by_number_whatever_the_hosts_clock_did(one, clock):
+    scheduler, _ = one
+
+    def numbered(seq: int, sent_at_s: float, started_at_s: float = 100.0) -> HostHeartbeat:
+        return HostHeartbeat("h9", sent_at_s, True, "qemu", 2, 1024, disk_gib=100,
+                             worker_started_at_s=started_at_s, seq=seq)
+
+    scheduler.observe(numbered(5, clock.now_s))
+    scheduler.observe(numbered(6, clock.now_s - 3600))  # the host's clock stepped back an hour
+    assert scheduler.heartbeats["h9"].seq == 6
+    scheduler.observe(numbered(5, clock.now_s))  # the same beat by the other path, late
+    assert scheduler.heartbeats["h9"].seq == 6
+    scheduler.observe(numbered(1, clock.now_s + 1, started_at_s=clock.now_s))  # the worker restarted
+    assert (scheduler.heartbeats["h9"].seq, scheduler.heartbeats["h9"].worker_started_at_s) == (1, clock.now_s)
+    scheduler.observe(numbered(7, clock.now_s))  # the old run's last beat, late
+    assert scheduler.heartbeats["h9"].seq == 1
