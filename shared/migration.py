@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from shared.guest import VmSetup
-from shared.models import VmSummary
+from shared.models import RootDisk, VmSummary
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,8 @@ class MigrateInput:
     # The VM's NICs, networks and seed as the caller read them once it had claimed the VM (which
     # then changes none of them); None: the workflow reads them.
     setup: VmSetup | None = None
+    # Where its root volume is, as the caller read it then; None: the workflow asks storage.
+    root: RootDisk | None = None
 
 
 @dataclass(frozen=True)

@@ -73,26 +73,7 @@ class LiveMigrate:
                 required_labels=vm.required_labels,
                 group=vm.group, exclude_hosts=(source,), only_host=self._target,
             ))
-            checks = [steps.domain_status(source, BootWaitRequest(vm.vm_id, 0)), steps.locate_root(vm.vm_id)]
-            if workflow.patched(PREPARE_WITH_CHECKS_PATCH):
-                # The target is chosen and its networks prepared while the checks run: two round
-                # trips less. A check that fails undoes both on the way out, as any failure does.
-                status, root, placement = await all_settled(*checks, self._place_and_prepare(vm.vm_id, inp.setup, place))
-                self._check(status, root, source, live)
-            else:  # as runs an older worker started go on
-                checks.append(network_steps.vm_setup(vm.vm_id))
-                placed_early = workflow.patched("vmflow-migrate-place-with-checks")
-                if placed_early:
-                    status, root, setup, placement = await all_settled(*checks, place())
-                else:
-                    status, root, setup = await asyncio.gather(*checks)
-                self._check(status, root, source, live)
-                if not placed_early:
-                    self._progress.advance("place")
-                    placement = await place()
-                self._target = placement.host_id
-                self._progress.advance("prepare_host", self._target)
-                await network_steps.prepare_host(self._target, setup)
+            root, placement = await self._check_and_choose(inp, source, live, place)
             target = placement.host_id
             moves: tuple[DiskMove, ...] = ()
             if root.host_id is not None:
@@ -138,6 +119,39 @@ class LiveMigrate:
                 raise
             raise ApplicationError(f"{error}; the VM is on {where}", type=code, non_retryable=True) from None
 
+    async def _check_and_choose(self, inp: MigrateInput, source: str, live: bool,
+                                place: Callable[[], Awaitable[Placement]]) -> tuple[RootDisk, Placement]:
+        """Check that the VM may move, choose its target and prepare the target's side of it.
+        Returns where its root disk is and the placement."""
+        vm_id = inp.vm.vm_id
+        if inp.root is not None and inp.setup is not None:
+            # The API read the disks and networks with the request, and the source's worker
+            # refuses a VM in the wrong state as the move starts: no round trip to check.
+            self._check_disks(inp.root, source)
+            return inp.root, await self._place_and_prepare(vm_id, inp.setup, place)
+        checks = [steps.domain_status(source, BootWaitRequest(vm_id, 0)), steps.locate_root(vm_id)]
+        if workflow.patched(PREPARE_WITH_CHECKS_PATCH):
+            # The target is chosen and its networks prepared while the checks run: two round
+            # trips less. A check that fails undoes both on the way out, as any failure does.
+            status, root, placement = await all_settled(*checks, self._place_and_prepare(vm_id, inp.setup, place))
+            self._check(status, root, source, live)
+            return root, placement
+        # As runs an older worker started go on.
+        checks.append(network_steps.vm_setup(vm_id))
+        placed_early = workflow.patched("vmflow-migrate-place-with-checks")
+        if placed_early:
+            status, root, setup, placement = await all_settled(*checks, place())
+        else:
+            status, root, setup = await asyncio.gather(*checks)
+        self._check(status, root, source, live)
+        if not placed_early:
+            self._progress.advance("place")
+            placement = await place()
+        self._target = placement.host_id
+        self._progress.advance("prepare_host", self._target)
+        await network_steps.prepare_host(self._target, setup)
+        return root, placement
+
     async def _place_and_prepare(self, vm_id: str, setup: VmSetup | None,
                                  place: Callable[[], Awaitable[Placement]]) -> Placement:
         """Choose the target and put the VM's networks (and seed) in place there before it
@@ -158,6 +172,9 @@ class LiveMigrate:
         if status.state != expected:
             raise ApplicationError(f"the VM is {status.state} on {source}, expected {expected}",
                                    type="conflict", non_retryable=True)
+        self._check_disks(root, source)
+
+    def _check_disks(self, root: RootDisk, source: str) -> None:
         if root.host_id not in (None, source):
             raise ApplicationError(f"the VM is on {source} but its root disk is in {root.pool}",
                                    type="conflict", non_retryable=True)

@@ -10,7 +10,7 @@ from nats.micro import add_service
 from nats.micro.service import ServiceConfig
 from temporalio.worker import Worker
 
-from services.storage.activities import StorageActivities
+from services.storage.activities import StorageActivities, locate_root
 from services.storage.catalog import ImageCatalog
 from services.storage.data_volumes import VolumeStore
 from services.storage.endpoints import StorageEndpoints
@@ -60,7 +60,8 @@ async def main(settings: StorageSettings) -> None:
     service = await add_service(
         nc, ServiceConfig(name=subjects.STORAGE_SERVICE, version="0.2.0", queue_group="vmflow-storage")
     )
-    await StorageEndpoints(pools, catalog, images, volumes, snapshots, root_disk_of).register(service)
+    await StorageEndpoints(pools, catalog, images, volumes, snapshots, root_disk_of,
+                           lambda vm_id: locate_root(roots, volumes, vm_id)).register(service)
 
     client = await connect_temporal(settings)
     worker = Worker(

@@ -12,9 +12,23 @@ from services.storage.image_activities import operation_key
 from services.storage.volumes import RootVolumes, root_volume_name
 from shared import codec, subjects
 from shared.messaging import EventPublisher
-from shared.models import RootCopy, RootDisk, RootDiskRef, Volume, VolumeRef, VolumeRequest
+from shared.models import (
+    RootCopy,
+    RootDisk,
+    RootDiskRef,
+    Volume,
+    VolumeRef,
+    VolumeRequest,
+)
 from shared.units import MIB
 
+
+async def locate_root(roots: RootVolumes, volumes: VolumeStore, vm_id: str) -> RootDisk:
+    """Where the VM's root volume is, and which of its data volumes are on a host's own pool.
+    Raises NotFound when no pool holds the root volume."""
+    root = roots.describe(vm_id)
+    attached = await asyncio.to_thread(volumes.attached_to, vm_id)
+    return replace(root, local_data_volumes=tuple(v.name for v in attached if v.host_id))
 
 
 class StorageActivities:
@@ -48,11 +62,8 @@ class StorageActivities:
 
     @activity.defn(name="storage.locate_root")
     async def locate_root(self, ref: VolumeRef) -> RootDisk:
-        """Where the VM's root volume is, and which of its data volumes are on a host's own pool.
-        Raises NotFound when no pool holds the root volume."""
-        root = self._roots.describe(ref.vm_id)
-        attached = await asyncio.to_thread(self._volumes.attached_to, ref.vm_id)
-        return replace(root, local_data_volumes=tuple(v.name for v in attached if v.host_id))
+        """Where the VM's root volume is (``locate_root``)."""
+        return await locate_root(self._roots, self._volumes, ref.vm_id)
 
     @activity.defn(name="storage.copy_root")
     async def copy_root(self, req: RootCopy) -> RootDisk:

@@ -9,7 +9,6 @@ from shared.errors import NotFound
 from shared.models import BootSpec, Image
 
 
-
 def load_image(image_dir: Path) -> Image:
     meta = json.loads((image_dir / "image.json").read_text())
     boot = None

@@ -8,7 +8,7 @@ from nats.aio.client import Client as NatsClient
 
 from shared import subjects
 from shared.messaging import request
-from shared.models import Image, ImageList, ImageRef
+from shared.models import Image, ImageList, ImageRef, RootDisk, VolumeRef
 from shared.storage_models import (
     ImageUsage,
     ImageView,
@@ -39,6 +39,10 @@ class StorageClient:
     async def _ask(self, name: str, payload: Any, result_type: type[T], timeout_s: float | None = None) -> T:
         subject = f"{subjects.STORAGE_PREFIX}.{name}"
         return await request(self._nc, subject, payload, result_type, timeout_s or self._timeout_s)
+
+    async def root_disk(self, vm_id: str, timeout_s: float | None = None) -> RootDisk:
+        """Where the VM's root volume is. Raises NotFound when no pool holds it."""
+        return await self._ask("root_disk", VolumeRef(vm_id), RootDisk, timeout_s)
 
     async def images(self) -> ImageList:
         return await self._ask("images", None, ImageList)

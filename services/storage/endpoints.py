@@ -18,7 +18,7 @@ from services.storage.pools import PoolRegistry, pool_view
 from services.storage.snapshots import VmSnapshots
 from shared import subjects
 from shared.messaging import endpoint
-from shared.models import Image, ImageList, ImageRef
+from shared.models import Image, ImageList, ImageRef, RootDisk, VolumeRef
 from shared.storage_models import (
     ImageUsage,
     ImageView,
@@ -37,7 +37,9 @@ from shared.storage_models import (
 
 class StorageEndpoints:
     def __init__(self, pools: PoolRegistry, catalog: ImageCatalog, images: ImageStore,
-                 volumes: VolumeStore, snapshots: VmSnapshots, root_disk_of: Callable[[str], Path]) -> None:
+                 volumes: VolumeStore, snapshots: VmSnapshots, root_disk_of: Callable[[str], Path],
+                 locate_root: Callable[[str], Awaitable[RootDisk]]) -> None:
+        self._locate_root = locate_root
         self._pools = pools
         self._catalog = catalog
         self._images = images
@@ -59,12 +61,17 @@ class StorageEndpoints:
             "volume": (NameRef, self.volume),
             "check_volume": (VolumeCreateRequest, self.check_volume),
             "snapshots": (VmDisksRef, self.snapshots),
+            "root_disk": (VolumeRef, self.root_disk),
         }
 
     async def register(self, service: Service) -> None:
         group = service.add_group(name=subjects.STORAGE_PREFIX)
         for name, (request_type, handler) in self.handlers().items():
             await group.add_endpoint(EndpointConfig(name=name, handler=endpoint(request_type, handler)))
+
+    async def root_disk(self, ref: VolumeRef) -> RootDisk:
+        """Where the VM's root volume is now (the API reads it with a migration request)."""
+        return await self._locate_root(ref.vm_id)
 
     async def images(self, _: None) -> ImageList:
         return ImageList(tuple(await asyncio.to_thread(self._catalog.list)))

@@ -14,7 +14,13 @@ from services.storage.data_volumes import VolumeStore
 from services.storage.images import ImageStore
 from shared import codec
 from shared.messaging import EventPublisher
-from shared.storage_models import ImageView, ImportRequest, NameRef, TemplateRequest, image_event
+from shared.storage_models import (
+    ImageView,
+    ImportRequest,
+    NameRef,
+    TemplateRequest,
+    image_event,
+)
 
 
 def operation_key() -> str:

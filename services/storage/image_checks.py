@@ -18,7 +18,6 @@ from shared.storage_models import ImageFormat, ImportCheck
 from shared.units import GIB
 
 
-
 @dataclass(frozen=True)
 class ImageLimits:
     max_virtual_gib: int

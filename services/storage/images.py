@@ -22,12 +22,22 @@ import structlog
 from services.storage import qemu_img
 from services.storage.catalog import ImageCatalog, load_image
 from services.storage.data_volumes import write_json
-from services.storage.image_checks import ImageLimits, check_image_info, check_source_path
+from services.storage.image_checks import (
+    ImageLimits,
+    check_image_info,
+    check_source_path,
+)
 from services.storage.locks import locked, name_lock
 from services.storage.pools import Pool, allocated_bytes
 from services.storage.qcow2 import read_header
 from shared.errors import Conflict, InvalidRequest, NotFound
-from shared.storage_models import ImageView, ImportCheck, ImportRequest, TemplateRequest, check_name
+from shared.storage_models import (
+    ImageView,
+    ImportCheck,
+    ImportRequest,
+    TemplateRequest,
+    check_name,
+)
 from shared.units import GIB
 
 log = structlog.get_logger(__name__)

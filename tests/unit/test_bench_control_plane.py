@@ -190,7 +190,7 @@ def test_the_report_sets_each_figure_beside_its_baseline_under_80_columns():
     [scheduler_row] = [line for line in lines if line.startswith("scheduler ") and "RSS" not in line]
     assert scheduler_row.split()[-1] == "95"  # 9.5 CPU seconds in 10 s: 95 % of one core
     [untimed] = [line for line in lines if line.split()[:2] == ["1000", "999"]]
-    assert untimed.split()[2] == "-"
+    assert untimed.split()[3] == "-"  # hosts, peers, silent, tick
     assert lines[-1] == "load average at the start: 1.00"
 
 

@@ -76,6 +76,7 @@ class Fleet:
     def host_activities(self, host_id: str):
         @activity.defn(name="host.domain_status")
         async def domain_status(req: BootWaitRequest) -> DomainStatus:
+            self.calls.append(f"status {req.vm_id[:4]} {host_id}")
             if host_id in self.unreachable:
                 raise ApplicationError(f"cannot reach libvirt on {host_id}", type="host_unavailable",
                                        non_retryable=True)
@@ -113,6 +114,7 @@ class Fleet:
 
         @activity.defn(name="storage.locate_root")
         async def locate(ref: VolumeRef) -> RootDisk:
+            self.calls.append(f"locate {ref.vm_id[:4]}")
             return disk(RootDiskRef(ref.vm_id, sorted(self.disks[ref.vm_id])[0]))
 
         @activity.defn(name="storage.copy_root")
@@ -260,6 +262,26 @@ async def test_a_source_that_released_the_vm_as_it_left_is_not_asked_again(env):
     assert await run(env, fleet, [web], LiveMigrate.run, MigrateInput(web, setup=setup),
                      f"vm-{web.vm_id}-migrate-11") == "h2"
     assert fleet.guests.calls == [f"prepare:{web.vm_id}@h2"]
+
+
+async def test_what_the_request_read_is_not_asked_again(env):
+    web = vm("web")
+    fleet = Fleet({web.vm_id: "h1"})
+    inp = MigrateInput(web, setup=VmSetup(web.vm_id), root=RootDisk(web.vm_id, "shared", "/shared/web.qcow2", None))
+    assert await run(env, fleet, [web], LiveMigrate.run, inp, f"vm-{web.vm_id}-migrate-12") == "h2"
+    assert fleet.calls == [f"begin {web.vm_id[:4]}", f"migrate {web.vm_id[:4]} h1->h2"]  # the source checks
+    assert fleet.where[web.vm_id] == "h2" and fleet.records[-1].step == "succeeded"
+
+
+async def test_a_disk_the_request_found_on_another_host_refuses_the_move(env):
+    web = vm("web")
+    fleet = Fleet({web.vm_id: "h1"})
+    root = RootDisk(web.vm_id, "local-h2", "/local-h2/web.qcow2", "h2")
+    with pytest.raises(WorkflowFailureError) as caught:
+        await run(env, fleet, [web], LiveMigrate.run, MigrateInput(web, setup=VmSetup(web.vm_id), root=root),
+                  f"vm-{web.vm_id}-migrate-13")
+    assert "the VM is on h1 but its root disk is in local-h2" in caught.value.cause.message
+    assert fleet.requests == [] and fleet.records[-1].step == "failed"
 
 
 async def test_a_vm_with_nothing_to_prepare_moves_without_a_call_to_its_target(env):

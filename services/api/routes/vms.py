@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import structlog
 from fastapi import APIRouter, Body, Depends, Query, Response
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -26,7 +27,13 @@ from services.api.platform import Platform, get_platform
 from services.api.policy import principal
 from shared import events
 from shared.auth import Principal
-from shared.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
+from shared.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    ServiceUnavailable,
+    VmflowError,
+)
 from shared.migration import ConvergencePolicy, MigrateInput
 from shared.models import (
     DeleteInput,
@@ -35,6 +42,7 @@ from shared.models import (
     PowerAction,
     PowerInput,
     ProvisionInput,
+    RootDisk,
     VmSpec,
     VmState,
 )
@@ -50,7 +58,10 @@ from shared.operation_tags import move_route, operation_summary, tagged, vm_labe
 from shared.storage_models import PoolKind
 
 router = APIRouter(prefix="/v1/vms", tags=["vms"])
+log = structlog.get_logger(__name__)
+
 PAGE_MAX = 1000  # VMs in one answer of GET /v1/vms
+ROOT_DISK_WAIT_S = 1.0  # how long a migration request waits for storage to say where the disk is
 
 _POWER_FROM = {
     PowerAction.START: (VmState.STOPPED, VmState.ERROR, VmState.CRASHED),
@@ -268,6 +279,15 @@ async def reboot_vm(vm_id: str, response: Response, options: PowerOptions = Body
     return await _power(p, vm_id, PowerAction.REBOOT, options, response, who)
 
 
+async def _root_disk(p: Platform, vm_id: str) -> RootDisk | None:
+    """Where the VM's root volume is, if storage says so at once; else the workflow asks it."""
+    try:
+        return await p.storage.root_disk(vm_id, timeout_s=ROOT_DISK_WAIT_S)
+    except VmflowError as exc:
+        log.info("root disk not read with the request", vm_id=vm_id, error=exc.message)
+        return None
+
+
 @router.post("/{vm_id}/migrate", status_code=202, response_model=OperationAccepted)
 async def migrate_vm(vm_id: str, response: Response,
                      options: MigrateOptions = Body(default_factory=MigrateOptions),
@@ -290,9 +310,10 @@ async def migrate_vm(vm_id: str, response: Response,
     policy = ConvergencePolicy(completion_timeout_s=options.completion_timeout_s, post_copy=options.post_copy,
                                bandwidth_mib_s=options.bandwidth_mib_s)
     try:
-        setup = await asyncio.to_thread(vm_setup, p.inventory, p.network_store, vm.id)
+        setup, root = await asyncio.gather(asyncio.to_thread(vm_setup, p.inventory, p.network_store, vm.id),
+                                           _root_disk(p, vm.id))
         await p.temporal.start_workflow(
-            "LiveMigrate", MigrateInput(before, options.target_host_id, policy, claimed=True, setup=setup),
+            "LiveMigrate", MigrateInput(before, options.target_host_id, policy, claimed=True, setup=setup, root=root),
             id=op_id, task_queue=ORCHESTRATOR_QUEUE,
             **_vm_tags("LiveMigrate", "live-migrate", vm, who, move_route(vm.host_id, options.target_host_id),
                        options.target_host_id),
