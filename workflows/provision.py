@@ -9,18 +9,16 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from shared.guest import VmRelease, VmSetup
+    from shared.guest import VmRelease
     from shared.models import (
         BootWaitRequest,
         DomainSpec,
         OperationProgress,
-        Placement,
         PlacementRequest,
         ProvisionInput,
         VmRecordUpdate,
         VmRef,
         VmState,
-        Volume,
         VolumeRequest,
     )
     from shared.storage_models import PoolKind, local_pool_name
@@ -82,7 +80,21 @@ class ProvisionVm:
             )
 
             saga.on_failure("undefine domain", lambda: steps.undefine_domain(host_id, inp.vm_id))
-            await self._define_and_start(host_id, domain_spec(inp, volume, placement, setup))
+            spec = DomainSpec(
+                vm_id=inp.vm_id, vm_name=inp.vm_name, tenant=inp.tenant,
+                vcpus=inp.spec.vcpus, memory_mib=inp.spec.memory_mib,
+                disk_path=volume.path, domain_type=placement.domain_type, boot=volume.image.boot,
+                disk_gib=volume.size_gib if local else 0, group_id=inp.group.group_id if inp.group else None,
+                nics=setup.nics, seed=setup.seed is not None,
+            )
+            if workflow.patched(CREATE_DOMAIN_PATCH):
+                self._progress.advance("start")
+                await steps.create_domain(host_id, spec)  # defined and started: one round trip
+            else:  # as runs an older worker started go on
+                self._progress.advance("define")
+                await steps.define_domain(host_id, spec)
+                self._progress.advance("start")
+                await steps.start_domain(host_id, inp.vm_id)
             self._progress.advance("wait_booted")
             await steps.wait_booted(
                 host_id, BootWaitRequest(inp.vm_id, inp.boot_timeout_s, volume.image.boot_marker)
@@ -102,26 +114,4 @@ class ProvisionVm:
             await steps.forget_record(VmRef(inp.vm_id, op_id, error=error))
             self._progress.advance("failed")
             raise ApplicationError(error, type=code, non_retryable=True) from None
-
-    async def _define_and_start(self, host_id: str, spec: DomainSpec) -> None:
-        if workflow.patched(CREATE_DOMAIN_PATCH):
-            self._progress.advance("start")
-            await steps.create_domain(host_id, spec)  # defined and started: one round trip
-        else:  # as runs an older worker started go on
-            self._progress.advance("define")
-            await steps.define_domain(host_id, spec)
-            self._progress.advance("start")
-            await steps.start_domain(host_id, spec.vm_id)
-
-
-def domain_spec(inp: ProvisionInput, volume: Volume, placement: Placement, setup: VmSetup) -> DomainSpec:
-    """The domain the new VM gets on its host: its size, its disk, its NICs and seed."""
-    local = inp.spec.storage is PoolKind.LOCAL
-    return DomainSpec(
-        vm_id=inp.vm_id, vm_name=inp.vm_name, tenant=inp.tenant,
-        vcpus=inp.spec.vcpus, memory_mib=inp.spec.memory_mib,
-        disk_path=volume.path, domain_type=placement.domain_type, boot=volume.image.boot,
-        disk_gib=volume.size_gib if local else 0, group_id=inp.group.group_id if inp.group else None,
-        nics=setup.nics, seed=setup.seed is not None,
-    )
 
