@@ -8,7 +8,6 @@ import asyncio
 import concurrent.futures
 import json
 import threading
-import time
 import uuid
 
 import nats
@@ -16,6 +15,7 @@ import pytest
 
 from deploy import processes
 from deploy.client import ApiError, VmflowClient
+from tests.integration.cleanup import delete_all
 from tests.integration.libvirt_probe import wait_until
 
 MARKER = "VMFLOW-GUEST-BOOTED"
@@ -30,24 +30,6 @@ def provision(api: VmflowClient, **fields) -> tuple[dict, dict]:
             **fields}
     accepted = api.call("POST", "/v1/vms", json=body)
     return accepted, api.wait_operation(accepted["operation_id"], timeout_s=300)
-
-
-def delete_all(api: VmflowClient, vm_ids) -> None:
-    """Delete them all; one still busy with an operation (a test that failed midway) is deleted
-    once that is over, so nothing is left to the next test."""
-    ops = []
-    for vm_id in vm_ids:
-        deadline_s = time.monotonic() + 300
-        while True:
-            try:
-                ops.append(api.call("DELETE", f"/v1/vms/{vm_id}")["operation_id"])
-                break
-            except ApiError as exc:
-                if exc.status != 409 or time.monotonic() > deadline_s:
-                    break  # gone already (404), or never to be free
-                time.sleep(1)
-    for op in ops:
-        assert api.wait_operation(op, timeout_s=120)["state"] == "succeeded"
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import pytest
 
 from deploy import stack
 from deploy.client import ApiError, VmflowClient
+from tests.integration.cleanup import delete_all
 
 pytestmark = pytest.mark.integration
 
@@ -74,12 +75,6 @@ def _create(client: VmflowClient, name: str) -> Callable[[], dict]:
         "name": name, "vcpus": 1, "memory_mib": 96, "disk_gib": 1, "image": "lab-guest"})
 
 
-def _delete_all(client: VmflowClient, vm_ids) -> None:
-    ops = [client.call("DELETE", f"/v1/vms/{vm_id}")["operation_id"] for vm_id in vm_ids]
-    for op_id in ops:
-        assert client.wait_operation(op_id, timeout_s=300, interval_s=0.5)["state"] == "succeeded"
-
-
 def test_what_one_replica_accepts_the_other_sees(member_of, cleanup):
     first, second = member_of()
     assert first.base_url != second.base_url
@@ -124,6 +119,6 @@ def test_a_burst_spread_over_both_replicas_never_overshoots_the_quota(api, membe
         usage = api.call("GET", f"/v1/tenants/{tenant}/quota")["resources"]["vms"]
         assert (usage["used"], usage["reserved"], usage["available"]) == (fits, 0, 0), usage
     finally:
-        _delete_all(second, [a["vm"]["id"] for a in accepted])
+        delete_all(second, [a["vm"]["id"] for a in accepted])
     after = api.call("GET", f"/v1/tenants/{tenant}/quota")["resources"]
     assert all(r["used"] == 0 and r["reserved"] == 0 for r in after.values()), after

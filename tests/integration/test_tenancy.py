@@ -15,6 +15,7 @@ import pytest
 
 from deploy import postgres
 from deploy.client import ApiError, VmflowClient
+from tests.integration.cleanup import delete_all
 from tests.integration.libvirt_probe import LibvirtProbe
 
 
@@ -46,12 +47,6 @@ def _inventory_bytes(stack_cfg) -> bytes:
 
 def _usage(api: VmflowClient, tenant: str) -> dict:
     return api.call("GET", f"/v1/tenants/{tenant}/quota")["resources"]
-
-
-def _delete_all(client: VmflowClient, vm_ids) -> None:
-    ops = [client.call("DELETE", f"/v1/vms/{vm_id}")["operation_id"] for vm_id in vm_ids]
-    for op_id in ops:
-        assert client.wait_operation(op_id, timeout_s=300, interval_s=0.5)["state"] == "succeeded"
 
 
 # -- tokens ----------------------------------------------------------------------------------
@@ -184,7 +179,7 @@ def test_a_burst_of_creates_never_overshoots_the_quota(stack_cfg, api, probe: Li
             assert usage["used"] == quota[resource] and usage["reserved"] == 0 and usage["available"] == 0
             domains = {h: set(probe.domain_uuids(h)) for h in probe.uris}
             assert {a["vm"]["id"] for a in accepted} <= set().union(*domains.values())
-            _delete_all(member, [a["vm"]["id"] for a in accepted])
+            delete_all(member, [a["vm"]["id"] for a in accepted])
     finally:
         watch.stop()
     assert watch.samples > 10 and watch.watched_throughout, "the quota was not watched all along"
