@@ -165,6 +165,9 @@ class AuditRecorded:
     outcome: str  # accepted, done, refused, failed
     code: str | None
     operation_id: str | None
+    token_tenant: str | None = None  # the token's own tenant (an admin's too)
+    location: str | None = None  # what the change made
+    detail: str | None = None
 
     @property
     def subject(self) -> str:

@@ -1,9 +1,13 @@
 """The audit trail: every change (any request but GET, HEAD and OPTIONS) and every refused
-attempt, with who (token, user, tenant, role), what (method, route, path, operation), when and
-the outcome (status and error code). Written by an ASGI middleware after the response, so a
-handler can never forget it; published as ``vmflow.evt.audit.<tenant>.<outcome>`` too. A
-tenant's trail holds what its own tokens did; what admins did, and attempts without a valid
-token, are the fleet's (tenant None, subject ``_fleet``), which only admins read.
+attempt, with who (token, user, the token's tenant, role), what (method, route, path, the
+operation it started or the Location of what it made, and a detail a route adds with
+``note``), when and the outcome (status and error code). Written by an ASGI middleware after the
+response, so a handler can never forget it; published as ``vmflow.evt.audit.<tenant>.<outcome>``
+too. A tenant's trail holds what its own tokens did; what admins did, and attempts without a
+valid token, are the fleet's (tenant None, subject ``_fleet``), which only admins read.
+
+A change that started an operation is ``accepted`` until the operation ends; its record then
+takes the operation's outcome (``settle``): done, failed or cancelled, with the error's code.
 
 A console session (a websocket) is recorded when it ends, its close code as its status.
 
@@ -23,6 +27,7 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Field as SqlField
 from sqlmodel import Session, SQLModel, select
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.api.models import utcnow
@@ -57,6 +62,9 @@ class AuditRecord(SQLModel, table=True):
     outcome: str = SqlField(max_length=16)  # accepted, done, refused, failed
     code: str | None = SqlField(default=None, max_length=40)
     operation_id: str | None = SqlField(default=None, max_length=200)
+    token_tenant: str | None = SqlField(default=None, max_length=63)  # the token's own, an admin's too
+    location: str | None = SqlField(default=None, max_length=300)  # what the change made
+    detail: str | None = SqlField(default=None, max_length=300)  # what a route adds, e.g. new limits
 
     def event(self) -> events.AuditRecorded:
         assert self.id is not None  # written first
@@ -72,6 +80,11 @@ _WS_OUTCOME = {code: "refused" for code in _WS_REFUSALS}
 
 def _verb(scope: Scope) -> str:
     return "WEBSOCKET" if scope["type"] == "websocket" else scope["method"]
+
+
+def note(request: Request, detail: str) -> None:
+    """What a route adds to its change's audit record, e.g. the new limits of a quota."""
+    request.state.audit_detail = detail[:300]
 
 
 def outcome_of(status: int) -> str:
@@ -94,6 +107,15 @@ class AuditLog:
             session.commit()
             session.refresh(record)
             return record
+
+    def settle(self, record_id: int, outcome: str, code: str | None) -> None:
+        """The outcome of the operation an ``accepted`` record started, once it ended."""
+        with Session(self._engine) as session:
+            record = session.get(AuditRecord, record_id)
+            if record is not None and record.outcome == "accepted":
+                record.outcome, record.code = outcome, code
+                session.add(record)
+                session.commit()
 
     def page(self, tenant: str | None, offset: int, limit: int) -> tuple[int, list[AuditRecord]]:
         """Newest first; ``tenant`` None: every record."""
@@ -180,15 +202,19 @@ class AuditMiddleware:
             except (ValueError, KeyError, TypeError):
                 code = VmflowError.code if status >= 500 else None
         location = seen["location"].decode() if seen["location"] else ""
+        operation = location.startswith("/v1/operations/")
         outcome = _WS_OUTCOME.get(status, "done") if scope["type"] == "websocket" else outcome_of(status)
         record = AuditRecord(
             request_id=request_id, method=method, path=scope["path"][:300],
             action=f"{_verb(scope)} {route.path if route is not None else scope['path']}"[:120],
             status=status, outcome=outcome, code=code,
-            operation_id=location.removeprefix("/v1/operations/") if location.startswith("/v1/operations/") else None,
+            operation_id=location.removeprefix("/v1/operations/") if operation else None,
+            location=None if operation else (location[:300] or None),
+            detail=scope.get("state", {}).get("audit_detail"),
             # An admin's records are the fleet's trail, not its token's tenant's: that tenant's
             # readers must not read what admins did to other tenants.
             **({"token_id": principal.token_id, "user": principal.user, "role": principal.role.value,
+                "token_tenant": principal.tenant,
                 "tenant": None if principal.is_admin else principal.tenant} if principal is not None else {}),
         )
         try:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
-from fastapi import FastAPI, WebSocket
+from fastapi import FastAPI, Request, Response, WebSocket
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from services.api.audit import AuditLog, AuditMiddleware, AuditRecord, outcome_of
+from services.api.audit import AuditLog, AuditMiddleware, AuditRecord, note, outcome_of
 from shared import subjects
 from shared.auth import Principal, Role
 
@@ -85,3 +85,33 @@ def test_a_console_session_is_recorded_when_it_ends_with_its_close_code(engine):
     assert (gone.action, gone.status, gone.outcome, gone.code) == (
         "WEBSOCKET /v1/vms/{vm_id}/console", 4404, "refused", "not_found")
     assert (here.status, here.outcome, here.user, here.path) == (1000, "done", "alice", "/v1/vms/here/console")
+
+
+def test_a_change_records_what_it_made_the_admins_own_tenant_and_the_routes_detail(engine):
+    app = FastAPI()
+    app.add_middleware(AuditMiddleware)
+    app.state.platform = SimpleNamespace(audit=AuditLog(engine), events=_Events())
+    admin = Principal("a" * 16, "root", "ops", Role.ADMIN)
+
+    @app.post("/v1/tenants/{tenant_id}/users", status_code=201)
+    async def add_user(tenant_id: str, request: Request, response: Response):
+        request.state.principal = admin
+        note(request, "name=bob")
+        response.headers["Location"] = f"/v1/tenants/{tenant_id}/users/bob"
+        return {}
+
+    assert TestClient(app).post("/v1/tenants/acme/users").status_code == 201
+    [record] = AuditLog(engine).page(None, 0, 10)[1]
+    # The admin's record is the fleet's, and still names the tenant of the token that made it.
+    assert (record.tenant, record.token_tenant, record.role) == (None, "ops", "admin")
+    assert (record.location, record.detail, record.operation_id) == ("/v1/tenants/acme/users/bob", "name=bob", None)
+
+
+def test_an_accepted_change_takes_its_operations_outcome_once(engine):
+    log = AuditLog(engine)
+    record = log.add(AuditRecord(request_id="r" * 32, method="POST", path="/v1/vms", action="POST /v1/vms",
+                                 status=202, outcome="accepted", tenant="acme", operation_id="provision-x"))
+    log.settle(record.id, "failed", "no_valid_host")
+    log.settle(record.id, "done", None)  # a second look changes nothing: the first outcome stays
+    [settled] = log.page("acme", 0, 10)[1]
+    assert (settled.outcome, settled.code, settled.status) == ("failed", "no_valid_host", 202)

@@ -4,12 +4,17 @@ framework's (unknown route, wrong method, bad body) and anything unexpected, whi
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
+from structlog.testing import capture_logs
 
 from services.api.audit import AuditMiddleware
 from services.api.errors import install_error_handlers
+from services.api.platform import get_platform
+from services.api.routes import health
 from shared.errors import Conflict, Unauthenticated
 
 
@@ -43,13 +48,17 @@ def _app() -> FastAPI:
 
 def test_an_unexpected_error_is_a_500_with_code_internal_and_the_request_id():
     client = TestClient(_app(), raise_server_exceptions=False)
-    response = client.get("/boom")
+    with capture_logs() as logged:
+        response = client.get("/boom")
     assert response.status_code == 500
     error = response.json()["error"]
     assert error["code"] == "internal"
     assert error["request_id"] == response.headers["x-request-id"] and len(error["request_id"]) == 32
     assert error["request_id"] in error["message"]
     assert "secret internals" not in response.text and "RuntimeError" not in response.text
+    # The logs keep what the answer does not, under the same id.
+    [entry] = [e for e in logged if e.get("request_id") == error["request_id"]]
+    assert entry["error_type"] == "RuntimeError" and entry["path"] == "/boom"
 
 
 def test_platform_and_framework_errors_share_one_shape():
@@ -74,3 +83,29 @@ def test_an_unauthenticated_answer_says_how_to_authenticate():
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
     assert response.json() == {"error": {"code": "unauthenticated", "message": "unknown token"}}
+
+
+def test_not_ready_is_a_503_in_the_same_shape_naming_what_fails():
+    class _Down:
+        def ping(self) -> None:
+            raise ConnectionRefusedError()
+
+    class _Nats:
+        async def flush(self, timeout: float) -> None:
+            return None
+
+    class _Health:
+        async def check_health(self, timeout) -> None:
+            return None
+
+    platform = SimpleNamespace(inventory=_Down(), nats=_Nats(),
+                               temporal=SimpleNamespace(service_client=_Health()))
+    app = _app()
+    app.include_router(health.router)
+    app.dependency_overrides[get_platform] = lambda: platform
+    response = TestClient(app).get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["error"] == {"code": "service_unavailable",
+                             "message": "not ready: database failing: ConnectionRefusedError"}
+    assert body["checks"] == {"database": "failing: ConnectionRefusedError", "nats": "ok", "temporal": "ok"}

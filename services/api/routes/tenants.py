@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 
+from services.api import audit
 from services.api.platform import Platform, get_platform
 from services.api.policy import principal
 from services.api.tenancy_models import (
@@ -72,9 +73,10 @@ async def get_quota(tenant_id: str, p: Platform = Depends(get_platform)):
 
 
 @router.put("/{tenant_id}/quota", response_model=QuotaPublic)
-async def set_quota(tenant_id: str, body: QuotaLimits, p: Platform = Depends(get_platform)):
+async def set_quota(tenant_id: str, body: QuotaLimits, request: Request, p: Platform = Depends(get_platform)):
     """Set the limits given; the others keep theirs. A limit below current use is accepted, and
     the answer's ``warnings`` say that nothing new fits until use falls below it."""
+    audit.note(request, " ".join(f"{k}={v}" for k, v in body.model_dump(exclude_unset=True).items()))
     warnings = await asyncio.to_thread(p.ledger.set_limits, tenant_id, body)
     return await _quota(p, tenant_id, warnings)
 
@@ -84,8 +86,10 @@ def _user(row) -> UserPublic:
 
 
 @router.post("/{tenant_id}/users", status_code=201, response_model=UserPublic)
-async def add_user(tenant_id: str, body: UserCreate, p: Platform = Depends(get_platform)):
-    return _user(await asyncio.to_thread(p.identities.add_user, tenant_id, body.name))
+async def add_user(tenant_id: str, body: UserCreate, response: Response, p: Platform = Depends(get_platform)):
+    row = await asyncio.to_thread(p.identities.add_user, tenant_id, body.name)
+    response.headers["Location"] = f"/v1/tenants/{tenant_id}/users/{row.name}"
+    return _user(row)
 
 
 @router.get("/{tenant_id}/users", response_model=list[UserPublic])
