@@ -120,7 +120,8 @@ TEMPORAL_CONNECTED = Gauge(
 # -- the fleet, filled by the API at scrape time --------------------------------------------------
 
 FLEET = CollectorRegistry(auto_describe=True)
-VMS = Gauge("vmflow_vms", "VMs in the inventory, by state and tenant.", ["state", "tenant"], registry=FLEET)
+VMS_NAME, VMS_HELP = "vmflow_vms", "VMs in the inventory, by state and tenant."  # a tenant's view has its own
+VMS = Gauge(VMS_NAME, VMS_HELP, ["state", "tenant"], registry=FLEET)
 HOSTS = Gauge("vmflow_hosts", "Hosts known to the scheduler, by state.", ["state"], registry=FLEET)
 HOST_CAPACITY_VCPUS = Gauge(
     "vmflow_host_capacity_vcpus", "vCPUs the host offers to guests.", ["host"], registry=FLEET)

@@ -87,7 +87,9 @@ POLICY: dict[tuple[str, str], Role] = {
     ("POST", "/v1/hosts/{host_id}/confirm-fenced"): A,
     ("GET", "/v1/pools"): A,
     ("GET", "/v1/pools/{name}"): A,
-    ("GET", "/metrics"): A,  # Prometheus: tenants are labels
+    ("GET", "/metrics"): R,  # a tenant's token reads its own series only
+    ("GET", "/openapi.json"): R,  # the API's schema and its page
+    ("GET", "/docs"): R,
     # identities
     ("GET", "/v1/tenants"): R,  # a tenant's token sees its own tenant only
     ("POST", "/v1/tenants"): A,

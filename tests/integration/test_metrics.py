@@ -8,12 +8,11 @@ import uuid
 
 import pytest
 
-from deploy.client import ApiError
 from tests.integration.metrics_scrape import (
     scrape,
     scrape_api,
-    scrape_schedulers,
     scrape_host_worker,
+    scrape_schedulers,
     total,
     value,
 )
@@ -57,11 +56,20 @@ def test_one_vm_moves_each_count_by_exactly_one(stack_cfg, api, tenant_client):
     assert not [key for key in gone if key[0] == "vmflow_vms" and ("tenant", TENANT) in key[1]]
 
 
-def test_only_an_admin_reads_the_apis_metrics(tenant_client):
-    reader = tenant_client(TENANT, "reader")
-    with pytest.raises(ApiError) as refused:
-        reader.request("GET", "/metrics")
-    assert refused.value.status == 403
+def test_a_tenant_reads_only_its_own_vms_series(api, tenant_client):
+    member = tenant_client(TENANT, "member")
+    accepted = member.create_vm(f"metrics-own-{uuid.uuid4().hex[:6]}", 1, 96, 1, "lab-guest")
+    try:
+        assert member.wait_operation(accepted["operation_id"], timeout_s=240)["state"] == "succeeded"
+        own = scrape_api(tenant_client(TENANT, "reader"))
+        fleet = scrape_api(api)
+    finally:
+        member.wait_operation(member.call("DELETE", f"/v1/vms/{accepted['vm']['id']}")["operation_id"], timeout_s=120)
+    assert value(own, "vmflow_vms", state="running", tenant=TENANT) == value(
+        fleet, "vmflow_vms", state="running", tenant=TENANT) >= 1
+    # Nothing of the fleet's (hosts, the processes' own figures) nor of another tenant.
+    assert own and all(name == "vmflow_vms" and dict(labels)["tenant"] == TENANT for name, labels in own)
+    assert any(name.startswith("vmflow_host") for name, _ in fleet)
 
 
 @pytest.mark.parametrize("process", ["scheduler", "storage", "orchestrator", "fencer"])

@@ -198,10 +198,13 @@ def test_without_the_scheduler_the_vms_are_still_counted_and_the_hosts_are_not_g
     assert not [key for key in seen if key[0].startswith(("vmflow_hosts", "vmflow_host_"))]
 
 
-def test_only_an_admin_reads_the_metrics(fleet):
+def test_a_tenant_reads_only_its_own_vms_and_an_admin_everything(fleet):
     assert fleet.client.get("/metrics").status_code == 401
-    member = fleet.client.get("/metrics", headers={"Authorization": f"Bearer {fleet.tokens[Role.MEMBER]}"})
-    assert member.status_code == 403
+    _vm(fleet.inventory, "mine", "default", VmState.RUNNING)  # the member token's tenant
+    _vm(fleet.inventory, "theirs", "acme", VmState.RUNNING)
+    assert ("vmflow_vms", (("state", "running"), ("tenant", "acme"))) in _scrape(fleet)
+    own = {key: value for key, value in _scrape(fleet, Role.MEMBER).items() if not key[0].endswith("_created")}
+    assert own == {("vmflow_vms", (("state", "running"), ("tenant", "default"))): 1}
 
 
 # -- Temporal reconnects ---------------------------------------------------------------------------

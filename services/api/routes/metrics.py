@@ -1,7 +1,10 @@
 """/metrics: Prometheus' text format of this process's metrics plus the fleet's, computed at each
 scrape: VMs by state and tenant from the inventory, hosts by state and each host's capacity and
-allocation from the scheduler. Admin only: tenants are labels. Every API replica answers with
-the same fleet figures; aggregate them with max, not sum."""
+allocation from the scheduler. Every API replica answers with the same fleet figures; aggregate
+them with max, not sum.
+
+An admin reads everything. Anyone else reads only its own tenant's series (its VMs by state):
+the fleet's hosts and the processes' figures are the operators', and other tenants are labels."""
 
 from __future__ import annotations
 
@@ -10,10 +13,18 @@ from collections.abc import Iterable
 
 import structlog
 from fastapi import APIRouter, Depends, Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Gauge,
+    generate_latest,
+)
 
 from services.api.platform import Platform, get_platform
+from services.api.policy import principal
 from shared import metrics
+from shared.auth import Principal
 from shared.errors import VmflowError
 from shared.models import HostMode, HostView, VmState
 from shared.units import GIB, MIB
@@ -64,9 +75,11 @@ def fill_fleet(vm_counts: Iterable[tuple[str, VmState, int]], hosts: list[HostVi
 
 @router.get("/metrics", response_class=Response,
             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
-async def scrape(p: Platform = Depends(get_platform)) -> Response:
+async def scrape(p: Platform = Depends(get_platform), who: Principal = Depends(principal)) -> Response:
     """This API process's metrics and the fleet gauges (``vmflow_vms``, ``vmflow_hosts``,
-    ``vmflow_host_*``), in Prometheus' text format."""
+    ``vmflow_host_*``), in Prometheus' text format; for a tenant's token, its ``vmflow_vms``."""
+    if not who.is_admin:
+        return Response(await _tenant_view(p, who.tenant), media_type=CONTENT_TYPE_LATEST)
     vm_counts = await asyncio.to_thread(p.inventory.count_by_tenant_and_state)
     try:
         hosts: list[HostView] | None = await _all_hosts(p)
@@ -76,3 +89,14 @@ async def scrape(p: Platform = Depends(get_platform)) -> Response:
     # Nothing awaits from here on, so concurrent scrapes cannot interleave a clear and a refill.
     fill_fleet(vm_counts, hosts)
     return Response(generate_latest(REGISTRY) + generate_latest(metrics.FLEET), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _tenant_view(p: Platform, tenant: str) -> bytes:
+    """The tenant's VMs by state, in a registry of their own: the shared gauges are never
+    touched, so a tenant's scrape cannot race an admin's."""
+    registry = CollectorRegistry()
+    vms = Gauge(metrics.VMS_NAME, metrics.VMS_HELP, ["state", "tenant"], registry=registry)
+    for owner, state, count in await asyncio.to_thread(p.inventory.count_by_tenant_and_state):
+        if owner == tenant:
+            vms.labels(state=state.value, tenant=tenant).set(count)
+    return generate_latest(registry)
