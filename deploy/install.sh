@@ -70,7 +70,7 @@ install_python() {
     echo "$stamp" >"$venv/.installed"
 }
 
-# The portal's browser libraries (htmx, xterm.js), pinned by package-lock.json and served by the
+# The browser libraries (htmx, xterm.js, Swagger UI), pinned by package-lock.json and served by the
 # API itself: browsers never fetch them from anywhere else.
 install_portal_assets() {
     local dir=$repo_dir/services/portal stamp
@@ -79,7 +79,7 @@ install_portal_assets() {
         return
     fi
     log "installing the portal's front-end libraries from the npm registry"
-    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
+    (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >&2)
     echo "$stamp" >"$dir/node_modules/.installed"
 }
 

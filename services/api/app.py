@@ -27,6 +27,7 @@ from services.api.reality import RealityFollower, follow_host_reports, follow_li
 from services.api.routes import (
     audit,
     console,
+    docs,
     events,
     health,
     hosts,
@@ -130,12 +131,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
         description="Virtual machines across a fleet of KVM hosts.",
         lifespan=lifespan,
         dependencies=[Depends(authorize)],
+        openapi_url=None, docs_url=None, redoc_url=None,  # routes.docs serves them, behind the token check
     )
     app.add_middleware(AuditMiddleware)
     install_error_handlers(app)
     for router in (vms.router, nics.router, networks.router, placement_groups.router, hosts.router,
                    operations.router, images.router, pools.router, volumes.router, snapshots.router, events.router,
-                   health.router, console.router, tenants.router, tokens.router, audit.router, metrics.router):
+                   health.router, console.router, tenants.router, tokens.router, audit.router, metrics.router, docs.router):
         app.include_router(router)
     # Last: every path the API's routes do not take is the portal's.
     app.router.routes.append(PortalMount(create_portal(app, CookiePolicy(settings.portal_session_s,

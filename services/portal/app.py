@@ -22,6 +22,7 @@ VENDOR = {
     "htmx": HERE / "node_modules" / "htmx.org" / "dist",
     "xterm": HERE / "node_modules" / "@xterm" / "xterm",
     "xterm-fit": HERE / "node_modules" / "@xterm" / "addon-fit" / "lib",
+    "swagger-ui": HERE / "node_modules" / "swagger-ui-dist",  # the API's /docs page
 }
 
 
@@ -59,6 +60,7 @@ def create_portal(api_app: FastAPI, cookie_policy: CookiePolicy) -> FastAPI:
     portal.mount("/assets/vendor/htmx", StaticFiles(directory=VENDOR["htmx"], check_dir=False))
     portal.mount("/assets/vendor/xterm", StaticFiles(directory=VENDOR["xterm"], check_dir=False))
     portal.mount("/assets/vendor/xterm-fit", StaticFiles(directory=VENDOR["xterm-fit"], check_dir=False))
+    portal.mount("/assets/vendor/swagger-ui", StaticFiles(directory=VENDOR["swagger-ui"], check_dir=False))
     portal.mount("/assets", StaticFiles(directory=HERE / "static"))
     return portal
 

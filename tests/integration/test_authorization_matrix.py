@@ -41,7 +41,6 @@ from services.api.settings import ApiSettings
 from shared.auth import Role
 from shared.console import WS_CLOSE_CONFLICT, WS_CLOSE_NOT_FOUND
 
-DOCS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 SHARED_IMAGE, SHARED_POOL, HOST = "lab-guest", "shared", "h1"
 VOLUME_GIB = 2  # so that a resize to 1 GiB is refused: volumes only grow
 WRONG_TYPE_BODY: list = []  # valid JSON but no request body of any route: 422 before any handler runs
@@ -81,7 +80,7 @@ def served_routes() -> list[Route]:
     app = create_app(ApiSettings())  # its lifespan never runs: nothing connects anywhere
     routes = []
     for context in iter_route_contexts(app.routes):
-        if context.path in DOCS or isinstance(context.route, Mount):
+        if isinstance(context.route, Mount):
             continue  # the portal (mounted at /): its pages act through these routes
         has_body = getattr(context.route, "body_field", None) is not None
         methods = sorted(context.methods) if context.methods is not None else [WEBSOCKET]
