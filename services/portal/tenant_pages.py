@@ -32,13 +32,16 @@ async def vm_list(request: Request, live: bool = False):
 
 async def _create_form(session: Session, form: dict[str, str] | None = None,
                        errors: dict[str, str] | None = None, general: list[str] | None = None,
-                       status: int = 200) -> HTMLResponse:
+                       status: int = 200, chosen_networks: list[str] | None = None) -> HTMLResponse:
+    """The form, empty or as the user sent it (``chosen_networks``: a multiple choice, which
+    ``form`` holds one value of) with the API's reasons."""
     api = session.api
     images, networks, groups = await asyncio.gather(
         api.get("/v1/images"), api.get("/v1/networks"), api.get("/v1/placement-groups"))
     defaults = {"vcpus": "1", "memory_mib": "128", "disk_gib": "1", "image": "lab-guest", "storage": "shared"}
     return session.render("vm_new.html", status=status, images=images, networks=networks, groups=groups,
-                          form={**defaults, **(form or {})}, errors=errors or {}, general=general or [])
+                          form={**defaults, **(form or {})}, chosen_networks=chosen_networks or [],
+                          errors=errors or {}, general=general or [])
 
 
 @router.get("/vms/new", response_class=HTMLResponse)
@@ -62,7 +65,7 @@ async def vm_create(request: Request):
             if exc.status not in (400, 409, 422):
                 raise
             errors, general = field_errors(exc.problems)
-            return await _create_form(session, form, errors, general, status=exc.status)
+            return await _create_form(session, form, errors, general, status=exc.status, chosen_networks=networks)
     return back_to(f"/vms/{accepted['vm']['id']}?done=create")
 
 

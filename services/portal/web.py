@@ -60,6 +60,10 @@ NOTICES = {
     "confirm-fenced": "Confirmed off: its HA VMs restart elsewhere.",
 }
 RUNNING_DETAILS_MAX = 10  # running operations whose live progress a page asks for, per refresh
+# Ended ones whose error a page asks for: the API's list carries no error, only an operation's
+# own view does, and without it a failed row could only say "failed".
+UNSUCCESSFUL_DETAILS_MAX = 10
+UNSUCCESSFUL_STATES = ("failed", "cancelled")  # the states whose view carries an error
 
 
 class SignInNeeded(Exception):
@@ -114,10 +118,14 @@ class Session:
         return back_to(f"{back}?done={done}")
 
     async def with_progress(self, operations: list[dict]) -> list[dict]:
-        """The operations, the running ones (the first few) with their step and progress."""
+        """The operations, the first few running ones with their step and progress and the first
+        few failed or cancelled ones with their error."""
         running = [op for op in operations if op.get("state") == "running"][:RUNNING_DETAILS_MAX]
-        details = await asyncio.gather(*(self.api.get_or(op, api_path("operations", op["id"])) for op in running))
-        by_id = {detail["id"]: {**op, **detail} for op, detail in zip(running, details)}
+        unsuccessful = [op for op in operations
+                        if op.get("state") in UNSUCCESSFUL_STATES][:UNSUCCESSFUL_DETAILS_MAX]
+        wanted = running + unsuccessful
+        details = await asyncio.gather(*(self.api.get_or(op, api_path("operations", op["id"])) for op in wanted))
+        by_id = {detail["id"]: {**op, **detail} for op, detail in zip(wanted, details)}
         return [by_id.get(op["id"], op) for op in operations]
 
     def require_admin(self) -> None:

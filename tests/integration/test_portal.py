@@ -59,6 +59,30 @@ def _running_vm(client: VmflowClient, name: str, cleanup: list[str]) -> dict:
     return client.call("GET", f"/v1/vms/{accepted['vm']['id']}")
 
 
+@pytest.fixture(scope="module")
+def portal_a_vm(tenant_client, api):
+    """A running VM of portal-a's for the tests that only look at one, or give it back running:
+    one boot for them all. Deleted when the module ends, whatever happened."""
+    vm_ids: list[str] = []
+    try:
+        yield _running_vm(tenant_client("portal-a", "member"), _name("app"), vm_ids)
+    finally:
+        for vm_id in vm_ids:
+            try:
+                api.wait_operation(api.call("DELETE", f"/v1/vms/{vm_id}")["operation_id"], timeout_s=120)
+            except ApiError:
+                pass
+
+
+def _back_to_running(client: VmflowClient, vm_id: str, op_ids: list[str]) -> None:
+    """The shared VM goes to the next test running, whatever this one left it doing."""
+    for op_id in op_ids:
+        client.wait_operation(op_id, timeout_s=BOOT_TIMEOUT_S)
+    if client.call("GET", f"/v1/vms/{vm_id}")["state"] != "running":
+        started = client.call("POST", f"/v1/vms/{vm_id}/start")
+        client.wait_operation(started["operation_id"], timeout_s=BOOT_TIMEOUT_S)
+
+
 def test_member_creates_a_vm_watches_it_run_and_types_into_its_console(browser, tenant_client, api, probe, cleanup):
     alice = tenant_client("portal-a", "member")
     browser.sign_in(alice.token)
@@ -78,11 +102,20 @@ def test_member_creates_a_vm_watches_it_run_and_types_into_its_console(browser, 
     assert browser.text("#notice") == "Creation requested."
     cleanup.append(vm_id)
     browser.mark_page()
-    browser.wait_for(lambda: browser.find("#vm-state").get_attribute("data-state") == "running", BOOT_TIMEOUT_S,
-                     "the VM to show as running")
+    percents_seen: set[int] = set()
+
+    def running_yet() -> bool:
+        """Notes the provisioning bar's value on each look: the page re-renders on each event, and
+        every 2 s while an operation runs, so a provisioning of several seconds shows steps."""
+        percents_seen.update(int(bar.get_attribute("aria-valuenow"))
+                             for bar in browser.find_all("#vm-operations .progress"))
+        return browser.find("#vm-state").get_attribute("data-state") == "running"
+
+    browser.wait_for(running_yet, BOOT_TIMEOUT_S, "the VM to show as running")
     assert browser.same_page(), "the page reloaded: the state should arrive over the event stream"
     browser.wait_for(lambda: browser.find("#vm-operations .progress").get_attribute("aria-valuenow") == "100", 30,
                      "the provisioning's bar to fill")
+    assert any(0 < percent < 100 for percent in percents_seen), f"the bar went {sorted(percents_seen)}, no step between"
 
     # The world agrees: the API and the VM's host's libvirt.
     vm = api.call("GET", f"/v1/vms/{vm_id}")
@@ -130,9 +163,8 @@ def test_invalid_form_input_shows_the_api_reason_beside_the_field_and_creates_no
 
 
 def test_a_reader_is_offered_no_changes_and_its_forged_requests_are_refused(browser, tenant_client, api, probe,
-                                                                            cleanup):
-    member = tenant_client("portal-a", "member")
-    vm = _running_vm(member, _name("ro"), cleanup)
+                                                                            portal_a_vm):
+    vm = portal_a_vm
     reader = tenant_client("portal-a", "reader")
     browser.sign_in(reader.token)
     browser.open("/vms")
@@ -156,9 +188,9 @@ def test_a_reader_is_offered_no_changes_and_its_forged_requests_are_refused(brow
 
 
 def test_a_members_session_refuses_forms_without_its_csrf_token_or_from_another_site(browser, tenant_client, api,
-                                                                                    stack_cfg, cleanup):
+                                                                                    stack_cfg, portal_a_vm):
     member = tenant_client("portal-a", "member")
-    vm = _running_vm(member, _name("csrf"), cleanup)
+    vm = portal_a_vm
     browser.sign_in(member.token)
     browser.open(f"/vms/{vm['id']}")
     assert browser.exists("#vm-actions")
@@ -180,6 +212,51 @@ def test_a_members_session_refuses_forms_without_its_csrf_token_or_from_another_
             ws.recv(timeout=10)
     assert ws.close_code == WS_CLOSE_FORBIDDEN
     assert api.call("GET", f"/v1/vms/{vm['id']}")["state"] == "running"
+
+
+def test_the_vm_list_follows_a_power_change_made_elsewhere_without_a_reload(browser, tenant_client, portal_a_vm):
+    """The list has no polling: the row's state can only change through the page's event stream."""
+    member = tenant_client("portal-a", "member")
+    vm_id = portal_a_vm["id"]
+    state = f'tr[data-vm="{vm_id}"] .vm-state .state'
+    browser.sign_in(member.token)
+    browser.open("/vms")
+    assert browser.text(state) == "running"
+    assert not browser.exists("[hx-trigger*='every'], [hx-trigger*='delay']"), "the VM list polls"
+    browser.wait_for(lambda: browser.driver.execute_script("return document.body.dataset.stream") == "open", 15,
+                     "the page's event stream to open")
+    browser.mark_page()
+    op_ids: list[str] = []
+    try:
+        op_ids.append(member.call("POST", f"/v1/vms/{vm_id}/stop", json={"force": True})["operation_id"])
+        browser.wait_for(lambda: browser.text(state) == "stopped", 60, "the row to say stopped")
+        member.wait_operation(op_ids[-1], timeout_s=60)
+        op_ids.append(member.call("POST", f"/v1/vms/{vm_id}/start")["operation_id"])
+        browser.wait_for(lambda: browser.text(state) == "running", BOOT_TIMEOUT_S, "the row to say running again")
+        assert browser.same_page(), "the page reloaded: the state should arrive over the event stream"
+    finally:
+        _back_to_running(member, vm_id, op_ids)
+
+
+NO_HOST_HOLDS_MIB = 200_000  # under the API's max_memory_mib (262144), over any lab host's memory
+
+
+def test_a_failed_operation_says_why_in_words(browser, tenant_client, cleanup):
+    """A VM no host can hold passes validation and quota (portal-d has no limits) and its
+    provisioning fails in placement; the operations page gives the scheduler's reason."""
+    member = tenant_client("portal-d", "member")
+    accepted = member.call("POST", "/v1/vms", json={"name": _name("huge"), "vcpus": 1, "disk_gib": 1,
+                                                     "memory_mib": NO_HOST_HOLDS_MIB, "image": "lab-guest"})
+    cleanup.append(accepted["vm"]["id"])  # the failure removes it; deleted here if it did not
+    op = member.wait_operation(accepted["operation_id"], timeout_s=60)
+    assert (op["state"], op["error"]["code"]) == ("failed", "no_valid_host"), op
+    browser.sign_in(member.token)
+    browser.open(f"/operations?vm_id={accepted['vm']['id']}")
+    progress = f'#op-table tr[data-op="{accepted["operation_id"]}"] .progress-cell'
+    # The list may still see it running for a moment: the page then looks again by itself.
+    browser.wait_for(lambda: "no valid host" in browser.text(progress), 30, "the reason in the failed row")
+    assert f"{NO_HOST_HOLDS_MIB} MiB" in browser.text(progress), browser.text(progress)
+    browser.screenshot("operation-failed")
 
 
 def test_signing_out_revokes_the_sessions_token(browser, tenant_client, stack_cfg):

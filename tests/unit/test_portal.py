@@ -1,12 +1,31 @@
 """The portal's pure parts: the create form's request and error placement, progress bars, and the
-session's CSRF and origin checks."""
+session's CSRF and origin checks; and its pages as a browser gets them, over an API that answers
+from canned replies."""
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
+import httpx
+from starlette.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
+
+from services.portal.app import create_portal
 from services.portal.forms import field_errors, vm_request
 from services.portal.progress import bar_percent, progress_of
-from services.portal.session import CookiePolicy, csrf_ok, csrf_token
-from shared.auth import same_origin
+from services.portal.session import CSRF_FIELD, CookiePolicy, csrf_ok, csrf_token
+from shared.auth import SESSION_COOKIE, same_origin
+
+TOKEN = "vmf_member"
+VM_ID = "0f0e0d0c-0b0a-4908-8706-050403020100"
+MEMBER = {"user": "test-member", "tenant": "portal-a", "role": "member"}
+PROVISION_ID = f"vm-{VM_ID}-provision"
+# A provisioning as GET /v1/operations lists it: no error there, only in its own view.
+FAILED_PROVISION = {"id": PROVISION_ID, "kind": "ProvisionVm", "state": "failed", "done": True, "vm_id": VM_ID,
+                    "host_ids": [], "tenant": "portal-a", "summary": "provision web-1", "started_at": None,
+                    "closed_at": None, "temporal_url": None, "cancellable": False}
+NO_ROOM = "place: no valid host for 1 vCPU / 200000 MiB: ram removed h1 (needs 200000 MiB, has 3000 MiB free)"
 
 
 def test_the_form_becomes_the_apis_request_and_keeps_what_is_not_a_number_for_the_api_to_refuse():
@@ -38,6 +57,17 @@ def test_progress_follows_the_planned_steps_and_a_copy_in_progress():
     assert 0 < unknown.percent < 100
 
 
+def test_each_power_action_and_a_maintenances_move_follow_their_own_steps():
+    def percent(kind: str, step: str, *steps_done: str) -> int:
+        return progress_of({"kind": kind, "state": "running", "step": step, "steps_done": list(steps_done)}).percent
+
+    assert (percent("VmPowerAction", "stop"), percent("VmPowerAction", "record", "stop")) == (3, 50)
+    assert percent("VmPowerAction", "wait_booted", "reboot") == 33
+    assert percent("VmPowerAction", "wait_booted", "prepare", "start") == 50
+    assert (percent("LiveMigrate", "begin"), percent("LiveMigrate", "check", "begin")) == (3, 14)
+    assert percent("LiveMigrate", "migrate", "check", "place") == 67  # the API's moves take no "begin"
+
+
 def test_bars_are_clamped_and_unlimited_is_empty():
     assert (bar_percent(5, 10), bar_percent(20, 10), bar_percent(3, None), bar_percent(0, 0)) == (50, 100, 0, 0)
 
@@ -67,3 +97,79 @@ def test_the_portal_bench_prints_each_page_next_to_the_raw_call():
     lines = format_portal_table({"GET /v1/vms (raw API)": [2.0] * 10, "GET /vms (page)": [5.0] * 10})
     assert lines[1].split()[-1] == "1.00" and lines[2].split()[-1] == "2.50"
     assert "5.000" in lines[2]
+
+
+# --- the pages, over canned API answers ----------------------------------------------------------
+
+class CannedApi:
+    """An ASGI app standing in for the API: each (method, path) answers with its canned status and
+    JSON, whatever the query; anything else is a 404. Records what the portal asked."""
+
+    def __init__(self, answers: dict[tuple[str, str], tuple[int, Any]]) -> None:
+        self.answers = {("GET", "/v1/whoami"): (200, MEMBER), **answers}
+        self.asked: list[tuple[str, str]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        key = (scope["method"], scope["path"])
+        self.asked.append(key)
+        status, body = self.answers.get(key, (404, {"error": {"code": "not_found", "message": "not here"}}))
+        await JSONResponse(body, status_code=status)(scope, receive, send)
+
+
+def member_browser(api: CannedApi) -> httpx.AsyncClient:
+    """The portal as a signed-in member's browser reaches it."""
+    portal = create_portal(api, CookiePolicy(max_age_s=3600, secure=False))
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=portal), base_url="http://portal.test",
+                             cookies={SESSION_COOKIE: TOKEN})
+
+
+async def test_a_failed_operation_says_why_in_words_on_the_vm_and_operations_pages():
+    detail = {**FAILED_PROVISION, "step": "failed", "steps_done": ["place", "compensating"],
+              "error": {"code": "no_valid_host", "message": NO_ROOM}}
+    vm = {"id": VM_ID, "name": "web-1", "state": "error", "nics": []}
+    api = CannedApi({("GET", "/v1/operations"): (200, [FAILED_PROVISION]),
+                     ("GET", f"/v1/operations/{PROVISION_ID}"): (200, detail),
+                     ("GET", f"/v1/vms/{VM_ID}"): (200, vm)})
+    async with member_browser(api) as browser:
+        for page in ("/operations", f"/vms/{VM_ID}"):
+            html = (await browser.get(page)).text
+            assert f"failed: {NO_ROOM}" in html, page
+            assert "failed: failed" not in html, page
+
+
+async def test_only_running_and_unsuccessful_operations_cost_a_request_for_their_view():
+    succeeded = {**FAILED_PROVISION, "id": f"vm-{VM_ID}-start-1", "kind": "VmPowerAction", "state": "succeeded"}
+    api = CannedApi({("GET", "/v1/operations"): (200, [succeeded, FAILED_PROVISION])})
+    async with member_browser(api) as browser:
+        assert (await browser.get("/operations")).status_code == 200
+    asked_views = [path for _method, path in api.asked if path.startswith("/v1/operations/")]
+    assert asked_views == [f"/v1/operations/{PROVISION_ID}"]
+
+
+async def test_the_vm_list_changes_only_when_the_event_stream_says_so():
+    """No polling on the list (hx-trigger "every ..." or "load delay:..."): its rows change when
+    an event arrives (static/live.js), however many VMs a tenant has."""
+    api = CannedApi({("GET", "/v1/vms"): (200, [])})
+    async with member_browser(api) as browser:
+        html = (await browser.get("/vms")).text
+    assert re.findall(r'hx-trigger="([^"]*)"', html) == ["vmflow-changed from:body"]
+
+
+async def test_after_a_refusal_the_form_keeps_the_networks_and_everything_else_chosen():
+    networks = [{"id": f"net-{n}", "name": f"front-{n}", "cidr": f"10.6{n}.0.0/24"} for n in (1, 2, 3)]
+    refusal = {"error": {"code": "invalid_request", "message": "name: must be 1-63 letters",
+                         "details": ["name: must be 1-63 letters"]}}
+    api = CannedApi({("GET", "/v1/images"): (200, [{"name": "lab-guest", "min_memory_mib": 96}]),
+                     ("GET", "/v1/networks"): (200, networks),
+                     ("GET", "/v1/placement-groups"): (200, [{"id": "pg-1", "name": "spread", "policy": "anti"}]),
+                     ("POST", "/v1/vms"): (422, refusal)})
+    sent = {CSRF_FIELD: csrf_token(TOKEN), "name": "Not A Name!", "image": "lab-guest", "vcpus": "2",
+            "memory_mib": "256", "disk_gib": "3", "storage": "local", "networks": ["net-1", "net-3"],
+            "placement_group_id": "pg-1", "ha": "on", "user_data": "#cloud-config"}
+    async with member_browser(api) as browser:
+        reply = await browser.post("/vms/new", data=sent)
+    assert reply.status_code == 422 and "must be 1-63 letters" in reply.text
+    assert re.findall(r'<option value="(net-\d)" selected>', reply.text) == ["net-1", "net-3"]
+    for kept in ('value="Not A Name!"', 'value="2"', 'value="256"', 'value="3"', '<option value="local" selected>',
+                 '<option value="pg-1" selected>', 'id="ha" checked', ">#cloud-config</textarea>"):
+        assert kept in reply.text, kept
