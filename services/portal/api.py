@@ -46,6 +46,16 @@ class PortalApi:
 
     async def call(self, method: str, path: str, *, json: Any = None, params: dict | None = None) -> Any:
         """The answer's JSON; raises ApiRefusal with the API's code and reasons."""
+        reply = await self._answer(method, path, json, params)
+        return reply.json() if reply.content else None
+
+    async def get_page(self, path: str, **params: Any) -> tuple[Any, str | None]:
+        """A listing's page and the token of the next one (None: it was the last)."""
+        reply = await self._answer("GET", path, None, params)
+        return reply.json(), reply.headers.get("x-next-page-token")
+
+    async def _answer(self, method: str, path: str, json: Any, params: dict | None) -> httpx.Response:
+        """The answer; raises ApiRefusal with the API's code and reasons."""
         params = {k: v for k, v in (params or {}).items() if v not in (None, "")}
         reply = await self._client.request(method, path, json=json, params=params)
         if reply.status_code >= 400:
@@ -56,7 +66,7 @@ class PortalApi:
             message = error.get("message", "")
             problems = error.get("details") or [part.strip() for part in message.split(";") if part.strip()]
             raise ApiRefusal(reply.status_code, error.get("code", "error"), message, problems)
-        return reply.json() if reply.content else None
+        return reply
 
     async def get(self, path: str, **params: Any) -> Any:
         return await self.call("GET", path, params=params)

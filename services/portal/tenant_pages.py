@@ -15,6 +15,7 @@ from services.portal.web import Refused, Session, back_to, checked_form, open_se
 router = APIRouter()
 POWER_ACTIONS = ("start", "stop", "reboot")
 VM_LIVE_OPERATIONS = 10  # a VM page shows its latest operations
+OPERATIONS_PAGE = 50  # the operations page lists this many, then links the older ones
 
 
 @router.get("/")
@@ -180,19 +181,21 @@ async def quota(request: Request, tenant: str = ""):
 
 @router.get("/operations", response_class=HTMLResponse)
 async def operation_list(request: Request, live: bool = False, vm_id: str = "", host_id: str = "",
-                         kind: str = "", state: str = ""):
+                         kind: str = "", state: str = "", page: str = ""):
+    """``page``: the token of an older page the API gave (``older →``)."""
     session = await open_session(request)
     filters = {"vm_id": vm_id, "host_id": host_id, "kind": kind, "state": state}
     async with session.api as api:
         try:
-            ops, problem = await api.get("/v1/operations", limit=100, **filters), ""
+            ops, older = await api.get_page("/v1/operations", limit=OPERATIONS_PAGE, page_token=page, **filters)
+            problem = ""
         except ApiRefusal as exc:
             if exc.status not in (400, 422):
                 raise
-            ops, problem = [], exc.message
+            ops, older, problem = [], None, exc.message
         ops = await session.with_progress(ops)
     return session.render("operations.html", block="live" if live else None, ops=ops, filters=filters,
-                          problem=problem)
+                          problem=problem, page=page, older=older)
 
 
 @router.post("/operations/{op_id}/cancel")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import parse_qs
 
 import httpx
 from starlette.responses import JSONResponse
@@ -173,3 +174,61 @@ async def test_after_a_refusal_the_form_keeps_the_networks_and_everything_else_c
     for kept in ('value="Not A Name!"', 'value="2"', 'value="256"', 'value="3"', '<option value="local" selected>',
                  '<option value="pg-1" selected>', 'id="ha" checked', ">#cloud-config</textarea>"):
         assert kept in reply.text, kept
+
+
+class PagedOperations(CannedApi):
+    """Two pages of operations: the first names the second with X-Next-Page-Token."""
+
+    def __init__(self, first: list[dict], second: list[dict]) -> None:
+        super().__init__({})
+        self.pages = {"": (first, {"X-Next-Page-Token": "page-2"}), "page-2": (second, {})}
+        self.tokens: list[str] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] != "/v1/operations":
+            return await super().__call__(scope, receive, send)
+        token = parse_qs(scope["query_string"].decode()).get("page_token", [""])[0]
+        self.tokens.append(token)
+        body, headers = self.pages[token]
+        await JSONResponse(body, headers=headers)(scope, receive, send)
+
+
+async def test_the_operations_page_links_the_older_ones_page_by_page():
+    newer = {**FAILED_PROVISION, "id": f"vm-{VM_ID}-start-2", "kind": "VmPowerAction", "state": "succeeded"}
+    older = {**FAILED_PROVISION, "id": f"vm-{VM_ID}-start-1", "kind": "VmPowerAction", "state": "succeeded"}
+    api = PagedOperations([newer], [older])
+    async with member_browser(api) as browser:
+        first = (await browser.get("/operations", params={"kind": "VmPowerAction"})).text
+        assert newer["id"] in first and older["id"] not in first
+        link = re.search(r'id="older" href="([^"]+)"', first).group(1).replace("&amp;", "&")
+        assert parse_qs(link.split("?", 1)[1]) == {"kind": ["VmPowerAction"], "page": ["page-2"]}
+        second = (await browser.get(link)).text
+    assert older["id"] in second and newer["id"] not in second
+    assert 'id="older"' not in second and "← newest" in second
+    assert api.tokens == ["", "page-2"]
+
+
+def _host(host_id: str, state: str) -> dict:
+    use = {"vcpus": 1, "memory_mib": 512, "disk_gib": 10}
+    return {"id": host_id, "state": state, "cluster": "lab", "labels": [], "used": use, "capacity": use,
+            "last_heartbeat_age_s": 1.0, "operation_id": None, "state_reason": None, "disabled_reason": None}
+
+
+async def test_each_host_is_offered_the_actions_its_state_allows():
+    admin = {"user": "root", "tenant": "ops", "role": "admin"}
+    states = ("up", "disabled", "maintenance", "maintenance_failed", "fence_failed", "fenced")
+    api = CannedApi({("GET", "/v1/whoami"): (200, admin), ("GET", "/v1/vms"): (200, []),
+                     ("GET", "/v1/hosts"): (200, [_host(f"h-{state}", state) for state in states])})
+    async with member_browser(api) as browser:
+        html = (await browser.get("/hosts")).text
+    rows = dict(re.findall(r'<tr data-host="h-([a-z_]+)".*?<td class="actions">(.*?)</td></tr>', html, re.S))
+    offered = {state: sorted(re.findall(r'data-action="([a-z ]+)"', rows[state])) for state in states}
+    assert offered == {
+        "up": ["disable", "maintenance"],
+        "disabled": ["enable", "maintenance"],
+        "maintenance": ["activate"],
+        "maintenance_failed": ["activate", "maintenance"],
+        "fence_failed": ["confirm fenced"],
+        "fenced": ["enable"],  # once it is back (the API says so if not yet)
+    }
+    assert 'name="reason"' in rows["up"]  # a host is disabled with the operator's reason

@@ -9,6 +9,8 @@ import asyncio
 import uuid
 from dataclasses import dataclass
 
+import pytest
+from fastapi import Response
 from temporalio.client import Client
 
 from services.api.db import Inventory, make_engine, migrate
@@ -16,6 +18,7 @@ from services.api.models import Vm
 from services.api.routes.operations import list_operations
 from services.api.settings import ApiSettings
 from shared.auth import Principal, Role
+from shared.errors import InvalidRequest
 from shared.names import operation_memo
 from shared.operation_tags import operation_summary, tagged
 
@@ -37,8 +40,9 @@ async def listed(p: ListingPlatform, who: Principal, count: int, **filters) -> l
     items: list = []
     deadline = asyncio.get_running_loop().time() + VISIBLE_WITHIN_S
     while asyncio.get_running_loop().time() < deadline:
-        items = await list_operations(**{"vm_id": None, "host_id": None, "tenant": None, "kind": None,
-                                         "state": None, "limit": 50, **filters}, p=p, who=who)
+        items = await list_operations(Response(), **{"vm_id": None, "host_id": None, "tenant": None, "kind": None,
+                                                     "state": None, "limit": 50, "page_token": None, **filters},
+                                      p=p, who=who)
         if len(items) >= count:
             break
         await asyncio.sleep(0.2)
@@ -100,4 +104,20 @@ async def test_operations_are_listed_by_what_they_touched(env, tmp_path):
     member = Principal("m", "member", tenant, Role.MEMBER)
     running = {op["id"]: op["cancellable"] for op in await listed(p, member, 2, vm_id=web.id, state="running")}
     assert running == {stop_id: True, migrate_id: False}
+
+    # Page by page: every one of the host's operations once, the last page naming no next one.
+    pages, token = [], None
+    while True:
+        answer = Response()
+        page = await list_operations(answer, host_id=host, tenant=None, vm_id=None, kind=None, state=None,
+                                     limit=2, page_token=token, p=p, who=admin)
+        pages.append([op.id for op in page])
+        token = answer.headers.get("x-next-page-token")
+        if token is None:
+            break
+    ids = sum(pages, [])
+    assert len(pages[0]) == 2 and len(ids) == len(set(ids)) == 4
+    with pytest.raises(InvalidRequest):
+        await list_operations(Response(), host_id=host, tenant=None, vm_id=None, kind=None, state=None, limit=2,
+                              page_token="not%base64", p=p, who=admin)
     engine.dispose()

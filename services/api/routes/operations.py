@@ -12,11 +12,13 @@ filters work in the Temporal UI, e.g. ``VmflowHostIds = 'h2'``."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import re
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel
 from temporalio.client import (
     WorkflowExecution,
@@ -37,7 +39,13 @@ from services.api.operation_listing import (
 from services.api.platform import Platform, get_platform
 from services.api.policy import principal
 from shared.auth import Principal, Role
-from shared.errors import Conflict, Forbidden, NotFound, ServiceUnavailable
+from shared.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    ServiceUnavailable,
+)
 from shared.models import OperationProgress
 from shared.names import (
     OPERATION_BY_ADMIN_MEMO,
@@ -154,24 +162,42 @@ def _temporal_url(p: Platform, op_id: str, who: Principal) -> str | None:
 
 
 @router.get("", response_model=list[OperationListed])
-async def list_operations(vm_id: str | None = None, host_id: str | None = None, tenant: str | None = None,
-                          kind: str | None = None, state: str | None = None,
-                          limit: int = Query(50, ge=1, le=200), p: Platform = Depends(get_platform),
-                          who: Principal = Depends(principal)):
-    """Operations, newest first, filtered by ``vm_id``, ``host_id`` (any host it touched),
-    ``tenant`` (admins; anyone else sees its own tenant's only), ``kind`` (the workflow type)
-    and ``state``: the ``limit`` running or most recently finished. 422 for a malformed filter."""
+async def list_operations(response: Response, vm_id: str | None = None, host_id: str | None = None,
+                          tenant: str | None = None, kind: str | None = None, state: str | None = None,
+                          limit: int = Query(50, ge=1, le=200),
+                          page_token: str | None = Query(None, max_length=2000, description=(
+                              "the X-Next-Page-Token of the previous page: the next older ones")),
+                          p: Platform = Depends(get_platform), who: Principal = Depends(principal)):
+    """Operations, running or most recently finished first, filtered by ``vm_id``, ``host_id``
+    (any host it touched), ``tenant`` (admins; anyone else sees its own tenant's only), ``kind``
+    (the workflow type) and ``state``, ``limit`` at a time: ``X-Next-Page-Token`` names the next
+    page when there is one. 422 for a malformed filter or page token."""
     query = visibility_query(OperationFilter(vm_id, host_id, tenant, kind, state), who.visible_tenant)
     if query is None:
         return []
+    listing = p.temporal.list_workflows(query or None, page_size=limit, next_page_token=_page_token(page_token))
     try:
-        found = [ex async for ex in p.temporal.list_workflows(query or None, limit=limit, page_size=limit)]
+        await listing.fetch_next_page()
     except RPCError as exc:
+        if exc.status is RPCStatusCode.INVALID_ARGUMENT and page_token:
+            raise InvalidRequest("page_token: not a page of this listing") from exc
         raise ServiceUnavailable(f"could not list the operations: {exc.message}") from exc
+    found = list(listing.current_page or ())
+    if listing.next_page_token:
+        response.headers["X-Next-Page-Token"] = base64.urlsafe_b64encode(listing.next_page_token).decode()
     if not who.is_admin:  # the same rule as for one operation
         found = [ex for ex in found if await _owner(p, ex.id, ex) == who.tenant]
     found.sort(key=lambda ex: ex.start_time, reverse=True)
     return [await _listed(p, ex, who) for ex in found]
+
+
+def _page_token(token: str | None) -> bytes | None:
+    if not token:
+        return None
+    try:
+        return base64.urlsafe_b64decode(token.encode())
+    except (ValueError, binascii.Error):
+        raise InvalidRequest("page_token: not a page of this listing") from None
 
 
 async def _may_cancel(who: Principal, execution) -> bool:
