@@ -107,8 +107,10 @@ def test_member_creates_a_vm_watches_it_run_and_types_into_its_console(browser, 
     def running_yet() -> bool:
         """Notes the provisioning bar's value on each look: the page re-renders on each event, and
         every 2 s while an operation runs, so a provisioning of several seconds shows steps."""
-        percents_seen.update(int(bar.get_attribute("aria-valuenow"))
-                             for bar in browser.find_all("#vm-operations .progress"))
+        percents = {int(bar.get_attribute("aria-valuenow")) for bar in browser.find_all("#vm-operations .progress")}
+        if not any(0 < p < 100 for p in percents_seen) and any(0 < p < 100 for p in percents):
+            browser.screenshot("vm-provisioning")  # the README's picture of an operation under way
+        percents_seen.update(percents)
         return browser.find("#vm-state").get_attribute("data-state") == "running"
 
     browser.wait_for(running_yet, BOOT_TIMEOUT_S, "the VM to show as running")
@@ -130,6 +132,7 @@ def test_member_creates_a_vm_watches_it_run_and_types_into_its_console(browser, 
     browser.find(".xterm-helper-textarea").send_keys("echo portal-$((6*7))\n")
     browser.wait_for(lambda: "portal-42" in browser.text("#console .xterm-rows"), 60,
                      "the guest's answer in the console")
+    browser.driver.execute_script("document.getElementById('console').scrollIntoView({block: 'center'})")
     browser.screenshot("vm-page-console")
 
 
@@ -289,6 +292,7 @@ def test_an_admin_puts_a_host_into_maintenance_and_watches_its_vms_leave(browser
     try:
         browser.wait_for(lambda: browser.find(f'tr[data-host="{host}"]').get_attribute("data-state") == "maintenance",
                          BOOT_TIMEOUT_S, f"{host} in maintenance")
+        browser.screenshot("hosts-maintenance")
         browser.mark_page()
         browser.wait_for(lambda: not browser.exists(f'tr[data-host="{host}"] a[data-vm="{vm["id"]}"]'), 60,
                          f"the VM to leave {host} on the page")
