@@ -10,7 +10,8 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from shared.guest import VmSetup
-from shared.models import RootDisk, VmSummary
+from shared.models import Placement, PlacementRequest, RootDisk, VmSummary
+from shared.storage_models import PoolKind
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,19 @@ class MigrateInput:
     setup: VmSetup | None = None
     # Where its root volume is, as the caller read it then; None: the workflow asks storage.
     root: RootDisk | None = None
+    # The target the caller placed it on (its claim held there) once it had claimed the VM;
+    # None: the workflow places it.
+    placement: Placement | None = None
+
+
+def migration_placement(vm: VmSummary, target_host_id: str | None) -> PlacementRequest:
+    """Where a move may go: room for the VM (its disk too when it moves along, from the source's
+    own pool), its labels and group, never its source; ``target_host_id``: only there."""
+    return PlacementRequest(
+        vm.vm_id, vm.vcpus, vm.memory_mib, vm.disk_gib if vm.storage is PoolKind.LOCAL else 0,
+        required_labels=vm.required_labels, group=vm.group, exclude_hosts=(vm.host_id or "",),
+        only_host=target_host_id,
+    )
 
 
 @dataclass(frozen=True)

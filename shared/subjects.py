@@ -9,6 +9,8 @@ SCHEDULER_SERVICE = "vmflow-scheduler"
 SCHEDULER_PREFIX = "vmflow.scheduler"
 STORAGE_SERVICE = "vmflow-storage"
 STORAGE_PREFIX = "vmflow.storage"
+INVENTORY_SERVICE = "vmflow-inventory"  # the API's: records an operation's end without a task queue
+INVENTORY_PREFIX = "vmflow.inventory"
 
 
 def _token(value: str) -> str:

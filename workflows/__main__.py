@@ -6,6 +6,7 @@ import asyncio
 
 import structlog
 
+from services.api.inventory_client import InventoryClient, InventoryRecordActivity
 from services.scheduler.client import SchedulerActivities, SchedulerClient
 from shared.logging import configure_logging
 from shared.messaging import connect
@@ -22,7 +23,7 @@ async def main(settings: OrchestratorSettings) -> None:
     nc = await connect(settings, "vmflow-orchestrator")
     client = await connect_temporal(settings, starts_workflows=True)  # its workflows tag children and hosts
     worker = orchestrator_worker(client, SchedulerActivities(SchedulerClient(nc)),
-                                  sandboxed=settings.workflow_sandbox)
+                                  InventoryRecordActivity(InventoryClient(nc)), sandboxed=settings.workflow_sandbox)
     log.info("orchestrator ready", temporal=settings.temporal_address)
     await serve(worker, nc)
 

@@ -19,27 +19,37 @@ from temporalio.exceptions import ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from shared.guest import VmRelease, VmSetup
-    from shared.migration import DiskMove, MigrateInput, MigrateRequest, whereabouts
+    from shared.migration import (
+        DiskMove,
+        MigrateInput,
+        MigrateRequest,
+        migration_placement,
+        whereabouts,
+    )
     from shared.models import (
         BeginOperation,
         BootWaitRequest,
         DomainStatus,
         OperationProgress,
         Placement,
-        PlacementRequest,
         RootCopy,
         RootDisk,
         RootDiskRef,
         VmRecordUpdate,
         VmState,
     )
-    from shared.storage_models import PoolKind, local_pool_name
+    from shared.storage_models import local_pool_name
 
 from workflows import network_steps, steps
 from workflows.progress import ProgressTracker
 from workflows.saga import all_settled
 
 PREPARE_WITH_CHECKS_PATCH = "vmflow-migrate-prepare-with-checks"
+RECORD_NOW_PATCH = "vmflow-migrate-record-now"
+
+
+async def _placed(placement: Placement) -> Placement:
+    return placement
 
 
 @workflow.defn(name="LiveMigrate")
@@ -68,11 +78,7 @@ class LiveMigrate:
                 self._progress.advance("begin")
                 await steps.begin_operation(BeginOperation(vm.vm_id, op_id, (settled,), VmState.MIGRATING))
             self._progress.advance("check")
-            place = functools.partial(steps.place, PlacementRequest(
-                vm.vm_id, vm.vcpus, vm.memory_mib, vm.disk_gib if vm.storage is PoolKind.LOCAL else 0,
-                required_labels=vm.required_labels,
-                group=vm.group, exclude_hosts=(source,), only_host=self._target,
-            ))
+            place = functools.partial(steps.place, migration_placement(vm, self._target))
             root, placement = await self._check_and_choose(inp, source, live, place)
             target = placement.host_id
             moves: tuple[DiskMove, ...] = ()
@@ -128,6 +134,9 @@ class LiveMigrate:
             # The API read the disks and networks with the request, and the source's worker
             # refuses a VM in the wrong state as the move starts: no round trip to check.
             self._check_disks(inp.root, source)
+            if inp.placement is not None:  # placed by the caller too: its claim is held there
+                self._target = inp.placement.host_id
+                place = functools.partial(_placed, inp.placement)
             return inp.root, await self._place_and_prepare(vm_id, inp.setup, place)
         checks = [steps.domain_status(source, BootWaitRequest(vm_id, 0)), steps.locate_root(vm_id)]
         if workflow.patched(PREPARE_WITH_CHECKS_PATCH):
@@ -186,7 +195,10 @@ class LiveMigrate:
     async def _record_move(self, vm_id: str, op_id: str, settled: VmState, source: str, target: str,
                            source_released: bool = False) -> None:
         self._progress.advance("record")
-        work = [steps.update_record(VmRecordUpdate(vm_id, op_id, "succeeded", state=settled, host_id=target))]
+        update = VmRecordUpdate(vm_id, op_id, "succeeded", state=settled, host_id=target)
+        # patched: a run that an older worker recorded through the task queue replays so.
+        record = steps.record_now if workflow.patched(RECORD_NOW_PATCH) else steps.update_record
+        work = [record(update)]
         if not source_released:  # the source's worker released it as the VM left, or is asked now
             work.append(self._release(source, vm_id))
         if self._disk_pools:  # the copy left on the source goes meanwhile

@@ -158,6 +158,29 @@ async def update_record(update: VmRecordUpdate) -> None:
     await run_activity(INVENTORY_QUEUE, "inventory.update_vm", update)
 
 
+# The fast path's few quick tries: an API that does not answer at once is waited for on the
+# inventory's task queue instead, where the record waits as long as the API is away.
+_RECORD_NOW_FINAL = ("not_found", "invalid_request")
+_RECORD_NOW_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=100), maximum_attempts=3,
+                                non_retryable_error_types=list(_RECORD_NOW_FINAL))
+
+
+async def record_now(update: VmRecordUpdate) -> None:
+    """The record, asked of the API over NATS by the orchestrator itself (a local activity),
+    within the workflow task: for the step that ends an operation a client waits on, no task
+    queued for the API's worker to pick up. An API that does not answer gets the same record
+    through its task queue; an answer of its own (the VM is gone) is final."""
+    try:
+        await workflow.execute_local_activity(
+            "inventory.record_vm", update, start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=_RECORD_NOW_RETRY)
+    except (ActivityError, ApplicationError) as exc:  # a local activity's failure may come bare
+        code, _ = failure_message(exc)
+        if code in _RECORD_NOW_FINAL:
+            raise
+        await update_record(update)
+
+
 async def forget_record(ref: VmRef) -> None:
     await run_activity(INVENTORY_QUEUE, "inventory.forget_vm", ref)
 

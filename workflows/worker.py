@@ -1,5 +1,5 @@
 """The orchestrator worker: runs every workflow, plus the thin activities that reach the
-scheduler over NATS (workflow code itself never does I/O)."""
+scheduler and the inventory over NATS (workflow code itself never does I/O)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from temporalio.worker.workflow_sandbox import (
     SandboxRestrictions,
 )
 
+from services.api.inventory_client import InventoryRecordActivity
 from services.scheduler.client import SchedulerActivities
 from shared.names import ORCHESTRATOR_QUEUE
 from shared.temporal import ActivityContext
@@ -40,12 +41,13 @@ def workflow_runner(sandboxed: bool) -> WorkflowRunner:
         restrictions=SandboxRestrictions.default.with_passthrough_modules("shared", "services"))
 
 
-def orchestrator_worker(client: Client, scheduler: SchedulerActivities, *, sandboxed: bool) -> Worker:
+def orchestrator_worker(client: Client, scheduler: SchedulerActivities, inventory: InventoryRecordActivity, *,
+                        sandboxed: bool) -> Worker:
     return Worker(
         client,
         task_queue=ORCHESTRATOR_QUEUE,
         workflows=WORKFLOWS,
         workflow_runner=workflow_runner(sandboxed),
-        activities=[scheduler.place, scheduler.release, scheduler.set_host_admin],
+        activities=[scheduler.place, scheduler.release, scheduler.set_host_admin, inventory.record_vm],
         interceptors=[ActivityContext(), OperationMetrics(), FinalProgress()],
     )

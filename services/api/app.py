@@ -18,6 +18,7 @@ from services.api.errors import install_error_handlers
 from services.api.event_fanout import EventFanout
 from services.api.identity_store import IdentityStore
 from services.api.inventory_activities import InventoryActivities
+from services.api.inventory_service import inventory_service
 from services.api.network_activities import NetworkActivities
 from services.api.network_store import NetworkStore
 from services.api.platform import Platform
@@ -84,9 +85,8 @@ async def _open_platform(settings: ApiSettings) -> tuple[Platform, Engine]:
     return platform, engine
 
 
-def _inventory_worker(p: Platform) -> Worker:
+def _inventory_worker(p: Platform, activities: InventoryActivities) -> Worker:
     """The worker of the activities through which workflows change the inventory."""
-    activities = InventoryActivities(p.inventory, p.events, p.ledger)
     network_activities = NetworkActivities(p.network_store, p.inventory, p.scheduler)
     return Worker(
         p.temporal,
@@ -102,8 +102,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
     async def lifespan(app: FastAPI):
         p, engine = await _open_platform(settings)
         app.state.platform = p
-        worker = _inventory_worker(p)
+        activities = InventoryActivities(p.inventory, p.events, p.ledger)
+        worker = _inventory_worker(p, activities)
         run = asyncio.create_task(worker.run())
+        records = await inventory_service(p.nats, activities)
         follower = RealityFollower(p.inventory, p.events, p.temporal, settings.boot_timeout_s)
         js = p.nats.jetstream()
         followers = [
@@ -117,6 +119,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             for task in followers:
                 task.cancel()
             await asyncio.gather(*followers, return_exceptions=True)
+            await records.stop()
             await worker.shutdown()
             run.cancel()
             try:

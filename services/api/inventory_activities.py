@@ -37,8 +37,12 @@ class InventoryActivities:
 
     @activity.defn(name="inventory.update_vm")
     async def update_vm(self, update: VmRecordUpdate) -> None:
+        await self.record(update)
+
+    async def record(self, update: VmRecordUpdate) -> None:
         """Idempotent. Raises NotFound when the VM has no row any more: the workflow holding it
-        must not carry on (and leave a domain or a disk no row owns)."""
+        must not carry on (and leave a domain or a disk no row owns). Also served over NATS
+        (``services.api.inventory_service``)."""
         fields: dict[str, object] = {"last_operation_id": update.op_id}
         if update.state is not None:
             fields["state"] = update.state

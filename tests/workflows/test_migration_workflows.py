@@ -71,7 +71,10 @@ class Fleet:
         self.slow_s = slow_s
         self.calls: list[str] = []
         self.records: list[VmRecordUpdate] = []
+        self.recorded_now: list[VmRecordUpdate] = []  # records the orchestrator made over NATS
+        self.api_answers_now = True  # the API answers the orchestrator's record over NATS
         self.admin: list[HostAdmin] = []
+        self.placed: list[str] = []  # VMs the workflow placed itself
 
     def host_activities(self, host_id: str):
         @activity.defn(name="host.domain_status")
@@ -141,6 +144,7 @@ class Fleet:
     def control_activities(self):
         @activity.defn(name="scheduler.place")
         async def place(req: PlacementRequest) -> Placement:
+            self.placed.append(req.vm_id)
             target = req.only_host or next(h for h in HOSTS if h not in req.exclude_hosts)
             return Placement(req.vm_id, target, "qemu", f"qemu+tcp://{target}/system")
 
@@ -153,7 +157,14 @@ class Fleet:
             self.admin.append(admin)
             return HostView(admin.host_id, "disabled", "qemu", 1, 1, 1, 0, 0, 0, 0, 0.0, 0.0)
 
-        return [place, release, set_admin]
+        @activity.defn(name="inventory.record_vm")
+        async def record_now(update: VmRecordUpdate) -> None:
+            if not self.api_answers_now:
+                raise ApplicationError("no service answers on vmflow.inventory.update_vm", type="service_unavailable")
+            self.recorded_now.append(update)
+            self.records.append(update)
+
+        return [place, release, set_admin, record_now]
 
     def inventory_activities(self, vms: list[VmSummary]):
         @activity.defn(name="inventory.begin_operation")
@@ -205,6 +216,17 @@ async def test_live_migration_records_the_new_host(env):
     assert await run(env, fleet, [web], LiveMigrate.run, MigrateInput(web), f"vm-{web.vm_id}-migrate-1") == "h2"
     assert fleet.where[web.vm_id] == "h2"
     assert (fleet.records[-1].host_id, fleet.records[-1].state, fleet.records[-1].step) == ("h2", VmState.RUNNING, "succeeded")
+
+
+async def test_the_moves_record_goes_over_nats_or_else_through_the_task_queue(env):
+    web, db = vm("web"), vm("db")
+    fleet = Fleet({web.vm_id: "h1", db.vm_id: "h1"})
+    assert await run(env, fleet, [web], LiveMigrate.run, MigrateInput(web), f"vm-{web.vm_id}-migrate-13") == "h2"
+    assert [(r.vm_id, r.step) for r in fleet.recorded_now] == [(web.vm_id, "succeeded")]
+    fleet.api_answers_now = False  # no API replica answers over NATS: the record waits on its queue
+    assert await run(env, fleet, [db], LiveMigrate.run, MigrateInput(db), f"vm-{db.vm_id}-migrate-14") == "h2"
+    assert [r.vm_id for r in fleet.recorded_now] == [web.vm_id]
+    assert (fleet.records[-1].vm_id, fleet.records[-1].host_id, fleet.records[-1].step) == (db.vm_id, "h2", "succeeded")
 
 
 async def test_failed_migration_leaves_the_vm_recorded_on_its_source(env):
@@ -271,6 +293,22 @@ async def test_what_the_request_read_is_not_asked_again(env):
     assert await run(env, fleet, [web], LiveMigrate.run, inp, f"vm-{web.vm_id}-migrate-12") == "h2"
     assert fleet.calls == [f"begin {web.vm_id[:4]}", f"migrate {web.vm_id[:4]} h1->h2"]  # the source checks
     assert fleet.where[web.vm_id] == "h2" and fleet.records[-1].step == "succeeded"
+
+
+async def test_a_target_the_request_placed_is_where_the_vm_goes(env):
+    web = vm("web")
+    fleet = Fleet({web.vm_id: "h1"})
+    placed = Placement(web.vm_id, "h2", "qemu", "qemu+tcp://h2/system")  # its claim held by the API
+    inp = MigrateInput(web, setup=VmSetup(web.vm_id), root=RootDisk(web.vm_id, "shared", "/shared/web.qcow2", None),
+                       placement=placed)
+    assert await run(env, fleet, [web], LiveMigrate.run, inp, f"vm-{web.vm_id}-migrate-15") == "h2"
+    assert fleet.placed == [] and fleet.where[web.vm_id] == "h2"
+    fleet.refuse = {web.vm_id}  # a move that fails gives the claim back where it was placed
+    with pytest.raises(WorkflowFailureError):
+        await run(env, fleet, [web], LiveMigrate.run, replace(inp, vm=replace(web, host_id="h2"),
+                                                                placement=replace(placed, host_id="h1")),
+                  f"vm-{web.vm_id}-migrate-16")
+    assert fleet.placed == [] and f"release {web.vm_id[:4]}" in fleet.calls
 
 
 async def test_a_disk_the_request_found_on_another_host_refuses_the_move(env):

@@ -243,11 +243,15 @@ async def _progress(handle: WorkflowHandle, desc: WorkflowExecutionDescription) 
         return None
 
 
-async def _wait_done(handle: WorkflowHandle, wait_s: float) -> None:
+_NOT_YET = object()
+
+
+async def _wait_done(handle: WorkflowHandle, wait_s: float) -> Any:
+    """The operation's result once it succeeded within ``wait_s``; ``_NOT_YET`` otherwise."""
     try:
-        await asyncio.wait_for(handle.result(), wait_s)
+        return await asyncio.wait_for(handle.result(), wait_s)
     except Exception:  # still running after wait_s, or ended in failure: the view says which
-        pass
+        return _NOT_YET
 
 
 @router.post("/{op_id}/cancel", status_code=202, response_model=Operation)
@@ -269,15 +273,15 @@ async def get_operation(op_id: str, p: Platform = Depends(get_platform), who: Pr
                             "answer as soon as the operation is done, or after this long: "
                             "a client that waits asks once instead of polling"))):
     handle, desc = await _describe(p, op_id, who)
+    result, error = _NOT_YET, None
     if wait_s and desc.status == WorkflowExecutionStatus.RUNNING:
-        await _wait_done(handle, wait_s)  # Temporal's long poll on the history: no worker is asked
+        result = await _wait_done(handle, wait_s)  # Temporal's long poll on the history: no worker is asked
         desc = await handle.describe()
     state = _state(desc.status)
     progress = await _progress(handle, desc)
-    result, error = None, None
-    if desc.status == WorkflowExecutionStatus.COMPLETED:
-        result = await handle.result()
-    elif desc.status == WorkflowExecutionStatus.CANCELED:
+    if result is _NOT_YET:  # the wait's own answer saves reading the history again
+        result = await handle.result() if desc.status == WorkflowExecutionStatus.COMPLETED else None
+    if desc.status == WorkflowExecutionStatus.CANCELED:
         error = OperationError(code="cancelled", message="cancelled by request")
     elif desc.status == WorkflowExecutionStatus.FAILED:
         try:

@@ -34,11 +34,14 @@ from shared.errors import (
     ServiceUnavailable,
     VmflowError,
 )
-from shared.migration import ConvergencePolicy, MigrateInput
+from shared.guest import VmSetup
+from shared.migration import ConvergencePolicy, MigrateInput, migration_placement
 from shared.models import (
     DeleteInput,
     GroupRule,
     Image,
+    Placement,
+    PlacementRequest,
     PowerAction,
     PowerInput,
     ProvisionInput,
@@ -288,6 +291,33 @@ async def _root_disk(p: Platform, vm_id: str) -> RootDisk | None:
         return None
 
 
+async def _setup(p: Platform, vm_id: str) -> VmSetup | None:
+    """The VM's NICs, networks and seed as the target host needs them; else the workflow reads them."""
+    try:
+        return await asyncio.to_thread(vm_setup, p.inventory, p.network_store, vm_id)
+    except Exception as exc:
+        log.info("networks not read with the request", vm_id=vm_id, error=str(exc))
+        return None
+
+
+async def _placement(p: Platform, req: PlacementRequest) -> Placement | None:
+    """The move's target, its claim held there; None: the workflow places it, and says why
+    there is no room when there is none."""
+    try:
+        return await p.scheduler.place(req)
+    except VmflowError as exc:
+        log.info("target not placed with the request", vm_id=req.vm_id, error=exc.message)
+        return None
+
+
+async def _release_quietly(p: Platform, vm_id: str, host_id: str) -> None:
+    """Give back a claim no workflow will use; one left behind expires on its own."""
+    try:
+        await p.scheduler.release(vm_id, host_id)
+    except VmflowError as exc:
+        log.warning("claim left to expire", vm_id=vm_id, host_id=host_id, error=exc.message)
+
+
 @router.post("/{vm_id}/migrate", status_code=202, response_model=OperationAccepted)
 async def migrate_vm(vm_id: str, response: Response,
                      options: MigrateOptions = Body(default_factory=MigrateOptions),
@@ -307,18 +337,27 @@ async def migrate_vm(vm_id: str, response: Response,
     movable = (VmState.RUNNING, VmState.STOPPED)
     if not await asyncio.to_thread(p.inventory.begin_operation, vm.id, op_id, movable, VmState.MIGRATING):
         raise Conflict(f"cannot migrate VM '{vm.name}' while it is {vm.state.value} (needs: running or stopped)")
+    # Once the VM is claimed (nothing else changes it now), what the workflow needs is read, and
+    # its target placed, at once: the workflow then starts with the move itself.
+    setup, root, placement = await asyncio.gather(
+        _setup(p, vm.id), _root_disk(p, vm.id), _placement(p, migration_placement(before, options.target_host_id)))
     policy = ConvergencePolicy(completion_timeout_s=options.completion_timeout_s, post_copy=options.post_copy,
                                bandwidth_mib_s=options.bandwidth_mib_s)
-    try:
-        setup, root = await asyncio.gather(asyncio.to_thread(vm_setup, p.inventory, p.network_store, vm.id),
-                                           _root_disk(p, vm.id))
-        await p.temporal.start_workflow(
-            "LiveMigrate", MigrateInput(before, options.target_host_id, policy, claimed=True, setup=setup, root=root),
-            id=op_id, task_queue=ORCHESTRATOR_QUEUE,
-            **_vm_tags("LiveMigrate", "live-migrate", vm, who, move_route(vm.host_id, options.target_host_id),
-                       options.target_host_id),
-        )
-    except Exception as exc:
+    start = p.temporal.start_workflow(
+        "LiveMigrate", MigrateInput(before, options.target_host_id, policy, claimed=True, setup=setup, root=root,
+                                    placement=placement),
+        id=op_id, task_queue=ORCHESTRATOR_QUEUE,
+        **_vm_tags("LiveMigrate", "live-migrate", vm, who, move_route(vm.host_id, options.target_host_id),
+                   options.target_host_id),
+    )
+    # The answer's view of the VM (claimed: migrating) is read as the workflow starts.
+    started, claimed_vm = await asyncio.gather(start, asyncio.to_thread(p.inventory.get, vm.id),
+                                               return_exceptions=True)
+    if isinstance(started, BaseException):
+        if placement is not None:
+            await _release_quietly(p, vm.id, placement.host_id)
         await asyncio.to_thread(p.inventory.update, vm.id, state=vm.state)
-        raise ServiceUnavailable(f"could not start the migration: {exc}") from exc
-    return await _accepted(p, response, op_id, await asyncio.to_thread(p.inventory.get, vm.id))
+        raise ServiceUnavailable(f"could not start the migration: {started}") from started
+    if isinstance(claimed_vm, BaseException):
+        raise claimed_vm
+    return await _accepted(p, response, op_id, claimed_vm)
