@@ -352,6 +352,7 @@ class VmRecordUpdate:
     state: VmState | None = None
     host_id: str | None = None
     error: str | None = None
+    from_host_id: str | None = None  # where a move left from, when the caller knows (else read first)
 
 
 @dataclass(frozen=True)

@@ -195,7 +195,7 @@ class LiveMigrate:
     async def _record_move(self, vm_id: str, op_id: str, settled: VmState, source: str, target: str,
                            source_released: bool = False) -> None:
         self._progress.advance("record")
-        update = VmRecordUpdate(vm_id, op_id, "succeeded", state=settled, host_id=target)
+        update = VmRecordUpdate(vm_id, op_id, "succeeded", state=settled, host_id=target, from_host_id=source)
         # patched: a run that an older worker recorded through the task queue replays so.
         record = steps.record_now if workflow.patched(RECORD_NOW_PATCH) else steps.update_record
         work = [record(update)]

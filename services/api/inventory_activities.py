@@ -47,23 +47,26 @@ class InventoryActivities:
         if update.state is not None:
             fields["state"] = update.state
             fields["error"] = update.error
-        moved_from = None
+        moved_from = update.from_host_id
         if update.host_id is not None:
             fields["host_id"] = update.host_id
-            moved_from = (await asyncio.to_thread(self._inventory.get, update.vm_id)).host_id
+            if moved_from is None:
+                moved_from = (await asyncio.to_thread(self._inventory.get, update.vm_id)).host_id
         vm = await asyncio.to_thread(self._inventory.update, update.vm_id, **fields)
         if vm is None:
             raise NotFound(f"VM {update.vm_id} has no inventory row any more")
+        told: list[tuple[events.Event, str]] = []
         if moved_from and moved_from != vm.host_id:
-            await events.publish(self._events, events.VmMoved(vm.id, vm.tenant, moved_from, vm.host_id or "",
-                                                              update.op_id), event_id=f"{update.op_id}-moved")
+            told.append((events.VmMoved(vm.id, vm.tenant, moved_from, vm.host_id or "", update.op_id),
+                         f"{update.op_id}-moved"))
         if update.state is not None:
-            changed = events.VmStateChanged(vm.id, vm.tenant, vm.state.value, vm.host_id, vm.error,
-                                            f"operation {update.op_id}")
-            await events.publish(self._events, changed, event_id=f"{update.op_id}-{update.step}-state")
+            told.append((events.VmStateChanged(vm.id, vm.tenant, vm.state.value, vm.host_id, vm.error,
+                                               f"operation {update.op_id}"), f"{update.op_id}-{update.step}-state"))
         outcome = update.step if update.step in ("succeeded", "failed") else "progress"
-        step = events.OperationStep(update.op_id, vm.tenant, vm.id, update.step, update.error, outcome)
-        await events.publish(self._events, step, event_id=f"{update.op_id}-{update.step}")
+        told.append((events.OperationStep(update.op_id, vm.tenant, vm.id, update.step, update.error, outcome),
+                     f"{update.op_id}-{update.step}"))
+        # Sent in this order, each before the next; only their acknowledgements are awaited together.
+        await asyncio.gather(*(events.publish(self._events, event, event_id=event_id) for event, event_id in told))
 
     @activity.defn(name="inventory.forget_vm")
     async def forget_vm(self, ref: VmRef) -> None:
