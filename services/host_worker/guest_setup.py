@@ -89,8 +89,11 @@ class GuestSetup:
         now = time.monotonic()
         self._holds = {vm: hold for vm, hold in self._holds.items() if hold[1] > now}
         held = set().union(*(vnis for vnis, _until in self._holds.values()))
+        present = await self._plumber.present()
+        if not present - held:  # nothing that could be unused: no need to ask libvirt
+            return
         in_use = await asyncio.to_thread(self._hv.bridges_in_use)
-        for vni in sorted(await self._plumber.present()):
+        for vni in sorted(present):
             if vni not in held and bridge_name(vni) not in in_use:
                 log.info("network no longer used here", vni=vni)
                 await self._plumber.remove(vni)
