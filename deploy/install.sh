@@ -9,6 +9,7 @@ repo_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache_dir=${VMFLOW_CACHE_DIR:-$HOME/.cache/vmflow}
 temporal_version=v1.5.1   # later tags carry a go.mod replace line that breaks `go install pkg@version`
 packages=(libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils libvirt-dev pkg-config
+          gdb  # a test session shows what a lab libvirtd that stops answering was doing
           busybox-static cpio xz-utils tini iproute2 nats-server socat dnsmasq-base nftables genisoimage
           chromium chromium-driver  # chromium: the portal's tests run in a real browser
           postgresql  # server binaries for `vmflow up --database postgres` and the unit tests; its own

@@ -13,6 +13,7 @@ import pytest
 
 from deploy import lab, stack
 from deploy.client import ApiError, VmflowClient
+from tests.integration.lab_watch import LabWatch
 from tests.integration.libvirt_probe import LibvirtProbe
 
 LAB_LABELS = {"h3": ["gpu"]}  # exactly one host has it: label placement has one right answer
@@ -54,14 +55,21 @@ def stack_cfg(pytestconfig):
     run_dir = Path(tempfile.mkdtemp(prefix="vmflow-test-"))
     cfg = stack.StackConfig.isolated(run_dir, f"vmt{os.getpid() % 100000}", host_count=3,
                                      host_labels=LAB_LABELS, database=TEST_DATABASE)
+    watch = None
     try:
         stack.up(cfg, say=lambda _msg: None)
+        watch = LabWatch(lab.load_lab(cfg.lab_name, cfg.root / "lab")).start()
         yield cfg
     finally:
-        if _failed:  # straight to the terminal: a session's teardown output is otherwise dropped
+        if watch is not None:
+            watch.stop()
+        # Straight to the terminal: a session's teardown output is otherwise dropped.
+        if _failed or (watch and watch.reports):
             reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
             with pytestconfig.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
                 _tell_what_went_wrong(run_dir, reporter.write_line)
+                for report in (watch.reports.values() if watch else ()):
+                    reporter.write_line(f"== a lab libvirtd stopped answering ==\n{report}")
         stack.down(run_dir, say=lambda _msg: None)
         if not os.environ.get("VMFLOW_KEEP_TEST_RUN"):  # keep logs to look into a failure
             shutil.rmtree(run_dir, ignore_errors=True)

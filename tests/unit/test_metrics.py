@@ -5,6 +5,7 @@ Temporal watcher's reconnect count, placement timing and failure-detection time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from dataclasses import asdict
 from types import SimpleNamespace
@@ -225,9 +226,15 @@ async def test_the_temporal_watcher_counts_each_return_once():
     reconnects = sample("vmflow_temporal_reconnects_total")
     watcher = asyncio.create_task(watch_temporal(probe, interval_s=0.001))
     await asyncio.wait_for(done.wait(), 5)
-    watcher.cancel()
+    await _stop(watcher)
     assert sample("vmflow_temporal_reconnects_total") == reconnects + 2
     assert sample("vmflow_temporal_connected") == 1
+
+
+async def _stop(task: asyncio.Task) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def test_a_failing_health_check_means_disconnected():
@@ -239,7 +246,7 @@ async def test_a_failing_health_check_means_disconnected():
         await asyncio.sleep(0.005)
         if sample("vmflow_temporal_connected") == 0:
             break
-    watcher.cancel()
+    await _stop(watcher)
     assert sample("vmflow_temporal_connected") == 0
 
 
