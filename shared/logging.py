@@ -3,7 +3,9 @@ through the same processors so one process writes one format."""
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import signal
 import sys
 
 import structlog
@@ -38,3 +40,6 @@ def configure_logging(service: str, level: str = "info", json: bool | None = Non
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     structlog.contextvars.bind_contextvars(service=service)
+    # `kill -USR1 <pid>` writes every thread's stack to stderr (the log): what a stuck process
+    # is doing, without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)

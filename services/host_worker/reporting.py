@@ -6,6 +6,8 @@ import asyncio
 import itertools
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
 
@@ -16,7 +18,7 @@ from services.host_worker.settings import HostWorkerSettings
 from shared import codec, events, subjects
 from shared.errors import VmflowError
 from shared.messaging import EventPublisher
-from shared.models import HostHeartbeat
+from shared.models import DomainSummary, HostHeartbeat
 
 log = structlog.get_logger(__name__)
 
@@ -29,13 +31,57 @@ def disk_capacity_gib(path: str) -> int:
     return st.f_blocks * st.f_frsize // 1024**3
 
 
+@dataclass(frozen=True)
+class HostLook:
+    """What one look at the host's libvirt found; ``ok`` False when it failed or has not
+    answered in time."""
+    ok: bool
+    vcpus: int = 0
+    memory_mib: int = 0
+    domains: tuple[DomainSummary, ...] = ()
+
+
+class LibvirtLooker:
+    """The heartbeat's look at libvirt, bounded in time: a call that does not answer within
+    ``answer_timeout_s`` makes the beat say libvirt is not ok (the worker itself is alive), and
+    no second look starts while the first still hangs, so a stuck libvirtd never takes every
+    thread of the pool."""
+
+    def __init__(self, hv: Hypervisor, answer_timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._hv = hv
+        self._answer_timeout_s = answer_timeout_s
+        self._clock = clock
+        self._pending: asyncio.Future | None = None
+        self._pending_since_s = 0.0
+
+    def _look(self) -> HostLook:
+        vcpus, memory_mib = self._hv.host_capacity()
+        return HostLook(True, vcpus, memory_mib, tuple(self._hv.list_domains()))
+
+    async def look(self) -> HostLook:
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(asyncio.to_thread(self._look))
+            self._pending_since_s = self._clock()
+        done, _ = await asyncio.wait({self._pending}, timeout=self._answer_timeout_s)
+        if not done:
+            log.warning("libvirt does not answer", waited_s=round(self._clock() - self._pending_since_s, 1))
+            return HostLook(False)
+        pending, self._pending = self._pending, None
+        try:
+            return pending.result()
+        except Exception as exc:  # whatever it was, the next beat looks again
+            log.warning("libvirt unreachable", error=exc.message if isinstance(exc, VmflowError) else repr(exc))
+            return HostLook(False)
+
+
 async def heartbeat_loop(
     settings: HostWorkerSettings, hv: Hypervisor, nc, kv, publisher: EventPublisher, domain_type: str,
     peers: PeerProbe,
 ) -> None:
     """Publish the host's capacity, domains and the peers it reaches every few seconds. libvirt
-    being unreachable is itself reported (libvirt_ok=False), and each change of reachability
-    becomes an event. NATS being away skips beats; it never ends the loop.
+    being unreachable, or not answering within ``libvirt_answer_timeout_s``, is itself reported
+    (libvirt_ok=False), and each change of reachability becomes an event. NATS being away skips
+    beats; it never ends the loop.
 
     Each beat goes out twice: as a plain message (``vmflow.hb.<host>``), which any NATS node
     carries at once, and into the heartbeat bucket, which a JetStream leader election can hold
@@ -43,14 +89,12 @@ async def heartbeat_loop(
     last_ok: bool | None = None
     vcpus, memory_mib = 0, 0
     started_at_s = time.time()
+    looker = LibvirtLooker(hv, settings.libvirt_answer_timeout_s)
     for seq in itertools.count(1):
-        try:
-            vcpus, memory_mib = await asyncio.to_thread(hv.host_capacity)
-            domains = tuple(await asyncio.to_thread(hv.list_domains))
-            ok = True
-        except VmflowError as exc:
-            log.warning("libvirt unreachable", error=exc.message)
-            domains, ok = (), False
+        look = await looker.look()
+        ok, domains = look.ok, look.domains
+        if ok:
+            vcpus, memory_mib = look.vcpus, look.memory_mib
         beat = HostHeartbeat(
             host_id=settings.host_id,
             sent_at_s=time.time(),

@@ -18,6 +18,9 @@ class HostWorkerSettings(CommonSettings):
     reserved_memory_mib: int = 512  # kept for the host itself, never offered to guests
     local_disk_dir: str = "/var/lib/libvirt/images"  # its free space is the host's disk capacity
     heartbeat_interval_s: float = 1.0
+    # A look at libvirt (capacity, domains) not answered by then makes a heartbeat say libvirt
+    # is not ok. Longer than the scheduler's failure timeout: never stricter than silence was.
+    libvirt_answer_timeout_s: float = 8.0
     peer_probe_timeout_s: float = 1.0
     # How many peers each host probes in a fleet larger than that (its successors in the ring of
     # host ids): every host has that many witnesses, and a heartbeat's peer report stays small.

@@ -58,18 +58,20 @@ def stack_cfg(pytestconfig):
     watch = None
     try:
         stack.up(cfg, say=lambda _msg: None)
-        watch = LabWatch(lab.load_lab(cfg.lab_name, cfg.root / "lab")).start()
+        watch = LabWatch(lab.load_lab(cfg.lab_name, cfg.root / "lab"), run_dir,
+                         VmflowClient(cfg.api_url, stack.admin_token(cfg), timeout_s=5.0)).start()
         yield cfg
     finally:
         if watch is not None:
             watch.stop()
+            watch.close()
         # Straight to the terminal: a session's teardown output is otherwise dropped.
-        if _failed or (watch and watch.reports):
+        if _failed:
             reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
             with pytestconfig.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
                 _tell_what_went_wrong(run_dir, reporter.write_line)
-                for report in (watch.reports.values() if watch else ()):
-                    reporter.write_line(f"== a lab libvirtd stopped answering ==\n{report}")
+                for report in (watch.reports if watch else ()):
+                    reporter.write_line(f"== the lab watch saw a host stuck ==\n{report}")
         stack.down(run_dir, say=lambda _msg: None)
         if not os.environ.get("VMFLOW_KEEP_TEST_RUN"):  # keep logs to look into a failure
             shutil.rmtree(run_dir, ignore_errors=True)
