@@ -179,7 +179,7 @@ def test_a_burst_of_creates_never_overshoots_the_quota(stack_cfg, api, probe: Li
         assert f"0 left of {quota[resource]}" in refused[-1]["message"]
         with _client(stack_cfg, token) as member:
             ops = [member.wait_operation(a["operation_id"], timeout_s=600, interval_s=1.0) for a in accepted]
-            assert [op["state"] for op in ops] == ["succeeded"] * fits
+            assert [op["state"] for op in ops] == ["succeeded"] * fits, [op["error"] for op in ops if op["error"]]
             usage = _usage(api, tenant)[resource]
             assert usage["used"] == quota[resource] and usage["reserved"] == 0 and usage["available"] == 0
             domains = {h: set(probe.domain_uuids(h)) for h in probe.uris}
