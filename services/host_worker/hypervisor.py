@@ -476,6 +476,7 @@ class Hypervisor:
                 params.update(disk_move_params(running, persistent, disk_moves))
             log.info("live migration starting", vm_id=vm_id, dest_uri=dest_uri, flags=flags)
             dom.migrateToURI3(dest_uri, params, flags)
+            log.info("live migration finished", vm_id=vm_id, dest_uri=dest_uri)
             finished.wait(_COMPLETED_EVENT_WAIT_S)
         except libvirt.libvirtError as exc:
             raise _migration_error(exc, vm_id, dest_uri) from exc
