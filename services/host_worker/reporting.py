@@ -62,7 +62,9 @@ class LibvirtLooker:
         if self._pending is None:
             self._pending = asyncio.ensure_future(asyncio.to_thread(self._look))
             self._pending_since_s = self._clock()
-        done, _ = await asyncio.wait({self._pending}, timeout=self._answer_timeout_s)
+        # The bound runs from the look's start: once it is past, every beat goes out at once.
+        left_s = max(0.0, self._answer_timeout_s - (self._clock() - self._pending_since_s))
+        done, _ = await asyncio.wait({self._pending}, timeout=left_s)
         if not done:
             log.warning("libvirt does not answer", waited_s=round(self._clock() - self._pending_since_s, 1))
             return HostLook(False)
