@@ -290,17 +290,20 @@ def fencing_config(cfg: StackConfig) -> dict:
 def start_relays(cfg: StackConfig) -> None:
     """Lab hosts reach NATS and Temporal through their own link: a relay in the switch namespace
     listens on the lab network and hands each connection over a unix socket to the root
-    namespace's loopback. Cutting a host's link cuts its worker off, as a real network would."""
+    namespace's loopback. Cutting a host's link cuts its worker off, as a real network would.
+    Both TCP legs send at once (``nodelay``), as gRPC and NATS clients do on their own sockets:
+    without it Nagle's algorithm held a worker's small write behind an unacknowledged one until
+    the peer's delayed ACK (~40 ms), e.g. an activity's completion right after a heartbeat."""
     relay_dir = cfg.root / "relay"
     relay_dir.mkdir(parents=True, exist_ok=True)
     switch = f"{cfg.lab_name}-sw"
     for name, port in (*zip(cfg.nats_names(), cfg.nats_ports), ("temporal", cfg.temporal_port)):
         sock = relay_dir / f"{name}.sock"
         launch(cfg, f"relay-{name}-in", ["socat", f"UNIX-LISTEN:{sock},fork,unlink-early",
-                                         f"TCP:127.0.0.1:{port}"], cwd=None)
+                                         f"TCP:127.0.0.1:{port},nodelay"], cwd=None)
         wait_for(sock.exists, 10, f"{name} relay socket")
         launch(cfg, f"relay-{name}-out", ["ip", "netns", "exec", switch, "socat",
-                                          f"TCP-LISTEN:{port},bind={LAB_GATEWAY},fork,reuseaddr",
+                                          f"TCP-LISTEN:{port},bind={LAB_GATEWAY},fork,reuseaddr,nodelay",
                                           f"UNIX-CONNECT:{sock}"], cwd=None)
 
 
