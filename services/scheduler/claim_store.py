@@ -94,7 +94,8 @@ class Placer:
                     await self._release_from(host_id, req.vm_id, made_s)
                 return proposal.placement
             metrics.CLAIM_RACES_LOST.inc()
-        raise ServiceUnavailable(f"placement of {req.vm_id} lost {self._max_attempts} races for capacity in a row; try again")
+        raise ServiceUnavailable(f"placement of {req.vm_id} lost {self._max_attempts} races for capacity in a row; "
+                                 "try again")
 
     async def release(self, vm_id: str, host_id: str = "") -> bool:
         """Whether this call released a claim: of two releases of one claim, on any replicas,

@@ -86,6 +86,7 @@ class Scheduler:
         self._states: dict[str, HostState] = {}
         self._order: list[str] = []  # host ids, sorted
         self._groups: dict[str, set[str]] = {}  # group id -> hosts running its members
+        self._reported_since: dict[str, dict[str, float]] = {}  # host id -> VM id -> first beat naming it
 
     def _refresh(self, host_id: str) -> None:
         beat = self.heartbeats.get(host_id)
@@ -142,10 +143,15 @@ class Scheduler:
         """The host's claims after dropping ``drop_vm_id`` (and what no longer counts) and
         adding ``add``, against the revision this replica holds."""
         entry = self._claims.entry(host_id)
-        beat = self.heartbeats.get(host_id)
-        running = {d.vm_id for d in beat.domains} if beat else set()
-        claims = kept(entry.claims, self._clock(), running, drop_vm_id)
+        now_s = self._clock()
+        claims = kept(entry.claims, now_s, self._settled(host_id, now_s), drop_vm_id)
         return ClaimWrite(host_id, (*claims, add) if add else claims, entry.revision)
+
+    def _settled(self, host_id: str, now_s: float) -> set[str]:
+        """The VMs the host first reported ``claim_settle_after_s`` ago or more (whether it still
+        does or they have left since): their claims may go."""
+        since = self._reported_since.get(host_id, {})
+        return {vm_id for vm_id, seen_s in since.items() if now_s - seen_s >= self.settings.claim_settle_after_s}
 
     def release_write(self, vm_id: str, host_id: str, made_before_s: float = math.inf) -> ClaimWrite | None:
         """The write that releases the VM's claim on the host; None when there is none (or only
@@ -184,15 +190,23 @@ class Scheduler:
 
     def observe(self, beat: HostHeartbeat) -> bool:
         """Take a heartbeat (one older than the host's latest is ignored: beats come by two
-        paths). Returns whether the host now reports VMs it has claims for (the store should
-        forget those: ``settle_write``)."""
+        paths). Returns whether the host has reported VMs it has claims for long enough that
+        the store should forget those claims (``settle_write``)."""
         known = self.heartbeats.get(beat.host_id)
         if known is not None and not beat.supersedes(known):
             return False
         self.heartbeats[beat.host_id] = beat
         self._refresh(beat.host_id)
-        running = {d.vm_id for d in beat.domains}
-        return any(c.vm_id in running for c in self._claims.on_host(beat.host_id))
+        now_s = self._clock()
+        seen = self._reported_since.get(beat.host_id, {})
+        reported = {d.vm_id: seen.get(d.vm_id, now_s) for d in beat.domains}
+        # A VM that has left since (moved straight back) still lets its claim go: once reported,
+        # the claim has done its work, and kept on it would count the VM there for its whole TTL.
+        claimed = {c.vm_id for c in self._claims.on_host(beat.host_id)}
+        reported.update((vm_id, seen_s) for vm_id, seen_s in seen.items() if vm_id in claimed and vm_id not in reported)
+        self._reported_since[beat.host_id] = reported
+        settled = self._settled(beat.host_id, now_s)
+        return any(c.vm_id in settled for c in self._claims.on_host(beat.host_id))
 
     def set_admin(self, admin: HostAdmin, revision: int = 0) -> None:
         """An operator's decision on a host, as the host-admin bucket's ``revision`` of it (it

@@ -14,6 +14,10 @@ class SchedulerSettings(CommonSettings):
     liveness_interval_s: float = 0.5
     failover_boot_timeout_s: float = 120.0
     claim_ttl_s: float = 600.0
+    # A claim of a VM its host reports leaves the store only once this replica has seen it
+    # reported this long: by then every replica has that beat, so none counts the VM by neither
+    # its claim nor its domain (a replica still on an older beat would overbook the host).
+    claim_settle_after_s: float = 3.0
     cpu_allocation_ratio: float = 4.0
     ram_allocation_ratio: float = 1.0
     disk_allocation_ratio: float = 1.0

@@ -136,13 +136,54 @@ async def test_claims_of_vms_the_host_reports_and_expired_ones_leave_the_store(o
     host_id = next(iter(scheduler.claim_hosts("vm1")))
     await placer.place(PlacementRequest("vm2", 1, 256, 1, only_host=host_id))
     clock.now_s += 1
-    assert scheduler.observe(beat(host_id, clock, [DomainSummary("vm1", "running", 1, 256)])) is True
+    running = [DomainSummary("vm1", "running", 1, 256)]
+    assert scheduler.observe(beat(host_id, clock, running)) is False  # reported just now: kept
+    clock.now_s += scheduler.settings.claim_settle_after_s
+    assert scheduler.observe(beat(host_id, clock, running)) is True
     await placer.settle(host_id)
     assert [c.vm_id for c in store.entries[host_id].claims] == ["vm2"]
     clock.now_s += scheduler.settings.claim_ttl_s + 1
     scheduler.observe(beat(host_id, clock))
     await placer.settle(host_id)
     assert store.entries[host_id].claims == ()
+
+
+async def test_a_replica_on_an_older_beat_never_overbooks_after_another_settles(clock, store):
+    """Replica a sees h1 report vm1 and settles; replica b has not had that beat yet. b must
+    still count vm1 (by its claim) when it places next: the claim stays until a has seen the VM
+    reported for ``claim_settle_after_s``, long after every replica has the beat."""
+    (a, place_a), (b, place_b) = replica(clock, store), replica(clock, store)
+    await place_a.place(PlacementRequest("vm1", 1, 768, 1, only_host="h1"))
+    clock.now_s += 0.5
+    reported = beat("h1", clock, [DomainSummary("vm1", "running", 1, 768)])
+    assert a.observe(reported) is False
+    await place_a.settle("h1")
+    assert [c.vm_id for c in store.entries["h1"].claims] == ["vm1"]
+    with pytest.raises(NoValidHost, match="ram removed h1"):  # b: vm1 by its claim, not yet its domain
+        await place_b.place(PlacementRequest("vm2", 1, 512, 1, only_host="h1"))
+    b.observe(reported)
+    clock.now_s += a.settings.claim_settle_after_s
+    assert a.observe(beat("h1", clock, reported.domains)) is True
+    await place_a.settle("h1")
+    assert store.entries["h1"].claims == ()
+    with pytest.raises(NoValidHost, match="ram removed h1"):  # b: now by its domain
+        await place_b.place(PlacementRequest("vm2", 1, 512, 1, only_host="h1"))
+
+
+async def test_the_claim_of_a_vm_that_arrived_and_left_again_still_goes(one, clock, store):
+    """A VM moved to h1 and straight back: h1 reported it only briefly, and its claim there must
+    not count it on h1 until the claim expires."""
+    scheduler, placer = one
+    await placer.place(PlacementRequest("vm1", 1, 768, 1, only_host="h1"))
+    clock.now_s += 0.5
+    scheduler.observe(beat("h1", clock, [DomainSummary("vm1", "running", 1, 768)]))
+    clock.now_s += 0.5
+    assert scheduler.observe(beat("h1", clock)) is False  # gone again, within the grace
+    clock.now_s += scheduler.settings.claim_settle_after_s
+    assert scheduler.observe(beat("h1", clock)) is True
+    await placer.settle("h1")
+    assert store.entries["h1"].claims == ()
+    assert (await placer.place(PlacementRequest("vm2", 1, 768, 1, only_host="h1"))).host_id == "h1"
 
 
 def test_a_heartbeat_older_than_the_latest_is_ignored(one, clock):
