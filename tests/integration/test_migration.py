@@ -127,6 +127,12 @@ def test_cancel_in_flight_leaves_the_vm_running_on_its_source(stack_cfg, admin_t
                         and "data_remaining_mib" in e["data"].get("migration", {})], 15,
                what="a migration progress event")
     tap.close()
+    # Listed under the target the scheduler picked, and summed up with both hosts, while it runs.
+    target = api.call("GET", f"/v1/operations/{op_id}")["host_id"]
+    assert target not in (None, source)
+    [listed] = api.call("GET", "/v1/operations", params={"host_id": target, "vm_id": vm["id"], "state": "running"})
+    assert listed["id"] == op_id and sorted(listed["host_ids"]) == sorted([source, target])
+    assert f"{source} -> {target}" in listed["summary"], listed
     api.call("POST", f"/v1/operations/{op_id}/cancel")
     op = api.wait_operation(op_id, timeout_s=120)
     assert op["state"] == "cancelled" and op["error"]["code"] == "cancelled"

@@ -343,12 +343,14 @@ async def migrate_vm(vm_id: str, response: Response,
         _setup(p, vm.id), _root_disk(p, vm.id), _placement(p, migration_placement(before, options.target_host_id)))
     policy = ConvergencePolicy(completion_timeout_s=options.completion_timeout_s, post_copy=options.post_copy,
                                bandwidth_mib_s=options.bandwidth_mib_s)
+    # Tagged with the target already placed: the move is listed under both hosts, and its
+    # summary names both, from its start (the workflow adds a target it picks itself).
+    target = placement.host_id if placement is not None else options.target_host_id
     start = p.temporal.start_workflow(
         "LiveMigrate", MigrateInput(before, options.target_host_id, policy, claimed=True, setup=setup, root=root,
                                     placement=placement),
         id=op_id, task_queue=ORCHESTRATOR_QUEUE,
-        **_vm_tags("LiveMigrate", "live-migrate", vm, who, move_route(vm.host_id, options.target_host_id),
-                   options.target_host_id),
+        **_vm_tags("LiveMigrate", "live-migrate", vm, who, move_route(vm.host_id, target), target),
     )
     # The answer's view of the VM (claimed: migrating) is read as the workflow starts.
     started, claimed_vm = await asyncio.gather(start, asyncio.to_thread(p.inventory.get, vm.id),
