@@ -42,13 +42,13 @@ from services.scheduler.client import SchedulerClient
 from services.scheduler.host_state import build_host_states
 from services.scheduler.placement import choose_host
 from services.scheduler.service import (
-    Scheduler,
     claim_placer,
     follow_claims,
     follow_heartbeats,
     start_service,
 )
 from services.scheduler.settings import SchedulerSettings
+from services.scheduler.state import Scheduler
 from shared import codec
 from shared.errors import VmflowError
 from shared.messaging import connect, heartbeat_bucket

@@ -11,7 +11,6 @@ from temporalio.client import Client
 from services.scheduler.monitor import LivenessMonitor, run_monitor
 from services.scheduler.service import (
     Buckets,
-    Scheduler,
     claim_placer,
     follow_claims,
     follow_heartbeats,
@@ -19,6 +18,7 @@ from services.scheduler.service import (
     start_service,
 )
 from services.scheduler.settings import SchedulerSettings
+from services.scheduler.state import Scheduler
 from shared.errors import VmflowError
 from shared.lifecycle import run_until_signalled
 from shared.logging import configure_logging

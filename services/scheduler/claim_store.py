@@ -24,7 +24,7 @@ from shared.messaging import JETSTREAM_PENDING
 from shared.models import Placement, PlacementRequest
 
 if TYPE_CHECKING:
-    from services.scheduler.service import Scheduler
+    from services.scheduler.state import Scheduler
 
 log = structlog.get_logger(__name__)
 

@@ -25,7 +25,7 @@ from services.scheduler.liveness import (
     judge_fleet,
     signals_from_heartbeats,
 )
-from services.scheduler.service import Scheduler
+from services.scheduler.state import Scheduler
 from shared import events, metrics
 from shared.failover import FailoverInput
 from shared.messaging import EventPublisher

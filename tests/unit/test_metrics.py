@@ -28,8 +28,9 @@ from services.api.routes import metrics as metrics_route
 from services.api.tenancy_models import TokenCreate
 from services.scheduler.claim_store import Placer
 from services.scheduler.monitor import LivenessMonitor
-from services.scheduler.service import Scheduler, timed_place
+from services.scheduler.service import timed_place
 from services.scheduler.settings import SchedulerSettings
+from services.scheduler.state import Scheduler
 from shared import metrics
 from shared.auth import Role
 from shared.errors import NoValidHost, ServiceUnavailable

@@ -29,8 +29,8 @@ from services.scheduler.placement import (
     choose_host,
     ram_weight,
 )
-from services.scheduler.service import Scheduler
 from services.scheduler.settings import SchedulerSettings
+from services.scheduler.state import Scheduler
 from shared.models import (
     DomainSummary,
     GroupPolicy,

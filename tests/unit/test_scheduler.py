@@ -9,8 +9,8 @@ import asyncio
 import pytest
 
 from services.scheduler.claim_store import Placer
-from services.scheduler.service import Scheduler
 from services.scheduler.settings import SchedulerSettings
+from services.scheduler.state import Scheduler
 from shared.errors import NoValidHost
 from shared.models import DomainSummary, HostHeartbeat, PlacementRequest
 from tests.unit.claim_memory import MemoryClaimStore
